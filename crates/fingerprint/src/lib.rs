@@ -1,1 +1,309 @@
-//! Placeholder; see ARCHITECTURE.md.
+//! Audio fingerprints that survive speed change, time-stretching and pitch-shifting.
+//!
+//! The pipeline: mono samples at [`Params::sample_rate_hz`] -> log-frequency spectrogram
+//! ([`spectrogram`]) -> spectral peaks ([`peaks`]) -> quad hashes ([`quads`]). This crate
+//! knows nothing of files, storage or HTTP: it maps samples to numbers.
+//!
+//! The parameters that shape what a reference stores are part of the on-disk contract:
+//! [`Params::describe`] renders them, and a store built with one description refuses to
+//! be searched with another.
+
+pub mod peaks;
+pub mod quads;
+pub mod spectrogram;
+
+pub use peaks::Peak;
+pub use quads::{FREQ_SCALE, QueryQuad, RefQuad, SPAN_SCALE};
+pub use spectrogram::{LogSpectrogram, SpectrogramBuilder};
+
+/// Version of the fingerprint algorithm; bump it whenever the same parameters would
+/// produce different hashes.
+pub const ALGORITHM_VERSION: u32 = 1;
+
+/// Errors from building a [`Fingerprinter`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FingerprintError {
+    /// A parameter is out of its valid range; the message names it. Fix the parameters.
+    #[error("invalid fingerprint parameter: {0}")]
+    InvalidParams(String),
+}
+
+/// Every tunable of the fingerprint. The defaults are the product's settings; see
+/// BENCHMARKS.md for how they were chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    /// Rate of the mono input signal.
+    pub sample_rate_hz: u32,
+    /// FFT length in samples (64 ms at 16 kHz: fine enough in frequency to resolve
+    /// partials a third of a semitone apart above about 500 Hz).
+    pub fft_size: usize,
+    /// Hop between frames in samples (8 ms at 16 kHz, as Panako and Olaf use).
+    pub hop: usize,
+    /// Lowest frequency of the log axis.
+    pub fmin_hz: f32,
+    /// Log-frequency bins per octave (3 per semitone).
+    pub bins_per_octave: u32,
+    /// Octaves covered above `fmin_hz`.
+    pub n_octaves: f32,
+    /// A peak is the maximum of a (2r+1)-frame neighbourhood in time...
+    pub peak_radius_frames: usize,
+    /// ...and of a (2r+1)-bin neighbourhood in log-frequency.
+    pub peak_radius_bins: usize,
+    /// Peaks quieter than this natural-log power are silence or dither, not music.
+    pub min_log_power: f32,
+    /// Peak density is enforced per block of this many frames...
+    pub density_block_frames: usize,
+    /// ...and per this many equal sub-bands of the log-frequency axis.
+    pub density_subbands: usize,
+    /// Peaks per second kept for a reference.
+    pub ref_peaks_per_s: f32,
+    /// Peaks per second kept for a query (more, because other music competes for them).
+    pub query_peaks_per_s: f32,
+    /// Partner peaks of a reference quad lie at least this many frames after the anchor...
+    pub quad_min_dt_frames: f32,
+    /// ...and at most this many.
+    pub quad_max_dt_frames: f32,
+    /// Partner peaks may differ from the anchor by at most this many bins.
+    pub quad_df_range_bins: f32,
+    /// Quantisation step of the frequency differences in the hash.
+    pub quad_df_step_bins: f32,
+    /// Quantisation levels of each time ratio in the hash.
+    pub quad_ratio_levels: u32,
+    /// A reference anchor forms quads from its first this-many partners (C(n, 3) quads).
+    pub ref_partners: usize,
+    /// A query anchor forms quads from its first this-many partners.
+    pub query_partners: usize,
+    /// The largest time factor (either way) a query is searched for: 2.0 covers
+    /// playback at half to double speed.
+    pub max_time_factor: f32,
+    /// Expected jitter of a peak's log-frequency between two renditions, in bins.
+    pub df_tolerance_bins: f32,
+    /// Expected jitter of a peak's time between two renditions, in frames.
+    pub time_tolerance_frames: f32,
+    /// At most this many hash cells are tried per query quad.
+    pub max_expansions: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            sample_rate_hz: 16_000,
+            fft_size: 1024,
+            hop: 128,
+            fmin_hz: 125.0,
+            bins_per_octave: 36,
+            n_octaves: 5.5,
+            peak_radius_frames: 8,
+            peak_radius_bins: 9,
+            min_log_power: -4.0,
+            density_block_frames: 125,
+            density_subbands: 3,
+            ref_peaks_per_s: 24.0,
+            query_peaks_per_s: 48.0,
+            quad_min_dt_frames: 3.0,
+            quad_max_dt_frames: 100.0,
+            quad_df_range_bins: 30.0,
+            quad_df_step_bins: 2.0,
+            quad_ratio_levels: 16,
+            ref_partners: 4,
+            query_partners: 9,
+            max_time_factor: 2.0,
+            df_tolerance_bins: 0.35,
+            time_tolerance_frames: 0.6,
+            max_expansions: 8,
+        }
+    }
+}
+
+impl Params {
+    /// Number of log-frequency bins.
+    pub fn n_bins(&self) -> usize {
+        (self.n_octaves * self.bins_per_octave as f32).round() as usize
+    }
+
+    /// Centre frequency of a (fractional) log bin.
+    pub fn bin_hz(&self, bin: f32) -> f32 {
+        self.fmin_hz * 2f32.powf(bin / self.bins_per_octave as f32)
+    }
+
+    /// The (fractional) log bin of a frequency.
+    pub fn hz_to_bin(&self, hz: f32) -> f32 {
+        (hz / self.fmin_hz).log2() * self.bins_per_octave as f32
+    }
+
+    /// Seconds per frame.
+    pub fn frame_s(&self) -> f64 {
+        self.hop as f64 / self.sample_rate_hz as f64
+    }
+
+    /// Log bins per semitone.
+    pub fn bins_per_semitone(&self) -> f32 {
+        self.bins_per_octave as f32 / 12.0
+    }
+
+    /// Checks every parameter; called by [`Fingerprinter::new`].
+    pub fn validate(&self) -> Result<(), FingerprintError> {
+        let bad = |m: &str| Err(FingerprintError::InvalidParams(m.to_string()));
+        if !(4_000..=48_000).contains(&self.sample_rate_hz) {
+            return bad("sample_rate_hz must be 4000..=48000");
+        }
+        if !self.fft_size.is_power_of_two() || !(256..=8192).contains(&self.fft_size) {
+            return bad("fft_size must be a power of two in 256..=8192");
+        }
+        if self.hop == 0 || self.hop > self.fft_size {
+            return bad("hop must be 1..=fft_size");
+        }
+        if self.bin_hz(self.n_bins() as f32) >= self.sample_rate_hz as f32 / 2.0 {
+            return bad("the log axis must end below the Nyquist frequency");
+        }
+        if self.fmin_hz <= 0.0 || self.n_bins() < 8 {
+            return bad("fmin_hz must be positive and the axis at least 8 bins");
+        }
+        if !(self.quad_min_dt_frames >= 1.0 && self.quad_max_dt_frames > self.quad_min_dt_frames) {
+            return bad("quad_min_dt_frames must be >= 1 and below quad_max_dt_frames");
+        }
+        if self.quad_max_dt_frames * SPAN_SCALE * self.max_time_factor >= u16::MAX as f32 {
+            return bad("quad_max_dt_frames too large for the 16-bit span field");
+        }
+        if self.n_bins() as f32 * FREQ_SCALE >= u16::MAX as f32 {
+            return bad("too many bins for the 16-bit frequency field");
+        }
+        if !(self.quad_df_step_bins > 0.0 && self.quad_df_range_bins >= self.quad_df_step_bins) {
+            return bad("quad_df_step_bins must be positive and at most quad_df_range_bins");
+        }
+        let df_levels = (2.0 * self.quad_df_range_bins / self.quad_df_step_bins).floor() as u64 + 1;
+        let cells = df_levels.pow(3) * (self.quad_ratio_levels as u64).pow(2);
+        if self.quad_ratio_levels < 2 || cells > u32::MAX as u64 {
+            return bad("the hash grid must have 2+ ratio levels and fit in 32 bits");
+        }
+        if self.ref_partners < 3 || self.query_partners < self.ref_partners {
+            return bad("ref_partners must be >= 3 and query_partners >= ref_partners");
+        }
+        if self.query_partners > 16 {
+            return bad("query_partners above 16 makes C(n,3) lookups explode");
+        }
+        if !(1.0..=4.0).contains(&self.max_time_factor) {
+            return bad("max_time_factor must be 1..=4");
+        }
+        if self.max_expansions == 0 || self.max_expansions > 32 {
+            return bad("max_expansions must be 1..=32");
+        }
+        if !(self.ref_peaks_per_s > 0.0 && self.query_peaks_per_s > 0.0) {
+            return bad("peak densities must be positive");
+        }
+        Ok(())
+    }
+
+    /// A canonical rendering of every parameter that changes what a reference stores.
+    /// Query-only parameters are left out: they can change without rebuilding a store.
+    pub fn describe(&self) -> String {
+        format!(
+            "cratedigger-fp/{} sr={} fft={} hop={} fmin={} bpo={} oct={} pr={}x{} minp={} \
+             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}",
+            ALGORITHM_VERSION,
+            self.sample_rate_hz,
+            self.fft_size,
+            self.hop,
+            self.fmin_hz,
+            self.bins_per_octave,
+            self.n_octaves,
+            self.peak_radius_frames,
+            self.peak_radius_bins,
+            self.min_log_power,
+            self.density_block_frames,
+            self.density_subbands,
+            self.ref_peaks_per_s,
+            self.quad_min_dt_frames,
+            self.quad_max_dt_frames,
+            self.quad_df_range_bins,
+            self.quad_df_step_bins,
+            self.quad_ratio_levels,
+            self.ref_partners,
+        )
+    }
+}
+
+/// Turns samples into reference or query quads for one validated parameter set.
+pub struct Fingerprinter {
+    params: Params,
+    spectrogram: SpectrogramBuilder,
+}
+
+impl Fingerprinter {
+    /// Validates `params` and plans the transforms.
+    pub fn new(params: Params) -> Result<Self, FingerprintError> {
+        params.validate()?;
+        let spectrogram = SpectrogramBuilder::new(&params);
+        Ok(Self {
+            params,
+            spectrogram,
+        })
+    }
+
+    /// The parameters in use.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The log-frequency spectrogram of `samples`.
+    pub fn spectrogram(&self, samples: &[f32]) -> LogSpectrogram {
+        self.spectrogram.compute(samples)
+    }
+
+    /// Peaks of `samples` at the given density.
+    pub fn peaks(&self, samples: &[f32], peaks_per_s: f32) -> Vec<Peak> {
+        peaks::find_peaks(&self.spectrogram(samples), &self.params, peaks_per_s)
+    }
+
+    /// The quads to store for a reference recording.
+    pub fn reference(&self, samples: &[f32]) -> Vec<RefQuad> {
+        let peaks = self.peaks(samples, self.params.ref_peaks_per_s);
+        quads::reference_quads(&peaks, &self.params)
+    }
+
+    /// The quads to look up for a query.
+    pub fn query(&self, samples: &[f32]) -> Vec<QueryQuad> {
+        let peaks = self.peaks(samples, self.params.query_peaks_per_s);
+        quads::query_quads(&peaks, &self.params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_params_are_valid() {
+        assert!(Params::default().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_params_are_rejected_at_construction() {
+        let p = Params {
+            fft_size: 1000,
+            ..Params::default()
+        };
+        assert!(Fingerprinter::new(p).is_err());
+        let p = Params {
+            quad_df_step_bins: 0.01,
+            ..Params::default()
+        };
+        assert!(Fingerprinter::new(p).is_err());
+    }
+
+    #[test]
+    fn describe_changes_with_reference_params_only() {
+        let a = Params::default();
+        let b = Params {
+            ref_partners: 5,
+            ..Params::default()
+        };
+        let c = Params {
+            query_partners: 12,
+            ..Params::default()
+        };
+        assert_ne!(a.describe(), b.describe());
+        assert_eq!(a.describe(), c.describe());
+    }
+}

@@ -1,0 +1,170 @@
+//! Spectral peak picking: local maxima of the log-frequency spectrogram, thinned to a
+//! target density per second and per sub-band.
+//!
+//! Peaks are the landmarks every quad is built from. Two properties matter: a peak's
+//! position must move exactly with the transform (time scaling moves it in time, pitch
+//! shifting moves it by whole bins), and the same peaks must be chosen in a reference and
+//! in a query where the reference sits under other music. Thinning per sub-band keeps
+//! peaks spread over the spectrum, so a low-pass filter or a loud kick drum removes only
+//! the peaks in its own band rather than starving the others.
+
+use crate::Params;
+use crate::spectrogram::LogSpectrogram;
+
+/// One spectral peak, with sub-frame and sub-bin position.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Peak {
+    /// Time in frames (hops) from the start of the signal.
+    pub time: f32,
+    /// Position on the log-frequency axis, in bins.
+    pub bin: f32,
+    /// Log power at the peak, used only to rank peaks.
+    pub strength: f32,
+}
+
+/// Finds the peaks of `spec`, keeping about `peaks_per_s` of them per second of audio.
+pub fn find_peaks(spec: &LogSpectrogram, params: &Params, peaks_per_s: f32) -> Vec<Peak> {
+    let (n_frames, n_bins) = (spec.n_frames, spec.n_bins);
+    if n_frames < 3 || n_bins < 3 {
+        return Vec::new();
+    }
+    // Separable maximum filter: first along frequency within each frame, then along time.
+    let mut fmax = vec![0f32; n_frames * n_bins];
+    for f in 0..n_frames {
+        sliding_max(
+            spec.frame(f),
+            params.peak_radius_bins,
+            &mut fmax[f * n_bins..(f + 1) * n_bins],
+        );
+    }
+    let mut column = vec![0f32; n_frames];
+    let mut column_max = vec![0f32; n_frames];
+    let mut nmax = vec![0f32; n_frames * n_bins];
+    for k in 0..n_bins {
+        for f in 0..n_frames {
+            column[f] = fmax[f * n_bins + k];
+        }
+        sliding_max(&column, params.peak_radius_frames, &mut column_max);
+        for f in 0..n_frames {
+            nmax[f * n_bins + k] = column_max[f];
+        }
+    }
+    drop(fmax);
+
+    let mut candidates = Vec::new();
+    for f in 1..n_frames - 1 {
+        for k in 1..n_bins - 1 {
+            let v = spec.at(f, k);
+            if v < params.min_log_power || v < nmax[f * n_bins + k] {
+                continue;
+            }
+            // Plateaus (equal neighbours) are not peaks: they come from clipping or silence.
+            let (left, right) = (spec.at(f, k - 1), spec.at(f, k + 1));
+            let (before, after) = (spec.at(f - 1, k), spec.at(f + 1, k));
+            if v <= left || v <= right || v <= before || v <= after {
+                continue;
+            }
+            candidates.push(Peak {
+                time: f as f32 + parabolic_offset(before, v, after),
+                bin: k as f32 + parabolic_offset(left, v, right),
+                strength: v,
+            });
+        }
+    }
+    thin(candidates, params, peaks_per_s, n_frames, n_bins)
+}
+
+/// Keeps the strongest peaks of each (block of time, sub-band) cell.
+fn thin(
+    candidates: Vec<Peak>,
+    params: &Params,
+    peaks_per_s: f32,
+    n_frames: usize,
+    n_bins: usize,
+) -> Vec<Peak> {
+    let block_frames = params.density_block_frames.max(1);
+    let n_blocks = n_frames.div_ceil(block_frames);
+    let n_sub = params.density_subbands.max(1);
+    let block_s = block_frames as f32 * params.hop as f32 / params.sample_rate_hz as f32;
+    let per_cell = ((peaks_per_s * block_s) / n_sub as f32).ceil().max(1.0) as usize;
+    let mut cells: Vec<Vec<Peak>> = vec![Vec::new(); n_blocks * n_sub];
+    for p in candidates {
+        let block = (p.time.max(0.0) as usize / block_frames).min(n_blocks - 1);
+        let sub = ((p.bin.max(0.0) as usize * n_sub) / n_bins).min(n_sub - 1);
+        cells[block * n_sub + sub].push(p);
+    }
+    let mut out = Vec::new();
+    for mut cell in cells {
+        if cell.len() > per_cell {
+            cell.select_nth_unstable_by(per_cell - 1, |a, b| b.strength.total_cmp(&a.strength));
+            cell.truncate(per_cell);
+        }
+        out.extend(cell);
+    }
+    out.sort_by(|a, b| a.time.total_cmp(&b.time).then(a.bin.total_cmp(&b.bin)));
+    out
+}
+
+/// The offset in (-0.5, 0.5) of the vertex of the parabola through three equally spaced
+/// values whose middle one is the largest.
+fn parabolic_offset(a: f32, b: f32, c: f32) -> f32 {
+    let denom = a - 2.0 * b + c;
+    if denom.abs() < 1e-12 {
+        0.0
+    } else {
+        (0.5 * (a - c) / denom).clamp(-0.5, 0.5)
+    }
+}
+
+/// `out[i]` = max of `input[i - r ..= i + r]` (clipped to the slice), in O(n) with a
+/// monotonic queue of indices.
+fn sliding_max(input: &[f32], r: usize, out: &mut [f32]) {
+    let n = input.len();
+    let mut queue = std::collections::VecDeque::with_capacity(2 * r + 2);
+    let mut next = 0;
+    for (i, slot) in out.iter_mut().enumerate().take(n) {
+        let hi = (i + r).min(n - 1);
+        while next <= hi {
+            while queue
+                .back()
+                .is_some_and(|&j: &usize| input[j] <= input[next])
+            {
+                queue.pop_back();
+            }
+            queue.push_back(next);
+            next += 1;
+        }
+        let lo = i.saturating_sub(r);
+        while queue.front().is_some_and(|&j| j < lo) {
+            queue.pop_front();
+        }
+        *slot = queue.front().map_or(f32::NEG_INFINITY, |&j| input[j]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn sliding_max_matches_naive(input in proptest::collection::vec(-100f32..100.0, 1..200), r in 0usize..12) {
+            let mut out = vec![0f32; input.len()];
+            sliding_max(&input, r, &mut out);
+            for i in 0..input.len() {
+                let lo = i.saturating_sub(r);
+                let hi = (i + r).min(input.len() - 1);
+                let expect = input[lo..=hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                prop_assert_eq!(out[i], expect);
+            }
+        }
+    }
+
+    #[test]
+    fn parabolic_offset_finds_vertex() {
+        // Samples of -(x - 0.3)^2 at x = -1, 0, 1 have their vertex at 0.3.
+        let f = |x: f32| -(x - 0.3) * (x - 0.3);
+        assert!((parabolic_offset(f(-1.0), f(0.0), f(1.0)) - 0.3).abs() < 1e-5);
+    }
+}

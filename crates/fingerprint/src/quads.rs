@@ -1,0 +1,383 @@
+//! Quad hashes: four peaks described only by quantities that survive speed change,
+//! time-stretching and pitch-shifting.
+//!
+//! After the idea of Sonnleitner and Widmer (IEEE/ACM TASLP 2016), on a log-frequency axis:
+//! an anchor peak A and three later peaks B, C, D (in time order). Time enters the hash
+//! only as the ratios (tB - tA) / (tD - tA) and (tC - tA) / (tD - tA), which do not change
+//! when time is scaled by any factor; frequency enters only as the differences of
+//! log-frequency bins fB - fA, fC - fA, fD - fA, which do not change when every frequency
+//! is multiplied by one factor (a pitch shift is a translation on a log axis). A vinyl speed
+//! change does both at once, so it is covered too.
+//!
+//! What the hash deliberately forgets is kept beside it in the posting: the anchor's time
+//! and log-frequency and the quad's time span tD - tA. From one matching pair of quads the
+//! matcher reads the time factor (ratio of spans) and the pitch shift (difference of anchor
+//! bins), then fits them over all hits.
+//!
+//! References store a few quads per anchor (from its nearest partner peaks); queries try
+//! many more combinations over a wider time zone, so the reference's partners are found
+//! even when other music adds peaks between them and the sample is slowed or sped up.
+
+use crate::Params;
+use crate::peaks::Peak;
+
+/// A quad as stored in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RefQuad {
+    /// The invariant hash (the index key).
+    pub hash: u32,
+    /// Anchor time in frames.
+    pub time: u32,
+    /// Anchor log-frequency bin in 1/64 bin.
+    pub freq: u16,
+    /// Time span tD - tA in 1/16 frame.
+    pub span: u16,
+}
+
+/// A quad taken from a query, to be looked up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QueryQuad {
+    /// The invariant hash (possibly one of several cells tried for one quad).
+    pub hash: u32,
+    /// Anchor time in frames.
+    pub time: f32,
+    /// Anchor log-frequency bin.
+    pub bin: f32,
+    /// Time span tD - tA in frames.
+    pub span: f32,
+}
+
+/// Fixed-point scale of `RefQuad::freq`.
+pub const FREQ_SCALE: f32 = 64.0;
+/// Fixed-point scale of `RefQuad::span`.
+pub const SPAN_SCALE: f32 = 16.0;
+
+/// The quantised cells of a quad's five invariants, before packing into a hash.
+#[derive(Clone, Copy, Debug)]
+struct Invariants {
+    /// fB - fA, fC - fA, fD - fA in bins.
+    df: [f32; 3],
+    /// (tB - tA) / span and (tC - tA) / span.
+    ratio: [f32; 2],
+}
+
+/// The quantisation of the hash space.
+struct Grid {
+    df_range: f32,
+    df_step: f32,
+    df_levels: u32,
+    ratio_levels: u32,
+}
+
+impl Grid {
+    fn new(p: &Params) -> Self {
+        let df_levels = (2.0 * p.quad_df_range_bins / p.quad_df_step_bins).floor() as u32 + 1;
+        Self {
+            df_range: p.quad_df_range_bins,
+            df_step: p.quad_df_step_bins,
+            df_levels,
+            ratio_levels: p.quad_ratio_levels,
+        }
+    }
+
+    /// The continuous cell coordinate of a frequency difference.
+    fn df_coord(&self, df: f32) -> f32 {
+        (df + self.df_range) / self.df_step
+    }
+
+    fn ratio_coord(&self, r: f32) -> f32 {
+        r * self.ratio_levels as f32
+    }
+
+    fn df_cell(&self, df: f32) -> u32 {
+        (self.df_coord(df).max(0.0) as u32).min(self.df_levels - 1)
+    }
+
+    fn ratio_cell(&self, r: f32) -> u32 {
+        (self.ratio_coord(r).max(0.0) as u32).min(self.ratio_levels - 1)
+    }
+
+    fn pack(&self, df: [u32; 3], ratio: [u32; 2]) -> u32 {
+        let mut h = df[0];
+        h = h * self.df_levels + df[1];
+        h = h * self.df_levels + df[2];
+        h = h * self.ratio_levels + ratio[0];
+        h * self.ratio_levels + ratio[1]
+    }
+}
+
+fn invariants(a: &Peak, b: &Peak, c: &Peak, d: &Peak) -> Option<Invariants> {
+    let span = d.time - a.time;
+    if span <= 0.0 {
+        return None;
+    }
+    Some(Invariants {
+        df: [b.bin - a.bin, c.bin - a.bin, d.bin - a.bin],
+        ratio: [(b.time - a.time) / span, (c.time - a.time) / span],
+    })
+}
+
+/// Calls `f(a, partners)` for each anchor with the first `max_partners` peaks (in time)
+/// that lie `min_dt..=max_dt` frames after it and within the frequency zone.
+fn for_each_anchor(
+    peaks: &[Peak],
+    p: &Params,
+    min_dt: f32,
+    max_dt: f32,
+    max_partners: usize,
+    mut f: impl FnMut(&Peak, &[Peak]),
+) {
+    let mut partners = Vec::with_capacity(max_partners);
+    for (i, a) in peaks.iter().enumerate() {
+        partners.clear();
+        for b in &peaks[i + 1..] {
+            let dt = b.time - a.time;
+            if dt > max_dt || partners.len() == max_partners {
+                break;
+            }
+            if dt >= min_dt && (b.bin - a.bin).abs() <= p.quad_df_range_bins {
+                partners.push(*b);
+            }
+        }
+        if partners.len() >= 3 {
+            f(a, &partners);
+        }
+    }
+}
+
+/// Calls `f(b, c, d)` for every choice of three partners, kept in time order.
+fn for_each_triple(partners: &[Peak], mut f: impl FnMut(&Peak, &Peak, &Peak)) {
+    let n = partners.len();
+    for i in 0..n {
+        for j in i + 1..n {
+            for k in j + 1..n {
+                f(&partners[i], &partners[j], &partners[k]);
+            }
+        }
+    }
+}
+
+/// The quads a reference recording stores.
+pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
+    let grid = Grid::new(p);
+    let mut out = Vec::new();
+    for_each_anchor(
+        peaks,
+        p,
+        p.quad_min_dt_frames,
+        p.quad_max_dt_frames,
+        p.ref_partners,
+        |a, partners| {
+            for_each_triple(partners, |b, c, d| {
+                let Some(inv) = invariants(a, b, c, d) else {
+                    return;
+                };
+                let hash = grid.pack(
+                    inv.df.map(|x| grid.df_cell(x)),
+                    inv.ratio.map(|x| grid.ratio_cell(x)),
+                );
+                out.push(RefQuad {
+                    hash,
+                    time: a.time.max(0.0).round() as u32,
+                    freq: (a.bin.max(0.0) * FREQ_SCALE).round().min(u16::MAX as f32) as u16,
+                    span: ((d.time - a.time) * SPAN_SCALE)
+                        .round()
+                        .min(u16::MAX as f32) as u16,
+                });
+            });
+        },
+    );
+    out
+}
+
+/// The quads a query looks up: more partners over a time zone widened by the largest
+/// time factors searched, and each quad also under the neighbouring hash cells of any
+/// invariant that lies close to a cell boundary (peak positions jitter by a fraction of a
+/// frame or bin, and a quad whose invariant crosses a boundary would otherwise be lost).
+pub fn query_quads(peaks: &[Peak], p: &Params) -> Vec<QueryQuad> {
+    let grid = Grid::new(p);
+    let mut out = Vec::new();
+    let min_dt = p.quad_min_dt_frames / p.max_time_factor;
+    let max_dt = p.quad_max_dt_frames * p.max_time_factor;
+    let mut cells = Vec::with_capacity(p.max_expansions);
+    for_each_anchor(peaks, p, min_dt, max_dt, p.query_partners, |a, partners| {
+        for_each_triple(partners, |b, c, d| {
+            let span = d.time - a.time;
+            // A reference quad spans quad_min_dt..quad_max_dt frames; a query quad whose span
+            // no allowed time factor can produce cannot match, so it is not looked up.
+            if span < p.quad_min_dt_frames / p.max_time_factor
+                || span > p.quad_max_dt_frames * p.max_time_factor
+            {
+                return;
+            }
+            let Some(inv) = invariants(a, b, c, d) else {
+                return;
+            };
+            expand_cells(&grid, p, &inv, span, &mut cells);
+            for &hash in &cells {
+                out.push(QueryQuad {
+                    hash,
+                    time: a.time,
+                    bin: a.bin,
+                    span,
+                });
+            }
+        });
+    });
+    out
+}
+
+/// Fills `cells` with the hash of the quad's own cell and of the neighbouring cells worth
+/// trying, closest boundaries first, at most `max_expansions` hashes in all.
+fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mut Vec<u32>) {
+    cells.clear();
+    let df_cells = inv.df.map(|x| grid.df_cell(x));
+    let ratio_cells = inv.ratio.map(|x| grid.ratio_cell(x));
+    // Each candidate: (closeness in units of the tolerance, coordinate index, neighbour cell).
+    let mut near: [(f32, usize, u32); 5] = [(f32::INFINITY, 0, 0); 5];
+    let df_tol = p.df_tolerance_bins / grid.df_step;
+    let ratio_tol = p.time_tolerance_frames / span * grid.ratio_levels as f32;
+    for i in 0..3 {
+        let c = grid.df_coord(inv.df[i]);
+        near[i] = neighbour(c, df_cells[i], grid.df_levels, df_tol, i);
+    }
+    for i in 0..2 {
+        let c = grid.ratio_coord(inv.ratio[i]);
+        near[3 + i] = neighbour(c, ratio_cells[i], grid.ratio_levels, ratio_tol, 3 + i);
+    }
+    near.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut base: Vec<([u32; 3], [u32; 2])> = vec![(df_cells, ratio_cells)];
+    for &(closeness, coord, cell) in &near {
+        if closeness > 1.0 || base.len() * 2 > p.max_expansions {
+            break;
+        }
+        let extra: Vec<_> = base
+            .iter()
+            .map(|&(mut df, mut ratio)| {
+                if coord < 3 {
+                    df[coord] = cell;
+                } else {
+                    ratio[coord - 3] = cell;
+                }
+                (df, ratio)
+            })
+            .collect();
+        base.extend(extra);
+    }
+    cells.extend(base.iter().map(|&(df, ratio)| grid.pack(df, ratio)));
+}
+
+/// The neighbouring cell nearer to `coord` and the distance to the shared boundary, in units
+/// of `tol` (so values below 1 are worth trying); infinity where there is no neighbour.
+fn neighbour(coord: f32, cell: u32, levels: u32, tol: f32, index: usize) -> (f32, usize, u32) {
+    let frac = coord - cell as f32;
+    let (dist, other) = if frac < 0.5 {
+        (frac, cell.checked_sub(1))
+    } else {
+        (1.0 - frac, (cell + 1 < levels).then_some(cell + 1))
+    };
+    match other {
+        Some(o) if tol > 0.0 => (dist / tol, index, o),
+        _ => (f32::INFINITY, index, cell),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peak(time: f32, bin: f32) -> Peak {
+        Peak {
+            time,
+            bin,
+            strength: 0.0,
+        }
+    }
+
+    fn hashes_of(peaks: &[Peak], p: &Params) -> Vec<u32> {
+        reference_quads(peaks, p).iter().map(|q| q.hash).collect()
+    }
+
+    #[test]
+    fn hash_ignores_time_scale_and_pitch_shift() {
+        let p = Params::default();
+        // Positions chosen away from cell boundaries, so no quantisation flips.
+        let base = [
+            peak(10.0, 80.3),
+            peak(15.2, 85.1),
+            peak(22.1, 76.9),
+            peak(30.4, 90.2),
+        ];
+        let h0 = hashes_of(&base, &p);
+        assert_eq!(h0.len(), 1);
+        for (scale, shift) in [
+            (0.7f32, 0.0f32),
+            (1.7, 0.0),
+            (1.0, 12.0),
+            (0.8, -7.0),
+            (2.5, 3.3),
+        ] {
+            let moved: Vec<Peak> = base
+                .iter()
+                .map(|q| peak(100.0 + q.time * scale, q.bin + shift))
+                .collect();
+            if moved[3].time - moved[0].time > p.quad_max_dt_frames {
+                continue;
+            }
+            assert_eq!(hashes_of(&moved, &p), h0, "scale {scale} shift {shift}");
+        }
+    }
+
+    #[test]
+    fn query_finds_reference_quad_among_extra_peaks_when_stretched() {
+        let p = Params::default();
+        let base = [
+            peak(10.0, 80.3),
+            peak(15.2, 85.1),
+            peak(22.1, 76.9),
+            peak(30.4, 90.2),
+        ];
+        let stored = reference_quads(&base, &p);
+        assert_eq!(stored.len(), 1);
+        // The query is the same four peaks slowed to 1.6x the duration, shifted up 5 bins,
+        // with two unrelated peaks in between.
+        let mut query: Vec<Peak> = base
+            .iter()
+            .map(|q| peak(50.0 + (q.time - 10.0) * 1.6, q.bin + 5.0))
+            .collect();
+        query.push(peak(55.0, 83.0));
+        query.push(peak(61.0, 95.0));
+        query.sort_by(|a, b| a.time.total_cmp(&b.time));
+        let found: Vec<QueryQuad> = query_quads(&query, &p)
+            .into_iter()
+            .filter(|q| q.hash == stored[0].hash)
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "the stored quad was not among the query's"
+        );
+        let q = found[0];
+        let ref_span = stored[0].span as f32 / SPAN_SCALE;
+        assert!((q.span / ref_span - 1.6).abs() < 5e-3);
+        assert!((q.bin - stored[0].freq as f32 / FREQ_SCALE - 5.0).abs() < 0.02);
+    }
+
+    #[test]
+    fn jitter_across_a_boundary_is_covered_by_expansion() {
+        let p = Params::default();
+        let grid = Grid::new(&p);
+        // Put fB - fA exactly on a cell boundary, then nudge it either way.
+        let boundary = grid.df_step * 10.0 - grid.df_range;
+        let make = |eps: f32| {
+            [
+                peak(10.0, 80.0),
+                peak(15.2, 80.0 + boundary + eps),
+                peak(22.1, 76.9),
+                peak(30.4, 90.2),
+            ]
+        };
+        let stored = hashes_of(&make(-0.05), &p);
+        let query = query_quads(&make(0.05), &p);
+        assert!(query.iter().any(|q| q.hash == stored[0]));
+    }
+}

@@ -1,0 +1,231 @@
+//! Short-time Fourier transform and its projection onto a log-frequency axis.
+//!
+//! A log-frequency axis turns a pitch shift (every frequency multiplied by a constant) into
+//! a translation by a constant number of bins, which is what lets the quad hashes ignore it.
+
+use std::sync::Arc;
+
+use realfft::{RealFftPlanner, RealToComplex, num_complex::Complex};
+
+use crate::Params;
+
+/// Log-power spectrogram on a log-frequency axis, stored frame-major.
+#[derive(Clone, Debug)]
+pub struct LogSpectrogram {
+    /// Number of frames (one per hop).
+    pub n_frames: usize,
+    /// Number of log-frequency bins per frame.
+    pub n_bins: usize,
+    /// `n_frames * n_bins` values of natural-log power.
+    pub data: Vec<f32>,
+}
+
+impl LogSpectrogram {
+    /// The log power of `bin` in `frame`.
+    pub fn at(&self, frame: usize, bin: usize) -> f32 {
+        self.data[frame * self.n_bins + bin]
+    }
+
+    /// One frame's bins.
+    pub fn frame(&self, frame: usize) -> &[f32] {
+        &self.data[frame * self.n_bins..(frame + 1) * self.n_bins]
+    }
+}
+
+/// How one log-frequency bin is read from the linear FFT bins.
+#[derive(Clone, Copy, Debug)]
+enum BinMap {
+    /// The log bin is narrower than an FFT bin: interpolate the power at a fractional FFT bin.
+    Interp { lo: usize, frac: f32 },
+    /// The log bin spans several FFT bins: take the largest power among them, so that a
+    /// sinusoid anywhere in the band is seen at full strength.
+    Max { lo: usize, hi: usize },
+}
+
+/// Computes log-frequency spectrograms for one parameter set; reusable across signals.
+pub struct SpectrogramBuilder {
+    fft: Arc<dyn RealToComplex<f32>>,
+    window: Vec<f32>,
+    map: Vec<BinMap>,
+    fft_size: usize,
+    hop: usize,
+}
+
+impl SpectrogramBuilder {
+    /// Plans the FFT and the log-frequency mapping for `params`.
+    pub fn new(params: &Params) -> Self {
+        let fft_size = params.fft_size;
+        let mut planner = RealFftPlanner::<f32>::new();
+        let fft = planner.plan_fft_forward(fft_size);
+        // A Hann window keeps side lobes low, so weak partials next to strong ones stay peaks.
+        let window = (0..fft_size)
+            .map(|i| {
+                let x = std::f32::consts::PI * 2.0 * i as f32 / fft_size as f32;
+                0.5 - 0.5 * x.cos()
+            })
+            .collect();
+        let hz_per_bin = params.sample_rate_hz as f32 / fft_size as f32;
+        let n_lin = fft_size / 2 + 1;
+        let map = (0..params.n_bins())
+            .map(|k| {
+                let centre = params.bin_hz(k as f32) / hz_per_bin;
+                let half = 2f32.powf(0.5 / params.bins_per_octave as f32);
+                let lo = (centre / half).ceil() as usize;
+                let hi = (centre * half).floor() as usize;
+                if hi > lo {
+                    BinMap::Max {
+                        lo: lo.min(n_lin - 1),
+                        hi: hi.min(n_lin - 1),
+                    }
+                } else {
+                    let lo = (centre.floor() as usize).min(n_lin - 2);
+                    BinMap::Interp {
+                        lo,
+                        frac: (centre - lo as f32).clamp(0.0, 1.0),
+                    }
+                }
+            })
+            .collect();
+        Self {
+            fft,
+            window,
+            map,
+            fft_size,
+            hop: params.hop,
+        }
+    }
+
+    /// Number of frames a signal of `n_samples` yields.
+    pub fn n_frames(&self, n_samples: usize) -> usize {
+        if n_samples < self.fft_size {
+            0
+        } else {
+            (n_samples - self.fft_size) / self.hop + 1
+        }
+    }
+
+    /// Computes the log-power spectrogram of `samples`.
+    pub fn compute(&self, samples: &[f32]) -> LogSpectrogram {
+        let n_frames = self.n_frames(samples.len());
+        let n_bins = self.map.len();
+        let mut data = Vec::with_capacity(n_frames * n_bins);
+        let mut input = self.fft.make_input_vec();
+        let mut output = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut power = vec![0f32; output.len()];
+        for frame in 0..n_frames {
+            let start = frame * self.hop;
+            let chunk = &samples[start..start + self.fft_size];
+            for ((x, s), w) in input.iter_mut().zip(chunk).zip(&self.window) {
+                *x = s * w;
+            }
+            // The lengths come from the planner itself, so this cannot fail.
+            if self
+                .fft
+                .process_with_scratch(&mut input, &mut output, &mut scratch)
+                .is_err()
+            {
+                data.extend(std::iter::repeat_n(LOG_FLOOR, n_bins));
+                continue;
+            }
+            for (p, c) in power.iter_mut().zip(&output) {
+                *p = norm_sqr(c);
+            }
+            data.extend(self.map.iter().map(|m| {
+                let p = match *m {
+                    BinMap::Interp { lo, frac } => power[lo] * (1.0 - frac) + power[lo + 1] * frac,
+                    BinMap::Max { lo, hi } => power[lo..=hi].iter().copied().fold(0.0, f32::max),
+                };
+                (p + POWER_EPS).ln()
+            }));
+        }
+        LogSpectrogram {
+            n_frames,
+            n_bins,
+            data,
+        }
+    }
+}
+
+/// Power added before the logarithm so that digital silence has a finite floor.
+const POWER_EPS: f32 = 1e-10;
+/// The log power of digital silence.
+const LOG_FLOOR: f32 = -23.025_85; // ln(1e-10)
+
+fn norm_sqr(c: &Complex<f32>) -> f32 {
+    c.re * c.re + c.im * c.im
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A naive O(n^2) DFT power spectrum: the slow reference the FFT path is checked against.
+    fn naive_power(frame: &[f32]) -> Vec<f32> {
+        let n = frame.len();
+        (0..=n / 2)
+            .map(|k| {
+                let (mut re, mut im) = (0f64, 0f64);
+                for (i, &x) in frame.iter().enumerate() {
+                    let a = -2.0 * std::f64::consts::PI * (k * i) as f64 / n as f64;
+                    re += x as f64 * a.cos();
+                    im += x as f64 * a.sin();
+                }
+                (re * re + im * im) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fft_frame_matches_naive_dft() {
+        let params = Params::default();
+        let b = SpectrogramBuilder::new(&params);
+        // A fixed pseudo-random signal (LCG) so the test is deterministic.
+        let mut state = 12345u32;
+        let samples: Vec<f32> = (0..params.fft_size)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        let windowed: Vec<f32> = samples.iter().zip(&b.window).map(|(s, w)| s * w).collect();
+        let reference = naive_power(&windowed);
+        let spec = b.compute(&samples);
+        assert_eq!(spec.n_frames, 1);
+        for (k, m) in b.map.iter().enumerate() {
+            let expect = match *m {
+                BinMap::Interp { lo, frac } => {
+                    reference[lo] * (1.0 - frac) + reference[lo + 1] * frac
+                }
+                BinMap::Max { lo, hi } => reference[lo..=hi].iter().copied().fold(0.0, f32::max),
+            };
+            let got = spec.at(0, k);
+            assert!(
+                (got - (expect + POWER_EPS).ln()).abs() < 1e-3,
+                "bin {k}: {got} vs {}",
+                (expect + POWER_EPS).ln()
+            );
+        }
+    }
+
+    #[test]
+    fn sine_peaks_at_its_log_bin() {
+        let params = Params::default();
+        let b = SpectrogramBuilder::new(&params);
+        for hz in [300.0f32, 1000.0, 3000.0] {
+            let samples: Vec<f32> = (0..params.fft_size * 4)
+                .map(|i| (2.0 * std::f32::consts::PI * hz * i as f32 / 16000.0).sin())
+                .collect();
+            let spec = b.compute(&samples);
+            let frame = spec.frame(1);
+            let best = (0..spec.n_bins)
+                .max_by(|&a, &c| frame[a].total_cmp(&frame[c]))
+                .unwrap_or(0);
+            let expect = params.hz_to_bin(hz);
+            assert!(
+                (best as f32 - expect).abs() <= 1.5,
+                "{hz} Hz peaked at bin {best}, expected {expect}"
+            );
+        }
+    }
+}

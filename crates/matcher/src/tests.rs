@@ -1,0 +1,161 @@
+//! The matcher must recover the transform it is given, from noisy hits among chance ones.
+
+use super::*;
+
+/// A small deterministic generator, so failures reproduce.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next_f64()
+    }
+}
+
+/// Hits of reference `track` segment `r0..r1` (frames) placed at query frame `q0`, played
+/// at `tempo` (reference seconds per query second) and shifted by `pitch_bins`.
+fn sample_hits(
+    rng: &mut Lcg,
+    track: u32,
+    r0: f64,
+    r1: f64,
+    q0: f64,
+    tempo: f64,
+    pitch_bins: f64,
+    n: usize,
+) -> Vec<Hit> {
+    (0..n)
+        .map(|_| {
+            let r = rng.range(r0, r1);
+            let r_span = rng.range(10.0, 90.0);
+            let r_bin = rng.range(20.0, 170.0);
+            // Peak positions jitter by about half a frame and a third of a bin.
+            let q = q0 + (r - r0) / tempo + rng.range(-0.7, 0.7);
+            let q_span = r_span / tempo + rng.range(-0.7, 0.7);
+            Hit {
+                track,
+                q_time: q as f32,
+                q_bin: (r_bin + pitch_bins + rng.range(-0.3, 0.3)) as f32,
+                q_span: q_span as f32,
+                r_time: r as f32,
+                r_bin: r_bin as f32,
+                r_span: r_span as f32,
+            }
+        })
+        .collect()
+}
+
+/// Chance hits: every field independent and uniform.
+fn noise_hits(rng: &mut Lcg, n_tracks: u32, n: usize, q_len: f64, r_len: f64) -> Vec<Hit> {
+    (0..n)
+        .map(|_| Hit {
+            track: (rng.next_f64() * n_tracks as f64) as u32,
+            q_time: rng.range(0.0, q_len) as f32,
+            q_bin: rng.range(0.0, 198.0) as f32,
+            q_span: rng.range(2.0, 200.0) as f32,
+            r_time: rng.range(0.0, r_len) as f32,
+            r_bin: rng.range(0.0, 198.0) as f32,
+            r_span: rng.range(3.0, 100.0) as f32,
+        })
+        .collect()
+}
+
+#[test]
+fn recovers_offset_tempo_and_pitch_among_noise() {
+    let p = MatchParams::default();
+    for (seed, tempo, pitch_bins) in [
+        (1u64, 1.0, 0.0),
+        (2, 0.7, -18.5),
+        (3, 1.4, 17.4),
+        (4, 0.85, 0.0),
+        (5, 1.0, 9.0),
+        (6, 0.5, -36.0),
+        (7, 2.0, 36.0),
+    ] {
+        let mut rng = Lcg(seed);
+        // An 8 s (1000-frame) excerpt from 60 s into track 7, placed 12 s into the query.
+        let mut hits = sample_hits(&mut rng, 7, 7500.0, 8500.0, 1500.0, tempo, pitch_bins, 40);
+        hits.extend(noise_hits(&mut rng, 50, 50_000, 5000.0, 30_000.0));
+        let found = find_matches(hits, &p);
+        assert!(!found.is_empty(), "tempo {tempo}: nothing found");
+        let m = &found[0];
+        assert_eq!(m.track, 7);
+        assert!(
+            (m.tempo / tempo - 1.0).abs() < 0.01,
+            "tempo {} vs {tempo}",
+            m.tempo
+        );
+        let st = pitch_bins / 3.0;
+        assert!(
+            (m.pitch_semitones - st).abs() < 0.2,
+            "pitch {} vs {st}",
+            m.pitch_semitones
+        );
+        let o = &m.occurrences[0];
+        assert!(
+            (o.query_start_s - 12.0).abs() < 0.3,
+            "start {}",
+            o.query_start_s
+        );
+        assert!(
+            (o.ref_start_s - 60.0).abs() < 0.3,
+            "ref start {}",
+            o.ref_start_s
+        );
+    }
+}
+
+#[test]
+fn chance_hits_alone_match_nothing() {
+    let p = MatchParams::default();
+    for seed in 10..15 {
+        let mut rng = Lcg(seed);
+        let hits = noise_hits(&mut rng, 20, 200_000, 22_500.0, 30_000.0);
+        let found = find_matches(hits, &p);
+        assert!(
+            found.is_empty(),
+            "seed {seed}: spurious {:?}",
+            found.first()
+        );
+    }
+}
+
+#[test]
+fn loop_repetitions_are_one_match_with_many_occurrences() {
+    let p = MatchParams::default();
+    let mut rng = Lcg(42);
+    // A 2 s (250-frame) segment slowed to 0.9, looped 8 times back to back, with only 5
+    // hits per repetition: too few alone, enough together.
+    let tempo = 0.9;
+    let period = 250.0 / tempo;
+    let mut hits = Vec::new();
+    for k in 0..8 {
+        hits.extend(sample_hits(
+            &mut rng,
+            3,
+            2000.0,
+            2250.0,
+            800.0 + k as f64 * period,
+            tempo,
+            -5.0,
+            5,
+        ));
+    }
+    hits.extend(noise_hits(&mut rng, 30, 30_000, 5000.0, 30_000.0));
+    let found = find_matches(hits, &p);
+    assert!(!found.is_empty());
+    let m = &found[0];
+    assert_eq!(m.track, 3);
+    assert!(
+        m.occurrences.len() >= 6,
+        "{} occurrences",
+        m.occurrences.len()
+    );
+    assert!((m.tempo / tempo - 1.0).abs() < 0.01, "tempo {}", m.tempo);
+}
