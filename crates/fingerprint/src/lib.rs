@@ -50,6 +50,12 @@ pub struct Params {
     pub peak_radius_frames: usize,
     /// ...and of a (2r+1)-bin neighbourhood in log-frequency.
     pub peak_radius_bins: usize,
+    /// The query's peak neighbourhood in frames: smaller than the reference's, so a
+    /// reference peak that a louder sound nearby in the mix no longer dominates is still a
+    /// local maximum in the query.
+    pub query_peak_radius_frames: usize,
+    /// The query's peak neighbourhood in bins.
+    pub query_peak_radius_bins: usize,
     /// Peaks quieter than this natural-log power are silence or dither, not music.
     pub min_log_power: f32,
     /// Peak density is enforced per block of this many frames...
@@ -96,6 +102,8 @@ impl Default for Params {
             n_octaves: 5.5,
             peak_radius_frames: 8,
             peak_radius_bins: 9,
+            query_peak_radius_frames: 8,
+            query_peak_radius_bins: 9,
             min_log_power: -4.0,
             density_block_frames: 125,
             density_subbands: 3,
@@ -251,20 +259,35 @@ impl Fingerprinter {
         self.spectrogram.compute(samples)
     }
 
-    /// Peaks of `samples` at the given density.
-    pub fn peaks(&self, samples: &[f32], peaks_per_s: f32) -> Vec<Peak> {
-        peaks::find_peaks(&self.spectrogram(samples), &self.params, peaks_per_s)
+    /// Peaks of `samples` at the given density and neighbourhood (frames, bins).
+    pub fn peaks(&self, samples: &[f32], peaks_per_s: f32, radius: (usize, usize)) -> Vec<Peak> {
+        peaks::find_peaks(
+            &self.spectrogram(samples),
+            &self.params,
+            peaks_per_s,
+            radius,
+        )
     }
 
     /// The quads to store for a reference recording.
     pub fn reference(&self, samples: &[f32]) -> Vec<RefQuad> {
-        let peaks = self.peaks(samples, self.params.ref_peaks_per_s);
+        let p = &self.params;
+        let peaks = self.peaks(
+            samples,
+            p.ref_peaks_per_s,
+            (p.peak_radius_frames, p.peak_radius_bins),
+        );
         quads::reference_quads(&peaks, &self.params)
     }
 
     /// The quads to look up for a query.
     pub fn query(&self, samples: &[f32]) -> Vec<QueryQuad> {
-        let peaks = self.peaks(samples, self.params.query_peaks_per_s);
+        let p = &self.params;
+        let peaks = self.peaks(
+            samples,
+            p.query_peaks_per_s,
+            (p.query_peak_radius_frames, p.query_peak_radius_bins),
+        );
         quads::query_quads(&peaks, &self.params)
     }
 }

@@ -22,8 +22,14 @@ pub struct Peak {
     pub strength: f32,
 }
 
-/// Finds the peaks of `spec`, keeping about `peaks_per_s` of them per second of audio.
-pub fn find_peaks(spec: &LogSpectrogram, params: &Params, peaks_per_s: f32) -> Vec<Peak> {
+/// Finds the peaks of `spec` (maxima of a neighbourhood of the given radii), keeping about
+/// `peaks_per_s` of them per second of audio.
+pub fn find_peaks(
+    spec: &LogSpectrogram,
+    params: &Params,
+    peaks_per_s: f32,
+    (radius_frames, radius_bins): (usize, usize),
+) -> Vec<Peak> {
     let (n_frames, n_bins) = (spec.n_frames, spec.n_bins);
     if n_frames < 3 || n_bins < 3 {
         return Vec::new();
@@ -33,7 +39,7 @@ pub fn find_peaks(spec: &LogSpectrogram, params: &Params, peaks_per_s: f32) -> V
     for f in 0..n_frames {
         sliding_max(
             spec.frame(f),
-            params.peak_radius_bins,
+            radius_bins,
             &mut fmax[f * n_bins..(f + 1) * n_bins],
         );
     }
@@ -44,7 +50,7 @@ pub fn find_peaks(spec: &LogSpectrogram, params: &Params, peaks_per_s: f32) -> V
         for f in 0..n_frames {
             column[f] = fmax[f * n_bins + k];
         }
-        sliding_max(&column, params.peak_radius_frames, &mut column_max);
+        sliding_max(&column, radius_frames, &mut column_max);
         for f in 0..n_frames {
             nmax[f * n_bins + k] = column_max[f];
         }

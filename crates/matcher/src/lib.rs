@@ -55,6 +55,8 @@ pub struct MatchParams {
     pub log_factor_cell: f64,
     /// Width of a histogram cell in pitch bins.
     pub pitch_cell_bins: f64,
+    /// Length of a reference block of the vote, in frames.
+    pub ref_block_frames: f64,
     /// Hits whose intercepts lie closer than this many frames chain into one cluster.
     pub cluster_gap_frames: f64,
     /// A hit is an inlier of a fitted line within this many frames.
@@ -63,6 +65,9 @@ pub struct MatchParams {
     pub min_occurrence_hits: usize,
     /// ...and a match at least this many over all its occurrences.
     pub min_match_hits: usize,
+    /// The matched anchors must span at least this many reference frames: shorter
+    /// material (a single drum hit) cannot be told from chance rhythmic coincidence.
+    pub min_ref_extent_frames: f64,
     /// A match is reported when its corrected significance (-log10 of the chance
     /// probability) reaches this.
     pub min_significance: f64,
@@ -77,10 +82,12 @@ impl Default for MatchParams {
             max_pitch_semitones: 12.5,
             log_factor_cell: 0.03,
             pitch_cell_bins: 1.0,
+            ref_block_frames: 256.0,
             cluster_gap_frames: 6.0,
             inlier_frames: 4.0,
             min_occurrence_hits: 3,
             min_match_hits: 6,
+            min_ref_extent_frames: 125.0,
             min_significance: 4.0,
         }
     }
@@ -112,7 +119,8 @@ pub struct SampleMatch {
     pub pitch_semitones: f64,
     /// Occurrences in query order.
     pub occurrences: Vec<Occurrence>,
-    /// Inlier hits over all occurrences.
+    /// Distinct reference quads matched over all occurrences (a quad hit once per loop
+    /// repetition counts once).
     pub hits: usize,
     /// -log10 of the probability that chance hits would form a group this strong anywhere
     /// in this query (corrected for the number of places searched).
@@ -177,25 +185,40 @@ fn match_track(
         })
         .collect();
     let grid = Grid::new(p);
-    let mut counts = vec![0u32; grid.n_lf * grid.n_pitch];
-    for pt in &points {
-        counts[grid.cell(pt)] += 1;
+    // Vote in (log time factor, pitch, reference-time block). A sample, looped or not,
+    // comes from one region of its reference, while chance hits spread over the whole
+    // reference: the third axis lifts real groups far above the background. Only cells
+    // holding two or more hits can seed a candidate, which keeps the work proportional to
+    // the hits rather than to the size of the grid.
+    let mut keys: Vec<u64> = points.iter().map(|pt| grid.key(pt, p)).collect();
+    keys.sort_unstable();
+    let mut cell_counts: Vec<(u64, u32)> = Vec::new();
+    for k in keys.chunk_by(|a, b| a == b) {
+        cell_counts.push((k[0], k.len() as u32));
     }
-    // Candidate cells: local maxima of the 3x3 neighbourhood sums, strongest first.
-    let sums = grid.neighbourhood_sums(&counts);
-    let mut cells: Vec<usize> = (0..sums.len())
-        .filter(|&c| sums[c] as usize >= p.min_match_hits && grid.is_local_max(&sums, c))
+    let count_of = |key: u64| {
+        cell_counts
+            .binary_search_by_key(&key, |c| c.0)
+            .map_or(0, |i| cell_counts[i].1)
+    };
+    let mut cells: Vec<(u32, u64)> = cell_counts
+        .iter()
+        .filter(|c| c.1 >= 2)
+        .map(|&(key, _)| (grid.neighbour_keys(key).map(count_of).sum::<u32>(), key))
+        .filter(|&(sum, _)| sum as usize >= p.min_match_hits)
         .collect();
-    cells.sort_by_key(|&c| std::cmp::Reverse(sums[c]));
+    cells.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     cells.truncate(MAX_CELLS_PER_TRACK);
-
+    let n_cells = (grid.n_lf * grid.n_pitch) as f64;
     let mut claimed = vec![false; points.len()];
     let mut out = Vec::new();
     // The places a chance group could have formed: every candidate track, every cell of
     // the transform grid, every offset of the query.
-    let trials = n_tracks_hit as f64 * counts.len() as f64 * (query_frames / CLUSTER_SCALE_FRAMES);
-    for cell in cells {
-        let (lf_c, pitch_c) = grid.centre(cell);
+    let trials = n_tracks_hit as f64 * n_cells * (query_frames / CLUSTER_SCALE_FRAMES);
+    for (_, key) in cells {
+        let (lf_c, pitch_c, _) = grid.centre(key);
+        // The seed cell's transform, over the whole reference: a long sample reaches
+        // beyond the block that seeded it.
         let window: Vec<usize> = (0..points.len())
             .filter(|&i| {
                 !claimed[i]
@@ -209,8 +232,11 @@ fn match_track(
         let Some(group) = fit_group(&points, &window, p) else {
             continue;
         };
-        let n_hits: usize = group.clusters.iter().map(|c| c.len()).sum();
-        if n_hits < p.min_match_hits {
+        // Evidence is the number of distinct reference quads matched: when the query repeats
+        // itself (a drum loop, a chorus), the same few reference quads are hit once per
+        // repetition, and counting them again would mistake repetition for agreement.
+        let n_hits = group.distinct_reference_hits(&points);
+        if n_hits < p.min_match_hits || group.reference_extent(&points) < p.min_ref_extent_frames {
             continue;
         }
         // Chance rate: the window's hits spread uniformly over the intercepts they span.
@@ -226,7 +252,7 @@ fn match_track(
                 claimed[i] = true;
             }
         }
-        out.push(group.into_match(track, &points, p, sig));
+        out.push(group.into_match(track, &points, p, sig, n_hits));
     }
     out
 }
@@ -237,7 +263,7 @@ const CLUSTER_SCALE_FRAMES: f64 = 8.0;
 /// one or two; the rest are chance).
 const MAX_CELLS_PER_TRACK: usize = 8;
 
-/// The (log time factor, pitch) histogram geometry.
+/// The (log time factor, pitch, reference block) histogram geometry.
 struct Grid {
     lf_min: f64,
     lf_cell: f64,
@@ -246,6 +272,10 @@ struct Grid {
     pitch_cell: f64,
     n_pitch: usize,
 }
+
+/// Bits of a cell key given to each axis.
+const AXIS_BITS: u32 = 21;
+const AXIS_MASK: u64 = (1 << AXIS_BITS) - 1;
 
 impl Grid {
     fn new(p: &MatchParams) -> Self {
@@ -261,45 +291,34 @@ impl Grid {
         }
     }
 
-    fn cell(&self, pt: &Point) -> usize {
-        let i = (((pt.log_factor - self.lf_min) / self.lf_cell) as usize).min(self.n_lf - 1);
-        let j =
-            (((pt.pitch_bins - self.pitch_min) / self.pitch_cell) as usize).min(self.n_pitch - 1);
-        i * self.n_pitch + j
+    /// The cell of a point, packed as (lf index, pitch index, reference block) with one
+    /// spare cell of margin on each axis so that neighbours never underflow.
+    fn key(&self, pt: &Point, p: &MatchParams) -> u64 {
+        let i = (((pt.log_factor - self.lf_min) / self.lf_cell) as u64).min(self.n_lf as u64 - 1);
+        let j = (((pt.pitch_bins - self.pitch_min) / self.pitch_cell) as u64)
+            .min(self.n_pitch as u64 - 1);
+        let k = ((pt.r.max(0.0) / p.ref_block_frames) as u64).min(AXIS_MASK - 2);
+        ((i + 1) << (2 * AXIS_BITS)) | ((j + 1) << AXIS_BITS) | (k + 1)
     }
 
-    fn centre(&self, cell: usize) -> (f64, f64) {
-        let (i, j) = (cell / self.n_pitch, cell % self.n_pitch);
+    fn centre(&self, key: u64) -> (f64, f64, u64) {
+        let i = (key >> (2 * AXIS_BITS)) - 1;
+        let j = ((key >> AXIS_BITS) & AXIS_MASK) - 1;
+        let k = (key & AXIS_MASK) - 1;
         (
             self.lf_min + (i as f64 + 0.5) * self.lf_cell,
             self.pitch_min + (j as f64 + 0.5) * self.pitch_cell,
+            k,
         )
     }
 
-    fn neighbours(&self, cell: usize) -> impl Iterator<Item = usize> + '_ {
-        let (i, j) = (
-            (cell / self.n_pitch) as isize,
-            (cell % self.n_pitch) as isize,
-        );
-        (-1..=1).flat_map(move |di| {
-            (-1..=1).filter_map(move |dj| {
-                let (a, b) = (i + di, j + dj);
-                (a >= 0 && b >= 0 && (a as usize) < self.n_lf && (b as usize) < self.n_pitch)
-                    .then(|| a as usize * self.n_pitch + b as usize)
-            })
+    /// The 27 keys of the 3x3x3 neighbourhood (margins make every one well formed).
+    fn neighbour_keys(&self, key: u64) -> impl Iterator<Item = u64> {
+        let unit = [1u64 << (2 * AXIS_BITS), 1u64 << AXIS_BITS, 1u64];
+        (0..27u64).map(move |n| {
+            let d = [n / 9, (n / 3) % 3, n % 3];
+            (0..3).fold(key, |k, a| k + d[a] * unit[a] - unit[a])
         })
-    }
-
-    fn neighbourhood_sums(&self, counts: &[u32]) -> Vec<u32> {
-        (0..counts.len())
-            .map(|c| self.neighbours(c).map(|n| counts[n]).sum())
-            .collect()
-    }
-
-    fn is_local_max(&self, sums: &[u32], cell: usize) -> bool {
-        // Ties go to the lower index, so a flat top yields one candidate.
-        self.neighbours(cell)
-            .all(|n| sums[n] < sums[cell] || (sums[n] == sums[cell] && n >= cell))
     }
 
     fn max_r(&self, points: &[Point], window: &[usize]) -> f64 {
@@ -334,7 +353,22 @@ fn fit_group(points: &[Point], window: &[usize], p: &MatchParams) -> Option<Grou
     if clusters.is_empty() {
         return None;
     }
-    let slope = pooled_slope(points, &clusters).unwrap_or(slope0);
+    let mut slope = pooled_slope(points, &clusters).unwrap_or(slope0);
+    // The first slope came from noisy per-hit span ratios, so one long occurrence may have
+    // drifted into several clusters; cluster again at the fitted slope.
+    let mut clusters = clusters;
+    for _ in 0..2 {
+        let again: Vec<Vec<usize>> =
+            cluster_by_intercept(points, window, slope, p.cluster_gap_frames)
+                .into_iter()
+                .filter(|c| c.len() >= p.min_occurrence_hits)
+                .collect();
+        if again.is_empty() {
+            break;
+        }
+        clusters = again;
+        slope = pooled_slope(points, &clusters).unwrap_or(slope);
+    }
     // One intercept per cluster, then re-collect inliers of each line from the window, so
     // hits that the first, rougher clustering split off are won back.
     let mut intercepts: Vec<f64> = clusters
@@ -379,13 +413,41 @@ fn fit_group(points: &[Point], window: &[usize], p: &MatchParams) -> Option<Grou
             .collect();
         *b = median(&mut bs);
     }
-    kept.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let kept = suppress_overlaps(points, kept);
     let (intercepts, clusters) = kept.into_iter().unzip();
     Some(Group {
         slope,
         intercepts,
         clusters,
     })
+}
+
+/// Keeps, among clusters that overlap in the query, only the strongest. Repetitions of a
+/// loop occupy separate stretches of the query; parallel lines over one stretch are echoes
+/// (the reference repeats its own bars, so one excerpt also matches its neighbours) and
+/// are not extra occurrences, nor extra evidence.
+fn suppress_overlaps(points: &[Point], mut kept: Vec<(f64, Vec<usize>)>) -> Vec<(f64, Vec<usize>)> {
+    let span = |c: &[usize]| {
+        c.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &i| {
+            (lo.min(points[i].q), hi.max(points[i].q + points[i].q_span))
+        })
+    };
+    kept.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+    let mut out: Vec<(f64, Vec<usize>)> = Vec::with_capacity(kept.len());
+    let mut spans: Vec<(f64, f64)> = Vec::with_capacity(kept.len());
+    for (b, c) in kept {
+        let (lo, hi) = span(&c);
+        let overlaps = spans.iter().any(|&(l, h)| {
+            let inter = hi.min(h) - lo.max(l);
+            inter > 0.5 * (hi - lo).min(h - l)
+        });
+        if !overlaps {
+            spans.push((lo, hi));
+            out.push((b, c));
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
 }
 
 /// Sorts the window's hits by intercept at `slope` and chains neighbours closer than
@@ -438,7 +500,36 @@ fn pooled_slope(points: &[Point], clusters: &[Vec<usize>]) -> Option<f64> {
 const MIN_SLOPE_SPREAD_FRAMES2: f64 = 125.0 * 125.0;
 
 impl Group {
-    fn into_match(self, track: u32, points: &[Point], p: &MatchParams, sig: f64) -> SampleMatch {
+    /// Reference frames between the first and the last matched anchor.
+    fn reference_extent(&self, points: &[Point]) -> f64 {
+        let rs = self.clusters.iter().flatten().map(|&i| points[i].r);
+        let (lo, hi) = rs.fold((f64::INFINITY, 0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
+        (hi - lo).max(0.0)
+    }
+
+    fn distinct_reference_hits(&self, points: &[Point]) -> usize {
+        let mut keys: Vec<(u64, u64)> = self
+            .clusters
+            .iter()
+            .flatten()
+            .map(|&i| {
+                let pt = &points[i];
+                (pt.r.to_bits(), pt.r_span.to_bits())
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
+    }
+
+    fn into_match(
+        self,
+        track: u32,
+        points: &[Point],
+        p: &MatchParams,
+        sig: f64,
+        hits: usize,
+    ) -> SampleMatch {
         let mut occurrences: Vec<Occurrence> = self
             .clusters
             .iter()
@@ -465,7 +556,6 @@ impl Group {
             .flatten()
             .map(|&i| points[i].pitch_bins)
             .collect();
-        let hits = pitches.len();
         SampleMatch {
             track,
             tempo: 1.0 / self.slope,
