@@ -1,1 +1,165 @@
-//! Placeholder; see ARCHITECTURE.md.
+//! Audio decoding for cratedigger: any common file in, mono f32 at a fixed rate out, plus tags.
+//!
+//! Decoding uses symphonia (with libopus for Opus), downmixes to mono by averaging channels,
+//! then resamples with rubato's FFT resampler in streaming chunks. Untrusted input never panics
+//! the caller and never makes us allocate more than the decoded audio itself.
+
+mod decode;
+mod error;
+mod resample;
+mod tags;
+
+use std::io::Cursor;
+use std::path::Path;
+
+use symphonia::core::io::MediaSourceStream;
+
+pub use error::AudioError;
+pub use tags::Tags;
+
+/// How to decode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeOptions {
+    /// Rate of the returned samples, in hertz (1 kHz to 768 kHz).
+    pub target_rate_hz: u32,
+    /// Decoding stops with [`AudioError::TooLong`] once the audio exceeds this many seconds.
+    pub max_duration_s: f64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            target_rate_hz: 16_000,
+            max_duration_s: 4.0 * 3600.0,
+        }
+    }
+}
+
+/// Decoded mono audio.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    /// Mono samples at `rate_hz`, nominally in [-1, 1], always finite.
+    pub samples: Vec<f32>,
+    /// Rate of `samples`, in hertz (the requested `target_rate_hz`).
+    pub rate_hz: u32,
+    /// Sample rate of the source audio, in hertz.
+    pub source_rate_hz: u32,
+    /// Number of channels in the source audio (before downmixing).
+    pub channels: u16,
+    /// Short codec name as symphonia reports it, e.g. "mp3", "flac", "vorbis", "opus", "aac".
+    pub codec: String,
+    /// Length of `samples`, in seconds.
+    pub duration_s: f64,
+}
+
+/// Decodes an audio file to mono at `opts.target_rate_hz` and reads its tags.
+pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<(Decoded, Tags), AudioError> {
+    decode::decode_path(path, opts)
+}
+
+/// Decodes audio held in memory (e.g. an HTTP upload); `ext_hint` is the file extension if known.
+pub fn decode_bytes(
+    bytes: Vec<u8>,
+    ext_hint: Option<&str>,
+    opts: &DecodeOptions,
+) -> Result<(Decoded, Tags), AudioError> {
+    if bytes.is_empty() {
+        return Err(AudioError::Empty);
+    }
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
+    decode::decode_stream(mss, ext_hint, opts).map_err(|e| match e {
+        AudioError::Io { source, .. } => AudioError::Io {
+            path: "<memory>".into(),
+            source,
+        },
+        other => other,
+    })
+}
+
+/// BLAKE3 hash of the file's bytes, read in a streaming fashion.
+pub fn content_hash(path: &Path) -> Result<[u8; 32], AudioError> {
+    let io_err = |source| AudioError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(&mut file).map_err(io_err)?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// File extensions we try to decode, lower-case and without the dot.
+pub const SUPPORTED_EXTENSIONS: &[&str] = &[
+    "mp3", "flac", "ogg", "oga", "opus", "wav", "wave", "aif", "aiff", "aifc", "m4a", "mp4", "aac",
+    "alac", "caf", "mka", "webm",
+];
+
+/// True if the path's extension (case-insensitive) is one we try to decode.
+pub fn is_supported_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|ext| {
+            SUPPORTED_EXTENSIONS
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(ext))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_are_case_insensitive() {
+        assert!(is_supported_extension(Path::new("/a/b.MP3")));
+        assert!(is_supported_extension(Path::new("x.Opus")));
+        assert!(is_supported_extension(Path::new("x.webm")));
+        assert!(!is_supported_extension(Path::new("x.txt")));
+        assert!(!is_supported_extension(Path::new("mp3")));
+        assert!(!is_supported_extension(Path::new("x.")));
+    }
+
+    #[test]
+    fn content_hash_is_blake3_of_the_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("blob.bin");
+        // Larger than any internal read buffer, so the streaming path is exercised.
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let hash = content_hash(&path).expect("hash");
+        assert_eq!(hash, *blake3::hash(&bytes).as_bytes());
+        assert!(matches!(
+            content_hash(&dir.path().join("missing")),
+            Err(AudioError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn default_options_match_the_spec() {
+        let o = DecodeOptions::default();
+        assert_eq!(o.target_rate_hz, 16_000);
+        assert_eq!(o.max_duration_s, 14_400.0);
+    }
+
+    #[test]
+    fn bad_options_are_rejected() {
+        let bytes = vec![0u8; 100];
+        for opts in [
+            DecodeOptions {
+                target_rate_hz: 0,
+                ..Default::default()
+            },
+            DecodeOptions {
+                max_duration_s: f64::NAN,
+                ..Default::default()
+            },
+            DecodeOptions {
+                max_duration_s: -1.0,
+                ..Default::default()
+            },
+        ] {
+            let r = decode_bytes(bytes.clone(), None, &opts);
+            assert!(matches!(r, Err(AudioError::InvalidOptions { .. })), "{r:?}");
+        }
+    }
+}

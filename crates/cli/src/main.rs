@@ -1,1 +1,223 @@
-fn main() {}
+//! The `cratedigger` command line: index a reference library, then identify the samples
+//! in new songs.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use engine::{Engine, IndexEvent, IndexOutcome};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Finds the recordings a song samples, even when they were sped up, slowed down,
+/// time-stretched, pitch-shifted, looped or buried under drums.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The store folder [default: $CRATEDIGGER_DB, else ~/.local/share/cratedigger/db].
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Index audio files and folders as references (re-indexing unchanged files is free).
+    Index {
+        /// Files or folders; folders are searched recursively for audio files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Find every stored reference each query samples.
+    Identify {
+        /// Audio files of any length.
+        #[arg(required = true)]
+        queries: Vec<PathBuf>,
+        /// Print JSON (one object per query, one per line) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Report only matches whose significance (-log10 chance probability) reaches this.
+        #[arg(long)]
+        min_significance: Option<f64>,
+    },
+    /// Remove tracks from the store, by id or by the path they were indexed from.
+    Remove {
+        #[arg(required = true)]
+        tracks: Vec<String>,
+    },
+    /// List the stored tracks.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the store's size and contents.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("cratedigger: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let db = cli.db.unwrap_or_else(index::default_store_dir);
+    match cli.command {
+        Command::Index { paths, quiet } => {
+            std::fs::create_dir_all(&db)
+                .with_context(|| format!("creating the store folder {}", db.display()))?;
+            let engine =
+                Engine::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+            index(&engine, &paths, quiet)
+        }
+        Command::Identify {
+            queries,
+            json,
+            min_significance,
+        } => {
+            let mut engine = open_existing(&db)?;
+            if let Some(s) = min_significance {
+                let mut p = engine.match_params().clone();
+                p.min_significance = s;
+                engine.set_match_params(p);
+            }
+            let mut failed = false;
+            for q in &queries {
+                let started = Instant::now();
+                match engine.identify_file(q) {
+                    Ok(found) => {
+                        if json {
+                            println!("{}", serde_json::to_string(&found)?);
+                        } else {
+                            output::print_identification(&found, started.elapsed());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("cratedigger: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Remove { tracks } => {
+            let engine =
+                Engine::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+            let mut failed = false;
+            for t in &tracks {
+                match engine.remove(t) {
+                    Ok(id) => println!("removed track {id}"),
+                    Err(e) => {
+                        eprintln!("cratedigger: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::List { json } => {
+            let engine = open_existing(&db)?;
+            let tracks = engine.store().tracks()?;
+            output::print_tracks(&tracks, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { json } => {
+            let engine = open_existing(&db)?;
+            let stats = engine.store().stats()?;
+            output::print_stats(&db, &stats, engine.store().meta(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Opens a store that must already exist: a query against a missing store is a mistake
+/// worth a clear message, not an empty answer.
+fn open_existing(db: &std::path::Path) -> anyhow::Result<Engine> {
+    if !db.exists() {
+        anyhow::bail!(
+            "no store at {} (index some references first: cratedigger --db {} index FOLDER)",
+            db.display(),
+            db.display()
+        );
+    }
+    Engine::open_read_only(db).with_context(|| format!("opening the store {}", db.display()))
+}
+
+fn index(engine: &Engine, paths: &[PathBuf], quiet: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} files {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut audio_s = 0.0;
+    let mut failures = Vec::new();
+    let summary = engine.index_paths(paths, &mut |event| match event {
+        IndexEvent::Started { n_files } => bar.set_length(n_files as u64),
+        IndexEvent::Done { outcome, .. } => {
+            if let IndexOutcome::Added { duration_s, .. }
+            | IndexOutcome::Replaced { duration_s, .. } = outcome
+            {
+                audio_s += duration_s;
+            }
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!(
+                "{:.2} h of audio, {:.0}x real time",
+                audio_s / 3600.0,
+                audio_s / secs
+            ));
+            bar.inc(1);
+        }
+        IndexEvent::Failed { path, error } => {
+            bar.suspend(|| eprintln!("failed: {}: {error}", path.display()));
+            failures.push(path.to_path_buf());
+            bar.inc(1);
+        }
+    })?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "indexed {} new, {} replaced, {} unchanged, {} duplicates, {} failed; {:.2} h of audio in {:.1} s ({:.0}x real time)",
+        summary.added,
+        summary.replaced,
+        summary.unchanged,
+        summary.duplicates,
+        summary.failed,
+        summary.audio_s / 3600.0,
+        secs,
+        summary.audio_s / secs.max(1e-3)
+    );
+    Ok(if summary.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -158,11 +158,11 @@ mod tests {
         fn sliding_max_matches_naive(input in proptest::collection::vec(-100f32..100.0, 1..200), r in 0usize..12) {
             let mut out = vec![0f32; input.len()];
             sliding_max(&input, r, &mut out);
-            for i in 0..input.len() {
+            for (i, &got) in out.iter().enumerate() {
                 let lo = i.saturating_sub(r);
                 let hi = (i + r).min(input.len() - 1);
                 let expect = input[lo..=hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                prop_assert_eq!(out[i], expect);
+                prop_assert_eq!(got, expect);
             }
         }
     }

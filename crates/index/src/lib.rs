@@ -1,1 +1,232 @@
-//! Placeholder; see ARCHITECTURE.md.
+//! Fingerprint inverted index and track catalogue: maps opaque `u32` hash keys to postings.
+//!
+//! This crate knows nothing about audio. A posting is four opaque numbers (track, time,
+//! freq, span) filed under an opaque `u32` key; the fingerprint crate decides what they
+//! mean. Two backends implement the [`Store`] trait:
+//!
+//! * [`LmdbStore`], the persistent on-disk store (one LMDB environment per directory);
+//! * [`MemStore`], an in-memory store for tests and synthetic benchmarks.
+//!
+//! Every backend must pass the shared behavioural suite in the `testsuite` module (enabled
+//! by the `testsuite` cargo feature), so a new backend only has to call it to be checked.
+
+mod codec;
+mod error;
+mod lmdb;
+mod mem;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+pub use error::IndexError;
+pub use lmdb::LmdbStore;
+/// Hooks that damage a store on purpose, for corruption tests; not part of the API.
+#[cfg(feature = "testsuite")]
+#[doc(hidden)]
+pub use lmdb::test_hooks;
+pub use mem::MemStore;
+
+/// Identifies a track in one store. Ids are assigned by the store and never reused.
+pub type TrackId = u32;
+
+/// Version of the on-disk layout; a store written with another version must be rebuilt.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One occurrence of a hash key: which track it came from plus three opaque fields.
+///
+/// The field order is also the sort order, which every backend uses for the postings of one
+/// key, so lookups visit postings in the same order whatever the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Posting {
+    /// The track this posting belongs to.
+    pub track: TrackId,
+    /// Opaque fingerprint field (the fingerprint crate uses it as a time).
+    pub time: u32,
+    /// Opaque fingerprint field (the fingerprint crate uses it as a frequency).
+    pub freq: u16,
+    /// Opaque fingerprint field (the fingerprint crate uses it as a span).
+    pub span: u16,
+}
+
+/// Catalogue entry for one indexed track.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrackInfo {
+    /// Where the audio file was found; unique within a store unless empty.
+    pub path: String,
+    /// Hex digest of the file content; unique within a store unless empty.
+    pub content_hash: String,
+    /// Length of the audio; must be finite and not negative.
+    pub duration_s: f64,
+    /// Title from the file's tags, if any.
+    pub title: Option<String>,
+    /// Artist from the file's tags, if any.
+    pub artist: Option<String>,
+    /// Album from the file's tags, if any.
+    pub album: Option<String>,
+    /// Release year from the file's tags, if any.
+    pub year: Option<i32>,
+    /// MusicBrainz recording id, if known.
+    pub musicbrainz_recording_id: Option<String>,
+    /// MusicBrainz release id, if known.
+    pub musicbrainz_release_id: Option<String>,
+    /// Number of distinct postings stored for the track; [`Store::put_track`] overwrites it.
+    pub n_postings: u64,
+    /// When the track was indexed, in seconds since the Unix epoch.
+    pub indexed_unix_s: u64,
+}
+
+/// What a store was built with; both must match the running engine for the store to be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreMeta {
+    /// On-disk layout version, see [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Opaque description of the fingerprint parameters, supplied by the engine.
+    pub fingerprint_params: String,
+}
+
+/// Size counters of a store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreStats {
+    /// Number of tracks in the catalogue.
+    pub n_tracks: u64,
+    /// Number of postings across all keys.
+    pub n_postings: u64,
+    /// Sum of the tracks' durations.
+    pub total_duration_s: f64,
+    /// Size of the store's files; zero for in-memory stores.
+    pub bytes_on_disk: u64,
+    /// Number of distinct hash keys that have at least one posting.
+    pub n_keys: u64,
+}
+
+/// One posting as the caller supplies it: `(hash key, time, freq, span)`.
+pub type Entry = (u32, u32, u16, u16);
+
+/// An inverted index from hash keys to postings, plus the catalogue of indexed tracks.
+///
+/// Implementations are shared between threads; each call is its own transaction, so a
+/// reader never sees half of a [`Store::put_track`] or [`Store::remove_track`].
+pub trait Store: Send + Sync {
+    /// What the store was built with.
+    fn meta(&self) -> &StoreMeta;
+
+    /// Atomically stores a track's catalogue entry and all its postings, and returns its new id.
+    ///
+    /// Exact duplicate entries are stored once, and the stored `n_postings` is set to the
+    /// number of distinct postings. If `replaces` is `Some`, that track is removed in the same
+    /// transaction, so readers see either the old track or the new one, never both or neither.
+    /// Fails without changing anything if another track already has the same non-empty path
+    /// or content hash, or if `replaces` names a track that does not exist.
+    fn put_track(
+        &self,
+        info: &TrackInfo,
+        entries: &[Entry],
+        replaces: Option<TrackId>,
+    ) -> Result<TrackId, IndexError>;
+
+    /// Removes a track's catalogue entry and all its postings; returns whether it existed.
+    fn remove_track(&self, id: TrackId) -> Result<bool, IndexError>;
+
+    /// Returns a track's catalogue entry.
+    fn track(&self, id: TrackId) -> Result<Option<TrackInfo>, IndexError>;
+
+    /// Returns every track, in id order.
+    fn tracks(&self) -> Result<Vec<(TrackId, TrackInfo)>, IndexError>;
+
+    /// Finds the track indexed from exactly this path (empty paths are never found).
+    fn find_by_path(&self, path: &str) -> Result<Option<TrackId>, IndexError>;
+
+    /// Finds the track whose content hash is exactly this string (compared byte for byte,
+    /// so callers must use one hex case consistently; empty hashes are never found).
+    fn find_by_content(&self, content_hash_hex: &str) -> Result<Option<TrackId>, IndexError>;
+
+    /// Calls `visit(i, posting)` for every posting filed under `keys[i]`, all from one
+    /// consistent snapshot.
+    ///
+    /// Keys need not be sorted or unique; a key repeated at several indices is looked up once
+    /// and its postings are visited once per index. Visits come in ascending key order and,
+    /// within a key, in ascending posting order.
+    fn lookup(&self, keys: &[u32], visit: &mut dyn FnMut(usize, Posting))
+    -> Result<(), IndexError>;
+
+    /// Returns the store's size counters.
+    fn stats(&self) -> Result<StoreStats, IndexError>;
+}
+
+/// Where the store lives unless the user says otherwise.
+///
+/// `$CRATEDIGGER_DB` if set, else `$XDG_DATA_HOME/cratedigger/db`, else
+/// `~/.local/share/cratedigger/db`.
+pub fn default_store_dir() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .filter(|home| !home.is_empty())
+        .map(PathBuf::from)
+        .or_else(std::env::home_dir);
+    store_dir_from(
+        std::env::var_os("CRATEDIGGER_DB"),
+        std::env::var_os("XDG_DATA_HOME"),
+        home,
+    )
+}
+
+/// The environment-free part of [`default_store_dir`], separated so it can be tested without
+/// mutating the process environment.
+fn store_dir_from(
+    cratedigger_db: Option<OsString>,
+    xdg_data_home: Option<OsString>,
+    home: Option<PathBuf>,
+) -> PathBuf {
+    if let Some(dir) = cratedigger_db.filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    // The XDG spec says relative values are invalid and must be ignored.
+    let xdg = xdg_data_home
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute());
+    let data_home = match (xdg, home) {
+        (Some(xdg), _) => xdg,
+        (None, Some(home)) => home.join(".local").join("share"),
+        // Without any home directory the best remaining guess is relative to the working
+        // directory, which at least keeps the store next to where the user ran the tool.
+        (None, None) => PathBuf::from(".local").join("share"),
+    };
+    data_home.join("cratedigger").join("db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_and_errors_cross_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<IndexError>();
+        assert_send_sync::<LmdbStore>();
+        assert_send_sync::<MemStore>();
+    }
+
+    #[test]
+    fn store_dir_prefers_explicit_variable() {
+        let dir = store_dir_from(
+            Some("/data/db".into()),
+            Some("/xdg".into()),
+            Some("/home/u".into()),
+        );
+        assert_eq!(dir, PathBuf::from("/data/db"));
+    }
+
+    #[test]
+    fn store_dir_uses_xdg_then_home() {
+        let xdg = store_dir_from(None, Some("/xdg".into()), Some("/home/u".into()));
+        assert_eq!(xdg, PathBuf::from("/xdg/cratedigger/db"));
+        let home = store_dir_from(Some("".into()), None, Some("/home/u".into()));
+        assert_eq!(home, PathBuf::from("/home/u/.local/share/cratedigger/db"));
+        let relative_xdg = store_dir_from(None, Some("rel".into()), Some("/home/u".into()));
+        assert_eq!(
+            relative_xdg,
+            PathBuf::from("/home/u/.local/share/cratedigger/db")
+        );
+    }
+}

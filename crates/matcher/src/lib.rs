@@ -432,7 +432,7 @@ fn suppress_overlaps(points: &[Point], mut kept: Vec<(f64, Vec<usize>)>) -> Vec<
             (lo.min(points[i].q), hi.max(points[i].q + points[i].q_span))
         })
     };
-    kept.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+    kept.sort_by_key(|k| std::cmp::Reverse(k.1.len()));
     let mut out: Vec<(f64, Vec<usize>)> = Vec::with_capacity(kept.len());
     let mut spans: Vec<(f64, f64)> = Vec::with_capacity(kept.len());
     for (b, c) in kept {

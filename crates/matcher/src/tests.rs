@@ -18,10 +18,10 @@ impl Lcg {
     }
 }
 
-/// Hits of reference `track` segment `r0..r1` (frames) placed at query frame `q0`, played
-/// at `tempo` (reference seconds per query second) and shifted by `pitch_bins`.
-fn sample_hits(
-    rng: &mut Lcg,
+/// A planted sample: reference `track` segment `r0..r1` (frames) placed at query frame
+/// `q0`, played at `tempo` (reference seconds per query second), shifted by `pitch_bins`,
+/// seen through `n` hits.
+struct Planted {
     track: u32,
     r0: f64,
     r1: f64,
@@ -29,7 +29,18 @@ fn sample_hits(
     tempo: f64,
     pitch_bins: f64,
     n: usize,
-) -> Vec<Hit> {
+}
+
+fn sample_hits(rng: &mut Lcg, s: Planted) -> Vec<Hit> {
+    let Planted {
+        track,
+        r0,
+        r1,
+        q0,
+        tempo,
+        pitch_bins,
+        n,
+    } = s;
     (0..n)
         .map(|_| {
             let r = rng.range(r0, r1);
@@ -80,7 +91,16 @@ fn recovers_offset_tempo_and_pitch_among_noise() {
     ] {
         let mut rng = Lcg(seed);
         // An 8 s (1000-frame) excerpt from 60 s into track 7, placed 12 s into the query.
-        let mut hits = sample_hits(&mut rng, 7, 7500.0, 8500.0, 1500.0, tempo, pitch_bins, 40);
+        let planted = Planted {
+            track: 7,
+            r0: 7500.0,
+            r1: 8500.0,
+            q0: 1500.0,
+            tempo,
+            pitch_bins,
+            n: 40,
+        };
+        let mut hits = sample_hits(&mut rng, planted);
         hits.extend(noise_hits(&mut rng, 50, 50_000, 5000.0, 30_000.0));
         let found = find_matches(hits, &p);
         assert!(!found.is_empty(), "tempo {tempo}: nothing found");
@@ -136,16 +156,16 @@ fn loop_repetitions_are_one_match_with_many_occurrences() {
     let period = 250.0 / tempo;
     let mut hits = Vec::new();
     for k in 0..8 {
-        hits.extend(sample_hits(
-            &mut rng,
-            3,
-            2000.0,
-            2250.0,
-            800.0 + k as f64 * period,
+        let planted = Planted {
+            track: 3,
+            r0: 2000.0,
+            r1: 2250.0,
+            q0: 800.0 + k as f64 * period,
             tempo,
-            -5.0,
-            5,
-        ));
+            pitch_bins: -5.0,
+            n: 5,
+        };
+        hits.extend(sample_hits(&mut rng, planted));
     }
     hits.extend(noise_hits(&mut rng, 30, 30_000, 5000.0, 30_000.0));
     let found = find_matches(hits, &p);

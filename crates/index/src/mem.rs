@@ -1,0 +1,224 @@
+//! In-memory [`Store`] for tests and synthetic benchmarks; same semantics as the LMDB store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{PoisonError, RwLock};
+
+use crate::codec::{
+    duration_us, prepare_entries, query_groups, query_index, sort_queries, validate_track_info,
+};
+use crate::{
+    Entry, FORMAT_VERSION, IndexError, Posting, Store, StoreMeta, StoreStats, TrackId, TrackInfo,
+};
+
+/// A [`Store`] held entirely in memory behind one reader-writer lock.
+///
+/// Lookups hold the read lock while they call `visit`, so `visit` must not write to the
+/// same store.
+#[derive(Debug)]
+pub struct MemStore {
+    meta: StoreMeta,
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Postings per key, each list sorted ascending.
+    postings: BTreeMap<u32, Vec<Posting>>,
+    tracks: BTreeMap<TrackId, TrackInfo>,
+    /// The distinct keys of each track, so removal touches only those lists.
+    track_keys: HashMap<TrackId, Vec<u32>>,
+    paths: HashMap<String, TrackId>,
+    contents: HashMap<String, TrackId>,
+    /// Held as u64 so "all u32 ids used" is representable.
+    next_track_id: u64,
+    n_postings: u64,
+    total_duration_us: u64,
+}
+
+impl MemStore {
+    /// Creates an empty store built "with" the given fingerprint parameters.
+    pub fn new(fingerprint_params: &str) -> Self {
+        Self {
+            meta: StoreMeta {
+                format_version: FORMAT_VERSION,
+                fingerprint_params: fingerprint_params.to_owned(),
+            },
+            inner: RwLock::new(Inner {
+                postings: BTreeMap::new(),
+                tracks: BTreeMap::new(),
+                track_keys: HashMap::new(),
+                paths: HashMap::new(),
+                contents: HashMap::new(),
+                next_track_id: 1,
+                n_postings: 0,
+                total_duration_us: 0,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, id: TrackId) -> bool {
+        let Some(info) = self.tracks.remove(&id) else {
+            return false;
+        };
+        for key in self.track_keys.remove(&id).unwrap_or_default() {
+            if let Some(list) = self.postings.get_mut(&key) {
+                let before = list.len();
+                list.retain(|posting| posting.track != id);
+                self.n_postings -= (before - list.len()) as u64;
+                if list.is_empty() {
+                    self.postings.remove(&key);
+                }
+            }
+        }
+        if self.paths.get(&info.path) == Some(&id) {
+            self.paths.remove(&info.path);
+        }
+        if self.contents.get(&info.content_hash) == Some(&id) {
+            self.contents.remove(&info.content_hash);
+        }
+        self.total_duration_us = self
+            .total_duration_us
+            .saturating_sub(duration_us(info.duration_s));
+        true
+    }
+
+    /// Finds a conflicting owner of a path or content hash, ignoring the track being replaced.
+    fn conflict(
+        map: &HashMap<String, TrackId>,
+        value: &str,
+        replaces: Option<TrackId>,
+    ) -> Option<TrackId> {
+        if value.is_empty() {
+            return None;
+        }
+        map.get(value).copied().filter(|&id| Some(id) != replaces)
+    }
+}
+
+impl Store for MemStore {
+    fn meta(&self) -> &StoreMeta {
+        &self.meta
+    }
+
+    fn put_track(
+        &self,
+        info: &TrackInfo,
+        entries: &[Entry],
+        replaces: Option<TrackId>,
+    ) -> Result<TrackId, IndexError> {
+        validate_track_info(info)?;
+        // A panic cannot leave the maps half-updated, because every check happens before the
+        // first mutation; so a poisoned lock still guards consistent data.
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+
+        // Check everything before mutating anything, which is what makes this atomic.
+        if let Some(old) = replaces
+            && !inner.tracks.contains_key(&old)
+        {
+            return Err(IndexError::UnknownTrack { id: old });
+        }
+        if let Some(existing) = Inner::conflict(&inner.paths, &info.path, replaces) {
+            return Err(IndexError::PathTaken {
+                path: info.path.clone(),
+                existing,
+            });
+        }
+        if let Some(existing) = Inner::conflict(&inner.contents, &info.content_hash, replaces) {
+            return Err(IndexError::ContentTaken {
+                content_hash: info.content_hash.clone(),
+                existing,
+            });
+        }
+        let id = TrackId::try_from(inner.next_track_id).map_err(|_| IndexError::IdsExhausted)?;
+
+        if let Some(old) = replaces {
+            inner.remove(old);
+        }
+        let prepared = prepare_entries(id, entries);
+        let mut keys = Vec::new();
+        for &(key, posting) in &prepared {
+            // New track ids are the largest so far, so pushing keeps each list sorted.
+            inner.postings.entry(key).or_default().push(posting);
+            if keys.last() != Some(&key) {
+                keys.push(key);
+            }
+        }
+        inner.n_postings += prepared.len() as u64;
+        inner.track_keys.insert(id, keys);
+        let mut stored = info.clone();
+        stored.n_postings = prepared.len() as u64;
+        if !stored.path.is_empty() {
+            inner.paths.insert(stored.path.clone(), id);
+        }
+        if !stored.content_hash.is_empty() {
+            inner.contents.insert(stored.content_hash.clone(), id);
+        }
+        inner.total_duration_us += duration_us(stored.duration_s);
+        inner.tracks.insert(id, stored);
+        inner.next_track_id += 1;
+        Ok(id)
+    }
+
+    fn remove_track(&self, id: TrackId) -> Result<bool, IndexError> {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner.remove(id))
+    }
+
+    fn track(&self, id: TrackId) -> Result<Option<TrackInfo>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner.tracks.get(&id).cloned())
+    }
+
+    fn tracks(&self) -> Result<Vec<(TrackId, TrackInfo)>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner
+            .tracks
+            .iter()
+            .map(|(&id, info)| (id, info.clone()))
+            .collect())
+    }
+
+    fn find_by_path(&self, path: &str) -> Result<Option<TrackId>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner.paths.get(path).copied())
+    }
+
+    fn find_by_content(&self, content_hash_hex: &str) -> Result<Option<TrackId>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner.contents.get(content_hash_hex).copied())
+    }
+
+    fn lookup(
+        &self,
+        keys: &[u32],
+        visit: &mut dyn FnMut(usize, Posting),
+    ) -> Result<(), IndexError> {
+        let queries = sort_queries(keys)?;
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        for group in query_groups(&queries) {
+            let key = crate::codec::query_key(group[0]);
+            let Some(list) = inner.postings.get(&key) else {
+                continue;
+            };
+            for &posting in list {
+                for &query in group {
+                    visit(query_index(query), posting);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<StoreStats, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(StoreStats {
+            n_tracks: inner.tracks.len() as u64,
+            n_postings: inner.n_postings,
+            total_duration_s: inner.total_duration_us as f64 / 1e6,
+            bytes_on_disk: 0,
+            n_keys: inner.postings.len() as u64,
+        })
+    }
+}
