@@ -57,8 +57,8 @@ pub struct MatchReport {
     /// Number of occurrences (repetitions of a loop count one each).
     pub loop_count: usize,
     pub occurrences: Vec<matcher::Occurrence>,
-    /// 1 - the probability that chance hits would form a match this strong (see
-    /// ARCHITECTURE.md, "score").
+    /// Estimated probability that this is a real sample (0-1), calibrated on the
+    /// benchmark; see ARCHITECTURE.md, "Score".
     pub score: f64,
     /// -log10 of that chance probability.
     pub significance: f64,
@@ -119,7 +119,7 @@ impl MatchReport {
             speed: (kind == MatchKind::Speed).then_some(m.tempo),
             kind,
             loop_count: m.occurrences.len(),
-            score: 1.0 - 10f64.powf(-m.significance),
+            score: matcher::confidence(m.significance),
             significance: m.significance,
             hits: m.hits,
             occurrences: m.occurrences,

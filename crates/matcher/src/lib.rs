@@ -19,7 +19,7 @@
 
 mod score;
 
-pub use score::significance;
+pub use score::{confidence, significance};
 
 /// One hash match between a query quad and a stored reference quad.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,7 +88,7 @@ impl Default for MatchParams {
             min_occurrence_hits: 3,
             min_match_hits: 6,
             min_ref_extent_frames: 125.0,
-            min_significance: 4.0,
+            min_significance: score::CONFIDENCE_MIDPOINT,
         }
     }
 }
@@ -152,8 +152,92 @@ pub fn find_matches(mut hits: Vec<Hit>, p: &MatchParams) -> Vec<SampleMatch> {
         out.extend(match_track(track_hits, p, query_frames, n_tracks_hit));
     }
     out.sort_by(|a, b| b.significance.total_cmp(&a.significance));
+    suppress_alternate_locations(out)
+}
+
+/// Drops a match that covers the same stretch of the query as a stronger match of the
+/// same track: the reference contains that material twice (a repeated chorus), and the
+/// weaker line is the same sample seen at the other place, not a second sample.
+fn suppress_alternate_locations(matches: Vec<SampleMatch>) -> Vec<SampleMatch> {
+    let mut kept: Vec<SampleMatch> = Vec::with_capacity(matches.len());
+    for m in matches {
+        let shadowed = kept.iter().filter(|k| k.track == m.track).any(|k| {
+            let covered: f64 = m
+                .occurrences
+                .iter()
+                .map(|o| {
+                    k.occurrences
+                        .iter()
+                        .map(|ko| {
+                            (o.query_end_s.min(ko.query_end_s)
+                                - o.query_start_s.max(ko.query_start_s))
+                            .max(0.0)
+                        })
+                        .sum::<f64>()
+                })
+                .sum();
+            let total: f64 = m
+                .occurrences
+                .iter()
+                .map(|o| o.query_end_s - o.query_start_s)
+                .sum();
+            covered > 0.5 * total
+        });
+        if !shadowed {
+            kept.push(m);
+        }
+    }
+    kept
+}
+
+/// Joins occurrences that continue each other in both recordings (a gap in the hits, not
+/// a cut): the next one starts within `max_gap_s` of the previous end in the query, and
+/// the reference resumes where the tempo says it should.
+fn merge_continuations(mut occ: Vec<Occurrence>, tempo: f64, max_gap_s: f64) -> Vec<Occurrence> {
+    occ.sort_by(|a, b| a.query_start_s.total_cmp(&b.query_start_s));
+    let mut out: Vec<Occurrence> = Vec::with_capacity(occ.len());
+    for o in occ {
+        if let Some(last) = out.last_mut() {
+            let q_gap = o.query_start_s - last.query_end_s;
+            let r_gap = o.ref_start_s - last.ref_end_s;
+            if q_gap <= max_gap_s && (r_gap - q_gap * tempo).abs() <= CONTINUITY_TOLERANCE_S {
+                last.query_end_s = last.query_end_s.max(o.query_end_s);
+                last.ref_end_s = last.ref_end_s.max(o.ref_end_s);
+                last.ref_start_s = last.ref_start_s.min(o.ref_start_s);
+                last.hits += o.hits;
+                continue;
+            }
+        }
+        out.push(o);
+    }
     out
 }
+
+/// Drops occurrences that are far weaker than the strongest one and use another part of
+/// the reference: a reference that repeats its own bars lets the edge of an excerpt match
+/// the neighbouring bar too. Repetitions of a loop reuse the strongest occurrence's part
+/// of the reference and are kept however weak.
+fn drop_weak_echoes(occ: Vec<Occurrence>) -> Vec<Occurrence> {
+    let Some(best) = occ.iter().max_by_key(|o| o.hits).cloned() else {
+        return occ;
+    };
+    occ.into_iter()
+        .filter(|o| {
+            let shares_reference = o.ref_start_s < best.ref_end_s && best.ref_start_s < o.ref_end_s;
+            shares_reference || o.hits as f64 >= WEAK_ECHO_FRACTION * best.hits as f64
+        })
+        .collect()
+}
+
+/// An occurrence elsewhere in the reference with less than this fraction of the strongest
+/// occurrence's hits is taken for an echo.
+const WEAK_ECHO_FRACTION: f64 = 0.34;
+
+/// How far (seconds) the reference may jump between two pieces for them to count as one
+/// continuous use: above the quads' own time spread, below any musical edit.
+const CONTINUITY_TOLERANCE_S: f64 = 0.5;
+/// Largest gap in the query (seconds) bridged by [`merge_continuations`].
+const MAX_CONTINUATION_GAP_S: f64 = 1.0;
 
 /// A hit reduced to what the per-track search needs.
 #[derive(Clone, Copy, Debug)]
@@ -530,7 +614,7 @@ impl Group {
         sig: f64,
         hits: usize,
     ) -> SampleMatch {
-        let mut occurrences: Vec<Occurrence> = self
+        let occurrences: Vec<Occurrence> = self
             .clusters
             .iter()
             .zip(&self.intercepts)
@@ -549,7 +633,11 @@ impl Group {
                 }
             })
             .collect();
-        occurrences.sort_by(|a, b| a.query_start_s.total_cmp(&b.query_start_s));
+        let occurrences = drop_weak_echoes(merge_continuations(
+            occurrences,
+            1.0 / self.slope,
+            MAX_CONTINUATION_GAP_S,
+        ));
         let mut pitches: Vec<f64> = self
             .clusters
             .iter()

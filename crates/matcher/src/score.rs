@@ -20,6 +20,19 @@ pub fn significance(n: usize, mean: f64, trials: f64) -> f64 {
     -(log10_tail + trials.max(1.0).log10()).min(0.0)
 }
 
+/// Significance at which a match is as likely real as not (score 0.5), and the default
+/// reporting threshold. Fitted on the benchmark's true and chance matches (BENCHMARKS.md).
+pub const CONFIDENCE_MIDPOINT: f64 = 20.0;
+/// Significance over which the score goes from 0.27 to 0.73 (one logistic unit).
+pub const CONFIDENCE_WIDTH: f64 = 3.0;
+
+/// The probability that a match of this significance is a real sample, as a logistic
+/// curve fitted on the benchmark. The raw significance alone over-states certainty: music
+/// is full of repetition, so chance groups are far likelier than independent hits would be.
+pub fn confidence(significance: f64) -> f64 {
+    1.0 / (1.0 + (-(significance - CONFIDENCE_MIDPOINT) / CONFIDENCE_WIDTH).exp())
+}
+
 fn ln_factorial(n: usize) -> f64 {
     (2..=n).map(|k| (k as f64).ln()).sum()
 }
@@ -33,6 +46,13 @@ mod tests {
         // P(X >= 3 | mean 1) = 1 - e^-1 (1 + 1 + 1/2) = 0.080301...
         let s = significance(3, 1.0, 1.0);
         assert!((s - (-(0.080_301_4f64).log10())).abs() < 1e-4, "{s}");
+    }
+
+    #[test]
+    fn confidence_is_monotone_and_centred() {
+        assert!((confidence(CONFIDENCE_MIDPOINT) - 0.5).abs() < 1e-12);
+        assert!(confidence(10.0) < confidence(20.0) && confidence(20.0) < confidence(40.0));
+        assert!(confidence(100.0) > 0.999 && confidence(0.0) < 0.01);
     }
 
     #[test]
