@@ -114,7 +114,7 @@ impl Default for Params {
             quad_df_range_bins: 30.0,
             quad_df_step_bins: 2.0,
             quad_ratio_levels: 16,
-            ref_partners: 4,
+            ref_partners: 6,
             query_partners: 9,
             max_time_factor: 2.0,
             df_tolerance_bins: 0.35,
