@@ -23,6 +23,7 @@ mod walk;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use fingerprint::{FREQ_SCALE, Fingerprinter, Params, SPAN_SCALE};
 use index::{LmdbStore, Store, TrackId, TrackInfo};
@@ -409,27 +410,54 @@ impl Engine {
         name: &str,
         samples: &[f32],
     ) -> Result<Identification, EngineError> {
+        let started = Instant::now();
         let rate = self.fingerprinter.params().sample_rate_hz as f64;
         let quads = self.fingerprinter.query(samples);
         let keys: Vec<u32> = quads.iter().map(|q| q.hash).collect();
-        let mut hits = Vec::new();
-        let mut key_of_hit: Vec<u32> = Vec::new();
+        let fingerprint_s = started.elapsed().as_secs_f64();
+
+        // Hits that no searched transform can explain are dropped as they arrive, so
+        // memory follows the plausible hits only. Each query quad is visited once per
+        // posting of its key, which also counts the key's postings for the stop-word cut.
+        let mp = &self.match_params;
+        let max_log_factor = mp.max_time_factor.ln() as f32;
+        let max_pitch_bins = (mp.max_pitch_semitones * mp.bins_per_semitone) as f32;
+        let mut postings_per_quad = vec![0u32; keys.len()];
+        let mut hits: Vec<(u32, Hit)> = Vec::new();
         self.store.lookup(&keys, &mut |i, posting| {
+            postings_per_quad[i] += 1;
             let q = &quads[i];
-            key_of_hit.push(q.hash);
-            hits.push(Hit {
-                track: posting.track,
-                q_time: q.time,
-                q_bin: q.bin,
-                q_span: q.span,
-                r_time: posting.time as f32,
-                r_bin: posting.freq as f32 / FREQ_SCALE,
-                r_span: posting.span as f32 / SPAN_SCALE,
-            });
+            let r_span = posting.span as f32 / SPAN_SCALE;
+            let r_bin = posting.freq as f32 / FREQ_SCALE;
+            if r_span <= 0.0
+                || (q.span / r_span).ln().abs() > max_log_factor
+                || (q.bin - r_bin).abs() > max_pitch_bins
+            {
+                return;
+            }
+            hits.push((
+                i as u32,
+                Hit {
+                    track: posting.track,
+                    q_time: q.time,
+                    q_bin: q.bin,
+                    q_span: q.span,
+                    r_time: posting.time as f32,
+                    r_bin,
+                    r_span,
+                },
+            ));
         })?;
-        let hits = drop_common_keys(hits, &key_of_hit, self.max_postings_per_key()?);
+        let lookup_s = started.elapsed().as_secs_f64() - fingerprint_s;
         let n_hits = hits.len();
+        let cap = self.max_postings_per_key()?;
+        let hits: Vec<Hit> = hits
+            .into_iter()
+            .filter(|(i, _)| postings_per_quad[*i as usize] as usize <= cap)
+            .map(|(_, h)| h)
+            .collect();
         let found = matcher::find_matches(hits, &self.match_params);
+        let match_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s;
         let mut matches = Vec::with_capacity(found.len());
         for m in found {
             let info = self.store.track(m.track)?;
@@ -440,6 +468,11 @@ impl Engine {
             duration_s: samples.len() as f64 / rate,
             n_lookups: keys.len(),
             n_hits,
+            timings: report::Timings {
+                fingerprint_s,
+                lookup_s,
+                match_s,
+            },
             matches,
         })
     }
@@ -456,26 +489,6 @@ impl Engine {
     pub fn sample_rate_hz(&self) -> u32 {
         self.fingerprinter.params().sample_rate_hz
     }
-}
-
-/// Drops the hits of hash keys with more than `cap` postings. Such keys come from
-/// generic patterns (a repeated note, a steady pulse) found all over the library: they
-/// carry little evidence and most of the chance hits (measured in BENCHMARKS.md).
-fn drop_common_keys(hits: Vec<Hit>, key_of_hit: &[u32], cap: usize) -> Vec<Hit> {
-    let mut counts: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
-    // A key looked up by several query quads is counted once per quad; divide that out by
-    // counting distinct (key, reference posting) pairs instead.
-    let mut seen: std::collections::HashSet<(u32, u32, u32)> = std::collections::HashSet::new();
-    for (h, &k) in hits.iter().zip(key_of_hit) {
-        if seen.insert((k, h.track, h.r_time.to_bits() ^ h.r_span.to_bits())) {
-            *counts.entry(k).or_default() += 1;
-        }
-    }
-    hits.into_iter()
-        .zip(key_of_hit)
-        .filter(|(_, k)| counts.get(k).is_none_or(|&c| c <= cap))
-        .map(|(h, _)| h)
-        .collect()
 }
 
 /// The key a file is catalogued under: its absolute path where it can be resolved.

@@ -15,8 +15,18 @@ pub struct Identification {
     pub n_lookups: usize,
     /// Hits those lookups returned.
     pub n_hits: usize,
+    /// Where the time went (decoding excluded).
+    pub timings: Timings,
     /// Samples found, surest first. Empty means no sample was found.
     pub matches: Vec<MatchReport>,
+}
+
+/// Seconds spent in each stage of one identification.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    pub fingerprint_s: f64,
+    pub lookup_s: f64,
+    pub match_s: f64,
 }
 
 /// How a sample was transformed.

@@ -497,7 +497,11 @@ fn fit_group(points: &[Point], window: &[usize], p: &MatchParams) -> Option<Grou
             .collect();
         *b = median(&mut bs);
     }
-    let kept = suppress_overlaps(points, kept);
+    let kept = extend_along_lines(points, slope, kept, p);
+    let kept = keep_coherent(points, suppress_overlaps(points, kept), p);
+    if kept.is_empty() {
+        return None;
+    }
     let (intercepts, clusters) = kept.into_iter().unzip();
     Some(Group {
         slope,
@@ -532,6 +536,85 @@ fn suppress_overlaps(points: &[Point], mut kept: Vec<(f64, Vec<usize>)>) -> Vec<
     }
     out.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
+}
+
+/// Wins back hits that lie on a fitted line but missed the voting window: a single quad's
+/// span ratio is a noisy tempo estimate, so near the edges of a sample some true hits fall
+/// outside the window, and the occurrence would start late. Once the line is known, a hit
+/// is accepted with a looser tempo test if it sits on the line, at the group's pitch, within
+/// a few seconds of the cluster's reference span.
+fn extend_along_lines(
+    points: &[Point],
+    slope: f64,
+    mut kept: Vec<(f64, Vec<usize>)>,
+    p: &MatchParams,
+) -> Vec<(f64, Vec<usize>)> {
+    let mut pitches: Vec<f64> = kept
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|&i| points[i].pitch_bins))
+        .collect();
+    let pitch = median(&mut pitches);
+    let log_slope = slope.ln();
+    let mut member = vec![false; points.len()];
+    for (_, c) in &kept {
+        for &i in c {
+            member[i] = true;
+        }
+    }
+    for (b, c) in &mut kept {
+        let (lo, hi) = c.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &i| {
+            (lo.min(points[i].r), hi.max(points[i].r))
+        });
+        let (lo, hi) = (lo - EXTEND_FRAMES, hi + EXTEND_FRAMES);
+        for (i, pt) in points.iter().enumerate() {
+            if !member[i]
+                && pt.r >= lo
+                && pt.r <= hi
+                && (pt.q - slope * pt.r - *b).abs() <= p.inlier_frames
+                && (pt.pitch_bins - pitch).abs() <= 1.5 * p.pitch_cell_bins
+                && (pt.log_factor - log_slope).abs() <= EXTEND_LOG_FACTOR
+            {
+                member[i] = true;
+                c.push(i);
+            }
+        }
+    }
+    kept
+}
+
+/// How far beyond a cluster's reference span (frames, 3 s) the line is searched.
+const EXTEND_FRAMES: f64 = 375.0;
+/// Tempo tolerance (natural log) of a won-back hit: about three times the window's.
+const EXTEND_LOG_FACTOR: f64 = 0.12;
+
+/// Keeps the clusters that belong to one sampling: those that reuse the reference segment
+/// of the strongest cluster (the repetitions of a loop), and those strong enough to stand
+/// as samples on their own (chops from elsewhere in the same reference). Weak clusters
+/// scattered over the whole reference are what chance produces when a long query meets a
+/// long reference at a common transform, and summing them would fake evidence.
+fn keep_coherent(
+    points: &[Point],
+    kept: Vec<(f64, Vec<usize>)>,
+    p: &MatchParams,
+) -> Vec<(f64, Vec<usize>)> {
+    let ref_span = |c: &[usize]| {
+        c.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &i| {
+            (lo.min(points[i].r), hi.max(points[i].r + points[i].r_span))
+        })
+    };
+    let Some(best) = kept.iter().max_by_key(|k| k.1.len()) else {
+        return kept;
+    };
+    let (b_lo, b_hi) = ref_span(&best.1);
+    let margin = p.ref_block_frames;
+    kept.into_iter()
+        .filter(|(_, c)| {
+            let (lo, hi) = ref_span(c);
+            let reuses_segment = lo < b_hi + margin && b_lo - margin < hi;
+            let stands_alone = c.len() >= p.min_match_hits && hi - lo >= p.min_ref_extent_frames;
+            reuses_segment || stands_alone
+        })
+        .collect()
 }
 
 /// Sorts the window's hits by intercept at `slope` and chains neighbours closer than
