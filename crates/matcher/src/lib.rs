@@ -19,6 +19,8 @@
 
 mod score;
 
+use rayon::prelude::*;
+
 pub use score::{confidence, significance};
 
 /// One hash match between a query quad and a stored reference quad.
@@ -144,13 +146,15 @@ pub fn find_matches(mut hits: Vec<Hit>, p: &MatchParams) -> Vec<SampleMatch> {
         .filter(|c| c.len() >= p.min_match_hits)
         .count()
         .max(1);
-    let mut out = Vec::new();
-    for track_hits in hits.chunk_by(|a, b| a.track == b.track) {
-        if track_hits.len() < p.min_match_hits {
-            continue;
-        }
-        out.extend(match_track(track_hits, p, query_frames, n_tracks_hit));
-    }
+    // Tracks are independent, so they are matched in parallel.
+    let tracks: Vec<&[Hit]> = hits
+        .chunk_by(|a, b| a.track == b.track)
+        .filter(|c| c.len() >= p.min_match_hits)
+        .collect();
+    let mut out: Vec<SampleMatch> = tracks
+        .par_iter()
+        .flat_map_iter(|track_hits| match_track(track_hits, p, query_frames, n_tracks_hit))
+        .collect();
     out.sort_by(|a, b| b.significance.total_cmp(&a.significance));
     suppress_alternate_locations(out)
 }
@@ -274,11 +278,17 @@ fn match_track(
     // reference: the third axis lifts real groups far above the background. Only cells
     // holding two or more hits can seed a candidate, which keeps the work proportional to
     // the hits rather than to the size of the grid.
-    let mut keys: Vec<u64> = points.iter().map(|pt| grid.key(pt, p)).collect();
-    keys.sort_unstable();
+    // Points ordered by cell key: a transform's hits over every reference block then sit
+    // in a few contiguous runs, one per (time factor, pitch) cell.
+    let mut order: Vec<(u64, u32)> = points
+        .iter()
+        .enumerate()
+        .map(|(i, pt)| (grid.key(pt, p), i as u32))
+        .collect();
+    order.sort_unstable();
     let mut cell_counts: Vec<(u64, u32)> = Vec::new();
-    for k in keys.chunk_by(|a, b| a == b) {
-        cell_counts.push((k[0], k.len() as u32));
+    for k in order.chunk_by(|a, b| a.0 == b.0) {
+        cell_counts.push((k[0].0, k.len() as u32));
     }
     let count_of = |key: u64| {
         cell_counts
@@ -303,13 +313,16 @@ fn match_track(
         let (lf_c, pitch_c, _) = grid.centre(key);
         // The seed cell's transform, over the whole reference: a long sample reaches
         // beyond the block that seeded it.
-        let window: Vec<usize> = (0..points.len())
+        let mut window: Vec<usize> = grid
+            .transform_runs(key, &order)
+            .flat_map(|run| run.iter().map(|&(_, i)| i as usize))
             .filter(|&i| {
                 !claimed[i]
                     && (points[i].log_factor - lf_c).abs() <= 1.5 * p.log_factor_cell
                     && (points[i].pitch_bins - pitch_c).abs() <= 1.5 * p.pitch_cell_bins
             })
             .collect();
+        window.sort_unstable();
         if window.len() < p.min_match_hits {
             continue;
         }
@@ -336,6 +349,13 @@ fn match_track(
                 claimed[i] = true;
             }
         }
+        // Won-back hits only place the boundaries: they passed a looser test than the chance
+        // model assumes, so they must not add to the evidence.
+        let extended = extend_along_lines(&points, group.slope, group.clusters.clone(), p);
+        let group = Group {
+            clusters: extended,
+            ..group
+        };
         out.push(group.into_match(track, &points, p, sig, n_hits));
     }
     out
@@ -402,6 +422,29 @@ impl Grid {
         (0..27u64).map(move |n| {
             let d = [n / 9, (n / 3) % 3, n % 3];
             (0..3).fold(key, |k, a| k + d[a] * unit[a] - unit[a])
+        })
+    }
+
+    /// The runs of `order` (sorted by key) whose (time factor, pitch) cell is within two
+    /// cells of `key`'s, over every reference block: a superset of the window around it.
+    fn transform_runs<'a>(
+        &self,
+        key: u64,
+        order: &'a [(u64, u32)],
+    ) -> impl Iterator<Item = &'a [(u64, u32)]> + 'a {
+        let i = (key >> (2 * AXIS_BITS)) as i64;
+        let j = ((key >> AXIS_BITS) & AXIS_MASK) as i64;
+        (-2..=2i64).flat_map(move |di| {
+            (-2..=2i64).filter_map(move |dj| {
+                let (a, b) = (i + di, j + dj);
+                if a < 0 || b < 0 || b as u64 > AXIS_MASK {
+                    return None;
+                }
+                let base = ((a as u64) << (2 * AXIS_BITS)) | ((b as u64) << AXIS_BITS);
+                let lo = order.partition_point(|&(k, _)| k < base);
+                let hi = order.partition_point(|&(k, _)| k <= base | AXIS_MASK);
+                (hi > lo).then(|| &order[lo..hi])
+            })
         })
     }
 
@@ -497,7 +540,6 @@ fn fit_group(points: &[Point], window: &[usize], p: &MatchParams) -> Option<Grou
             .collect();
         *b = median(&mut bs);
     }
-    let kept = extend_along_lines(points, slope, kept, p);
     let kept = keep_coherent(points, suppress_overlaps(points, kept), p);
     if kept.is_empty() {
         return None;
@@ -546,22 +588,27 @@ fn suppress_overlaps(points: &[Point], mut kept: Vec<(f64, Vec<usize>)>) -> Vec<
 fn extend_along_lines(
     points: &[Point],
     slope: f64,
-    mut kept: Vec<(f64, Vec<usize>)>,
+    mut clusters: Vec<Vec<usize>>,
     p: &MatchParams,
-) -> Vec<(f64, Vec<usize>)> {
-    let mut pitches: Vec<f64> = kept
+) -> Vec<Vec<usize>> {
+    let mut pitches: Vec<f64> = clusters
         .iter()
-        .flat_map(|(_, c)| c.iter().map(|&i| points[i].pitch_bins))
+        .flat_map(|c| c.iter().map(|&i| points[i].pitch_bins))
         .collect();
     let pitch = median(&mut pitches);
     let log_slope = slope.ln();
     let mut member = vec![false; points.len()];
-    for (_, c) in &kept {
+    for c in &clusters {
         for &i in c {
             member[i] = true;
         }
     }
-    for (b, c) in &mut kept {
+    for c in &mut clusters {
+        let mut bs: Vec<f64> = c
+            .iter()
+            .map(|&i| points[i].q - slope * points[i].r)
+            .collect();
+        let b = median(&mut bs);
         let (lo, hi) = c.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &i| {
             (lo.min(points[i].r), hi.max(points[i].r))
         });
@@ -570,7 +617,7 @@ fn extend_along_lines(
             if !member[i]
                 && pt.r >= lo
                 && pt.r <= hi
-                && (pt.q - slope * pt.r - *b).abs() <= p.inlier_frames
+                && (pt.q - slope * pt.r - b).abs() <= p.inlier_frames
                 && (pt.pitch_bins - pitch).abs() <= 1.5 * p.pitch_cell_bins
                 && (pt.log_factor - log_slope).abs() <= EXTEND_LOG_FACTOR
             {
@@ -579,7 +626,7 @@ fn extend_along_lines(
             }
         }
     }
-    kept
+    clusters
 }
 
 /// How far beyond a cluster's reference span (frames, 3 s) the line is searched.
