@@ -1,0 +1,12 @@
+//! Integration tests of the `cratedigger` binary, run as a user runs it.
+//!
+//! The real-music tests need the open corpus (`$CRATEDIGGER_CORPUS`, default
+//! `~/.cache/cratedigger-corpus`, fetched by `scripts/setup.sh`) and sox, rubberband and
+//! ffmpeg; without them they fail, unless `CRATEDIGGER_SKIP_CORPUS_TESTS=1`.
+
+mod util;
+
+mod errors;
+mod fixture;
+mod identify;
+mod store;

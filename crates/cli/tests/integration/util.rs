@@ -1,0 +1,439 @@
+//! The test harness: temporary folders, running the built `cratedigger`, and running the
+//! audio tools (sox, rubberband, ffmpeg) that make the test audio.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+/// Set to 1 to let tests that need the corpus or the audio tools pass without them
+/// (each prints why). Unset, a missing prerequisite fails the test.
+pub const SKIP_ENV: &str = "CRATEDIGGER_SKIP_CORPUS_TESTS";
+
+/// Handles a missing prerequisite: returns true (after saying why) when skipping is
+/// allowed, and fails the test otherwise, since a silently skipped test proves nothing.
+pub fn unavailable(why: &str) -> bool {
+    if std::env::var_os(SKIP_ENV).is_some_and(|v| v == "1") {
+        eprintln!("skipping: {why} ({SKIP_ENV}=1)");
+        return true;
+    }
+    panic!(
+        "{why}\n(install the tools and fetch the corpus with scripts/setup.sh, \
+         or set {SKIP_ENV}=1 to skip the tests that need them)"
+    );
+}
+
+/// True if every tool in `tools` runs; otherwise see [`unavailable`].
+pub fn have_tools(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            let flag = if *t == "ffmpeg" {
+                "-version"
+            } else {
+                "--version"
+            };
+            !Command::new(t)
+                .arg(flag)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    missing.is_empty()
+        || !unavailable(&format!(
+            "`{}` is not installed, so the test audio cannot be made",
+            missing.join("`, `")
+        ))
+}
+
+/// Set to 1 to keep every test's folder (queries, stores) for a look after the run.
+pub const KEEP_ENV: &str = "CRATEDIGGER_KEEP_TEST_DIRS";
+
+/// A temporary folder for one test, deleted when dropped unless `$KEEP_ENV` is 1.
+pub struct TestDir {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("cratedigger-cli-test-")
+            .tempdir()
+            .expect("create a temporary folder")
+            .keep();
+        let keep = std::env::var_os(KEEP_ENV).is_some_and(|v| v == "1");
+        if keep {
+            eprintln!("keeping {}", dir.display());
+        }
+        Self { dir, keep }
+    }
+
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Creates the folder `name` (and its parents) and returns its path.
+    pub fn mkdir(&self, name: impl AsRef<Path>) -> PathBuf {
+        let p = self.join(name);
+        std::fs::create_dir_all(&p).expect("create folder");
+        p
+    }
+
+    /// A path for a store that does not exist yet.
+    pub fn db(&self) -> PathBuf {
+        self.join("db")
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// What one run of the binary printed and returned.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub command: String,
+}
+
+impl Output {
+    /// Fails the test unless the command exited with `code`; returns self for chaining.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "`{}` exited with {} instead of {code}\nstdout:\n{}\nstderr:\n{}",
+            self.command, self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `cratedigger --db DB ARGS...` (never the user's `$CRATEDIGGER_DB`).
+pub fn cratedigger<I, S>(db: &Path, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cratedigger"));
+    cmd.arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("CRATEDIGGER_DB");
+    let command = describe(&cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the cratedigger binary");
+    Output {
+        // No code means a signal (a crash); report it as an impossible exit code.
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        command,
+    }
+}
+
+/// `cratedigger --db DB index -q PATHS...`.
+pub fn index<P: AsRef<Path>>(db: &Path, paths: &[P]) -> Output {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("index"), OsStr::new("-q")];
+    args.extend(paths.iter().map(|p| p.as_ref().as_os_str()));
+    cratedigger(db, args)
+}
+
+/// The summary counts of an `index` run, parsed from its last line
+/// ("indexed N new, N replaced, N unchanged, N duplicates, N failed; ...").
+#[derive(Debug, PartialEq, Eq)]
+pub struct IndexCounts {
+    pub new: usize,
+    pub replaced: usize,
+    pub unchanged: usize,
+    pub duplicates: usize,
+    pub failed: usize,
+}
+
+impl IndexCounts {
+    #[track_caller]
+    pub fn parse(out: &Output) -> Self {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("indexed "))
+            .unwrap_or_else(|| panic!("`{}` printed no summary:\n{out:?}", out.command));
+        let counts = line["indexed ".len()..].split(';').next().unwrap_or("");
+        let mut n = [None; 5];
+        for part in counts.split(',') {
+            let mut words = part.split_whitespace();
+            let (Some(num), Some(what)) = (words.next(), words.next()) else {
+                panic!("cannot parse `{part}` in `{line}`");
+            };
+            let num: usize = num
+                .parse()
+                .unwrap_or_else(|_| panic!("cannot parse `{part}` in `{line}`"));
+            let slot = ["new", "replaced", "unchanged", "duplicates", "failed"]
+                .iter()
+                .position(|w| *w == what)
+                .unwrap_or_else(|| panic!("unknown count `{what}` in `{line}`"));
+            n[slot] = Some(num);
+        }
+        let get = |i: usize| n[i].unwrap_or_else(|| panic!("count {i} missing in `{line}`"));
+        Self {
+            new: get(0),
+            replaced: get(1),
+            unchanged: get(2),
+            duplicates: get(3),
+            failed: get(4),
+        }
+    }
+}
+
+/// One query's answer from `identify --json` (the ARCHITECTURE.md JSON contract).
+#[derive(Debug, Deserialize)]
+pub struct Identification {
+    pub query: String,
+    pub duration_s: f64,
+    pub matches: Vec<Match>,
+}
+
+/// One match of [`Identification`].
+#[derive(Debug, Deserialize)]
+pub struct Match {
+    pub track_id: u32,
+    pub path: String,
+    pub query_start_s: f64,
+    pub query_end_s: f64,
+    pub ref_start_s: f64,
+    pub ref_end_s: f64,
+    pub tempo: f64,
+    pub pitch_semitones: f64,
+    pub speed: Option<f64>,
+    pub kind: String,
+    pub loop_count: usize,
+    pub occurrences: Vec<Occurrence>,
+    pub score: f64,
+    pub significance: f64,
+    pub hits: usize,
+}
+
+/// One occurrence of a [`Match`] in the query.
+#[derive(Debug, Deserialize)]
+pub struct Occurrence {
+    pub query_start_s: f64,
+    pub query_end_s: f64,
+    pub ref_start_s: f64,
+    pub ref_end_s: f64,
+    pub hits: usize,
+}
+
+impl Identification {
+    /// Every match on one line each, for failure messages.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} ({:.1} s): {} matches",
+            self.query,
+            self.duration_s,
+            self.matches.len()
+        );
+        for (i, m) in self.matches.iter().enumerate() {
+            let name = Path::new(&m.path)
+                .file_name()
+                .map_or(m.path.clone(), |n| n.to_string_lossy().into_owned());
+            let _ = write!(
+                s,
+                "\n  #{} track {} {name}: query {:.2}-{:.2} s, ref {:.2}-{:.2} s, tempo {:.4}, \
+                 pitch {:+.2} st, speed {:?}, kind {}, loops {} ({} occurrences), \
+                 score {:.4}, significance {:.1}, hits {}",
+                i + 1,
+                m.track_id,
+                m.query_start_s,
+                m.query_end_s,
+                m.ref_start_s,
+                m.ref_end_s,
+                m.tempo,
+                m.pitch_semitones,
+                m.speed,
+                m.kind,
+                m.loop_count,
+                m.occurrences.len(),
+                m.score,
+                m.significance,
+                m.hits
+            );
+            for o in &m.occurrences {
+                let _ = write!(
+                    s,
+                    "\n      query {:.2}-{:.2} s <- ref {:.2}-{:.2} s ({} hits)",
+                    o.query_start_s, o.query_end_s, o.ref_start_s, o.ref_end_s, o.hits
+                );
+            }
+        }
+        s
+    }
+}
+
+/// `cratedigger --db DB identify --json QUERY`, which must succeed with one JSON line.
+#[track_caller]
+pub fn identify(db: &Path, query: &Path) -> Identification {
+    let out = cratedigger(
+        db,
+        [
+            OsStr::new("identify"),
+            OsStr::new("--json"),
+            query.as_os_str(),
+        ],
+    );
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line per query expected:\n{out:?}");
+    let found: Identification = serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("identify printed invalid JSON ({e}):\n{}", lines[0]));
+    // Shown for failing tests and with --nocapture: the numbers the lead tunes against.
+    eprintln!("{}", found.summary());
+    found
+}
+
+/// `cratedigger --db DB identify --json QUERIES...` in one run, which must succeed with
+/// one JSON line per query, in the order given.
+#[track_caller]
+pub fn identify_all<P: AsRef<Path>>(db: &Path, queries: &[P]) -> Vec<Identification> {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("identify"), OsStr::new("--json")];
+    args.extend(queries.iter().map(|q| q.as_ref().as_os_str()));
+    let out = cratedigger(db, args);
+    out.expect_code(0);
+    let found: Vec<Identification> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("identify printed invalid JSON ({e}):\n{l}"))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        queries.len(),
+        "one JSON line per query expected:\n{out:?}"
+    );
+    for (f, q) in found.iter().zip(queries) {
+        assert_eq!(
+            Path::new(&f.query),
+            q.as_ref(),
+            "the answers are not in the order of the queries:\n{out:?}"
+        );
+    }
+    for f in &found {
+        eprintln!("{}", f.summary());
+    }
+    found
+}
+
+/// The path as the store records it (canonical), for comparing with `path` fields.
+pub fn store_path(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .display()
+        .to_string()
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs an audio tool and fails the test, with its stderr, if it fails.
+#[track_caller]
+pub fn run_tool(cmd: &mut Command) -> String {
+    let line = describe(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{line}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{line}` failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // sox prints its statistics on stderr.
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `sox -R` (repeatable: the same dither every run, so a query is the same bytes every
+/// run), to be given arguments and run with [`run_tool`].
+pub fn sox() -> Command {
+    let mut c = Command::new("sox");
+    c.arg("-R");
+    c
+}
+
+/// `rubberband -q`, to be given arguments and run with [`run_tool`].
+pub fn rubberband() -> Command {
+    let mut c = Command::new("rubberband");
+    c.arg("-q");
+    c
+}
+
+/// `ffmpeg -nostdin -v error -y`, to be given arguments and run with [`run_tool`].
+pub fn ffmpeg() -> Command {
+    let mut c = Command::new("ffmpeg");
+    c.args(["-nostdin", "-v", "error", "-y"]);
+    c
+}
+
+/// RMS amplitude (full scale 1) of a sox-readable file, from `sox FILE -n stat`.
+#[track_caller]
+pub fn rms(path: &Path) -> f64 {
+    let err = run_tool(sox().arg(path).args(["-n", "stat"]));
+    err.lines()
+        .find_map(|l| l.strip_prefix("RMS     amplitude:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("`sox {} -n stat` printed no RMS:\n{err}", path.display()))
+}
+
+/// Duration in seconds of a sox-readable file.
+#[track_caller]
+pub fn duration_s(path: &Path) -> f64 {
+    let out = Command::new("sox")
+        .args(["--i", "-D"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sox --i: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "`sox --i -D {}` gave no duration: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// Seconds as sox and ffmpeg read them.
+pub fn secs(s: f64) -> String {
+    format!("{s:.3}")
+}
