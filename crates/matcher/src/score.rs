@@ -22,9 +22,9 @@ pub fn significance(n: usize, mean: f64, trials: f64) -> f64 {
 
 /// Significance at which a match is as likely real as not (score 0.5), and the default
 /// reporting threshold. Fitted on the benchmark's true and chance matches (BENCHMARKS.md).
-pub const CONFIDENCE_MIDPOINT: f64 = 30.0;
+pub const CONFIDENCE_MIDPOINT: f64 = 20.0;
 /// Significance over which the score goes from 0.27 to 0.73 (one logistic unit).
-pub const CONFIDENCE_WIDTH: f64 = 4.0;
+pub const CONFIDENCE_WIDTH: f64 = 3.0;
 
 /// The probability that a match of this significance is a real sample, as a logistic
 /// curve fitted on the benchmark. The raw significance alone over-states certainty: music
