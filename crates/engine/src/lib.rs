@@ -66,7 +66,7 @@ pub enum EngineError {
 }
 
 /// A key is "common" above this many times the mean postings per key (BENCHMARKS.md).
-const COMMON_KEY_FACTOR: f64 = 12.0;
+const COMMON_KEY_FACTOR: f64 = 6.0;
 /// ...but never below this many postings.
 const MIN_COMMON_KEY_CAP: usize = 20;
 
@@ -417,15 +417,14 @@ impl Engine {
         let fingerprint_s = started.elapsed().as_secs_f64();
 
         // Hits that no searched transform can explain are dropped as they arrive, so
-        // memory follows the plausible hits only. Each query quad is visited once per
-        // posting of its key, which also counts the key's postings for the stop-word cut.
+        // memory follows the plausible hits only. Keys with more postings than the
+        // stop-word cap are skipped by the store without being read.
         let mp = &self.match_params;
         let max_log_factor = mp.max_time_factor.ln() as f32;
         let max_pitch_bins = (mp.max_pitch_semitones * mp.bins_per_semitone) as f32;
-        let mut postings_per_quad = vec![0u32; keys.len()];
-        let mut hits: Vec<(u32, Hit)> = Vec::new();
-        self.store.lookup(&keys, &mut |i, posting| {
-            postings_per_quad[i] += 1;
+        let cap = self.max_postings_per_key()?;
+        let mut hits: Vec<Hit> = Vec::new();
+        self.store.lookup(&keys, cap, &mut |i, posting| {
             let q = &quads[i];
             let r_span = posting.span as f32 / SPAN_SCALE;
             let r_bin = posting.freq as f32 / FREQ_SCALE;
@@ -435,27 +434,18 @@ impl Engine {
             {
                 return;
             }
-            hits.push((
-                i as u32,
-                Hit {
-                    track: posting.track,
-                    q_time: q.time,
-                    q_bin: q.bin,
-                    q_span: q.span,
-                    r_time: posting.time as f32,
-                    r_bin,
-                    r_span,
-                },
-            ));
+            hits.push(Hit {
+                track: posting.track,
+                q_time: q.time,
+                q_bin: q.bin,
+                q_span: q.span,
+                r_time: posting.time as f32,
+                r_bin,
+                r_span,
+            });
         })?;
         let lookup_s = started.elapsed().as_secs_f64() - fingerprint_s;
         let n_hits = hits.len();
-        let cap = self.max_postings_per_key()?;
-        let hits: Vec<Hit> = hits
-            .into_iter()
-            .filter(|(i, _)| postings_per_quad[*i as usize] as usize <= cap)
-            .map(|(_, h)| h)
-            .collect();
         let found = matcher::find_matches(hits, &self.match_params);
         let match_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s;
         let mut matches = Vec::with_capacity(found.len());
@@ -480,8 +470,7 @@ impl Engine {
     /// Postings per key above which a key is ignored at query time: a multiple of the
     /// store's mean list length, so the cut scales with the library.
     fn max_postings_per_key(&self) -> Result<usize, EngineError> {
-        let stats = self.store.stats()?;
-        let mean = stats.n_postings as f64 / stats.n_keys.max(1) as f64;
+        let mean = self.store.stats()?.mean_postings_per_key();
         Ok(((mean * COMMON_KEY_FACTOR).ceil() as usize).max(MIN_COMMON_KEY_CAP))
     }
 

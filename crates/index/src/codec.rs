@@ -1,34 +1,9 @@
-//! Byte encodings shared by the backends: postings, per-track key lists and catalogue keys.
+//! Byte encodings shared by the backends: posting lists, runs and catalogue keys.
 //!
 //! Store files are untrusted input, so every decoder returns an error for malformed bytes
 //! rather than panicking.
 
 use crate::{Entry, IndexError, Posting, TrackId, TrackInfo};
-
-/// Encoded size of one posting value: track, time, freq, span, all big-endian.
-pub const POSTING_LEN_BYTES: usize = 12;
-
-/// Encodes a posting so that byte order equals [`Posting`]'s `Ord` order.
-pub fn encode_posting(posting: &Posting) -> [u8; POSTING_LEN_BYTES] {
-    let mut out = [0u8; POSTING_LEN_BYTES];
-    out[0..4].copy_from_slice(&posting.track.to_be_bytes());
-    out[4..8].copy_from_slice(&posting.time.to_be_bytes());
-    out[8..10].copy_from_slice(&posting.freq.to_be_bytes());
-    out[10..12].copy_from_slice(&posting.span.to_be_bytes());
-    out
-}
-
-/// Decodes a posting value, or `None` if it has the wrong length.
-#[inline]
-pub fn decode_posting(bytes: &[u8]) -> Option<Posting> {
-    let bytes: &[u8; POSTING_LEN_BYTES] = bytes.try_into().ok()?;
-    Some(Posting {
-        track: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-        time: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
-        freq: u16::from_be_bytes([bytes[8], bytes[9]]),
-        span: u16::from_be_bytes([bytes[10], bytes[11]]),
-    })
-}
 
 /// Turns caller entries into `(key, posting)` pairs sorted by key then posting, without
 /// exact duplicates; sorted input lets the backends insert sequentially.
@@ -52,50 +27,6 @@ pub fn prepare_entries(track: TrackId, entries: &[Entry]) -> Vec<(u32, Posting)>
     prepared
 }
 
-/// Encodes a strictly ascending key list as a count followed by LEB128 varint deltas.
-///
-/// Fingerprint keys are spread over the whole `u32` range, so deltas of a few thousand keys
-/// per track take about three bytes each instead of four, and removal needs nothing else.
-pub fn encode_key_list(sorted_unique_keys: &[u32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + sorted_unique_keys.len() * 3);
-    // Lengths beyond u32 cannot occur because a key list holds distinct u32 values.
-    write_varint(&mut out, sorted_unique_keys.len() as u32);
-    let mut previous = 0u32;
-    for &key in sorted_unique_keys {
-        write_varint(&mut out, key.wrapping_sub(previous));
-        previous = key;
-    }
-    out
-}
-
-/// Decodes [`encode_key_list`] output, checking that keys come out strictly ascending.
-pub fn decode_key_list(bytes: &[u8]) -> Result<Vec<u32>, &'static str> {
-    let mut cursor = bytes;
-    let count = read_varint(&mut cursor)?;
-    // Each key takes at least one byte, which bounds the allocation for hostile counts.
-    if count as usize > cursor.len() {
-        return Err("track key list is shorter than its count");
-    }
-    let mut keys = Vec::with_capacity(count as usize);
-    let mut previous: Option<u32> = None;
-    for _ in 0..count {
-        let delta = read_varint(&mut cursor)?;
-        let key = match previous {
-            None => delta,
-            Some(_) if delta == 0 => return Err("track key list repeats a key"),
-            Some(previous) => previous
-                .checked_add(delta)
-                .ok_or("track key list overflows u32")?,
-        };
-        keys.push(key);
-        previous = Some(key);
-    }
-    if !cursor.is_empty() {
-        return Err("track key list has trailing bytes");
-    }
-    Ok(keys)
-}
-
 fn write_varint(out: &mut Vec<u8>, mut value: u32) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -104,23 +35,302 @@ fn write_varint(out: &mut Vec<u8>, mut value: u32) {
     out.push(value as u8);
 }
 
+/// Reads one LEB128 varint; numbers below 128, the common case, take the first branch.
+#[inline]
 fn read_varint(cursor: &mut &[u8]) -> Result<u32, &'static str> {
+    if let Some((&byte, rest)) = cursor.split_first()
+        && byte < 0x80
+    {
+        *cursor = rest;
+        return Ok(u32::from(byte));
+    }
+    read_varint_slow(cursor)
+}
+
+fn read_varint_slow(cursor: &mut &[u8]) -> Result<u32, &'static str> {
     let mut value = 0u32;
     for shift in [0u32, 7, 14, 21, 28] {
-        let (&byte, rest) = cursor
-            .split_first()
-            .ok_or("track key list ends inside a number")?;
+        let (&byte, rest) = cursor.split_first().ok_or("it ends inside a number")?;
         *cursor = rest;
         let bits = u32::from(byte & 0x7f);
         if shift == 28 && bits > 0x0f {
-            return Err("track key list number overflows u32");
+            return Err("a number overflows u32");
         }
         value |= bits << shift;
         if byte & 0x80 == 0 {
             return Ok(value);
         }
     }
-    Err("track key list number is longer than five bytes")
+    Err("a number is longer than five bytes")
+}
+
+fn read_u16(cursor: &mut &[u8]) -> Result<u16, &'static str> {
+    let (bytes, rest) = cursor
+        .split_first_chunk::<2>()
+        .ok_or("it ends inside a posting")?;
+    *cursor = rest;
+    Ok(u16::from_be_bytes(*bytes))
+}
+
+/// Fewest bytes one posting of a posting list can take: one-byte track and time deltas
+/// plus the two fixed-width fields. Bounds the count a list header may claim.
+const MIN_LIST_POSTING_BYTES: usize = 6;
+
+/// Encodes postings sorted ascending (as [`Posting`]'s `Ord`, without duplicates) as one
+/// compact list, appending to `out`.
+///
+/// Layout: a varint count, then per posting a varint track delta from the previous posting
+/// (the first is absolute), a varint time (a delta from the previous posting's time when
+/// the track is unchanged, absolute when it changes or for the first posting), then freq
+/// and span as fixed big-endian u16. Fixed u16 is as small as varints on real fingerprints
+/// (both fields are almost always 128..16384, which is two varint bytes) and decodes faster.
+pub fn encode_posting_list(postings: &[Posting], out: &mut Vec<u8>) {
+    debug_assert!(postings.is_sorted(), "posting lists must be sorted");
+    // A list holds one key's postings, each with its own (track, time, freq, span), so it
+    // cannot reach 2^32 entries before the store runs out of track ids or disk.
+    write_varint(out, u32::try_from(postings.len()).unwrap_or(u32::MAX));
+    let mut previous: Option<&Posting> = None;
+    for posting in postings {
+        match previous {
+            Some(previous) if previous.track == posting.track => {
+                write_varint(out, 0);
+                write_varint(out, posting.time.wrapping_sub(previous.time));
+            }
+            Some(previous) => {
+                write_varint(out, posting.track.wrapping_sub(previous.track));
+                write_varint(out, posting.time);
+            }
+            None => {
+                write_varint(out, posting.track);
+                write_varint(out, posting.time);
+            }
+        }
+        out.extend_from_slice(&posting.freq.to_be_bytes());
+        out.extend_from_slice(&posting.span.to_be_bytes());
+        previous = Some(posting);
+    }
+}
+
+/// The number of postings an [`encode_posting_list`] value claims to hold, checked against
+/// its length so a damaged header cannot claim more postings than bytes.
+#[inline]
+pub fn posting_list_len(bytes: &[u8]) -> Result<usize, &'static str> {
+    let mut cursor = bytes;
+    let count = read_varint(&mut cursor)? as usize;
+    if count > cursor.len() / MIN_LIST_POSTING_BYTES {
+        return Err("its count exceeds what its length can hold");
+    }
+    Ok(count)
+}
+
+/// Calls `visit` for every posting of an [`encode_posting_list`] value, in order.
+///
+/// Damaged values give an error (possibly after some postings were visited), never a panic.
+#[inline]
+pub fn decode_posting_list(
+    bytes: &[u8],
+    mut visit: impl FnMut(Posting),
+) -> Result<(), &'static str> {
+    let mut cursor = bytes;
+    let count = read_varint(&mut cursor)? as usize;
+    if count > cursor.len() / MIN_LIST_POSTING_BYTES {
+        return Err("its count exceeds what its length can hold");
+    }
+    let mut track = 0u32;
+    let mut time = 0u32;
+    for index in 0..count {
+        let track_delta = read_varint(&mut cursor)?;
+        let time_field = read_varint(&mut cursor)?;
+        if index == 0 || track_delta != 0 {
+            track = track
+                .checked_add(track_delta)
+                .ok_or("a track id overflows u32")?;
+            time = time_field;
+        } else {
+            time = time.checked_add(time_field).ok_or("a time overflows u32")?;
+        }
+        let freq = read_u16(&mut cursor)?;
+        let span = read_u16(&mut cursor)?;
+        visit(Posting {
+            track,
+            time,
+            freq,
+            span,
+        });
+    }
+    if !cursor.is_empty() {
+        return Err("it has trailing bytes");
+    }
+    Ok(())
+}
+
+/// Number of key partitions of the LMDB store's main tier; each merges on its own.
+pub const N_PARTITIONS: usize = 16;
+
+/// A mask with one bit per partition, all set.
+pub const ALL_PARTITIONS: u32 = (1 << N_PARTITIONS) - 1;
+
+/// The partition of a key: the top bits of a multiplicative hash, so partitions are even
+/// whatever part of the `u32` range the keys occupy. Part of the on-disk format: changing
+/// it (or [`N_PARTITIONS`]) needs a new format version.
+#[inline]
+pub fn partition_of(key: u32) -> usize {
+    (key.wrapping_mul(0x9E37_79B1) >> (32 - N_PARTITIONS.trailing_zeros())) as usize
+}
+
+/// Bytes of one run record: key, time, freq, span, all big-endian (the track is the run's).
+pub const RUN_RECORD_BYTES: usize = 12;
+
+/// Bytes of a run's header: the record index where each partition's section starts, plus
+/// the total, as u32 BE.
+const RUN_HEADER_BYTES: usize = (N_PARTITIONS + 1) * 4;
+
+/// Encodes one track's postings as a run: a header of section offsets, then fixed-width
+/// records sorted by (partition, key, posting), so each partition's records are one
+/// contiguous, key-sorted section that lookups can gallop through without decoding.
+///
+/// `prepared` must be sorted by [`run_order`] and free of duplicates.
+pub fn encode_run(prepared: &[(u32, Posting)]) -> Vec<u8> {
+    debug_assert!(prepared.is_sorted_by_key(|&(key, posting)| run_order(key, &posting)));
+    let mut out = Vec::with_capacity(RUN_HEADER_BYTES + prepared.len() * RUN_RECORD_BYTES);
+    let mut start = 0usize;
+    for partition in 0..N_PARTITIONS {
+        out.extend_from_slice(&(start as u32).to_be_bytes());
+        start += prepared[start..].partition_point(|&(key, _)| partition_of(key) <= partition);
+    }
+    out.extend_from_slice(&(prepared.len() as u32).to_be_bytes());
+    for (key, posting) in prepared {
+        out.extend_from_slice(&key.to_be_bytes());
+        out.extend_from_slice(&posting.time.to_be_bytes());
+        out.extend_from_slice(&posting.freq.to_be_bytes());
+        out.extend_from_slice(&posting.span.to_be_bytes());
+    }
+    out
+}
+
+/// The order of a run's records.
+#[inline]
+pub fn run_order(key: u32, posting: &Posting) -> (usize, u32, Posting) {
+    (partition_of(key), key, *posting)
+}
+
+/// A parsed run; borrows the stored bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Run<'a> {
+    offsets: [u32; N_PARTITIONS + 1],
+    records: &'a [u8],
+}
+
+impl<'a> Run<'a> {
+    /// Checks a run's header against its length; records themselves need no checking.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, &'static str> {
+        let (header, records) = bytes
+            .split_at_checked(RUN_HEADER_BYTES)
+            .ok_or("it is shorter than its header")?;
+        let mut offsets = [0u32; N_PARTITIONS + 1];
+        for (offset, chunk) in offsets.iter_mut().zip(header.chunks_exact(4)) {
+            *offset = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        if offsets[0] != 0 || !offsets.is_sorted() {
+            return Err("its section offsets are not ascending from 0");
+        }
+        if records.len() != offsets[N_PARTITIONS] as usize * RUN_RECORD_BYTES {
+            return Err("its length does not match its record count");
+        }
+        Ok(Self { offsets, records })
+    }
+
+    /// Number of records in the run.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.offsets[N_PARTITIONS] as usize
+    }
+
+    /// The records of one partition.
+    pub fn section(&self, partition: usize) -> Section<'a> {
+        let start = self.offsets[partition] as usize * RUN_RECORD_BYTES;
+        let end = self.offsets[partition + 1] as usize * RUN_RECORD_BYTES;
+        Section {
+            records: &self.records[start..end],
+        }
+    }
+}
+
+/// The key-sorted records of one partition of a [`Run`].
+#[derive(Clone, Copy, Debug)]
+pub struct Section<'a> {
+    records: &'a [u8],
+}
+
+impl Section<'_> {
+    /// Number of records.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.records.len() / RUN_RECORD_BYTES
+    }
+
+    /// Whether the section has no records.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    #[inline]
+    fn record(&self, index: usize) -> &[u8; RUN_RECORD_BYTES] {
+        let start = index * RUN_RECORD_BYTES;
+        self.records[start..start + RUN_RECORD_BYTES]
+            .try_into()
+            .unwrap_or(&[0; RUN_RECORD_BYTES])
+    }
+
+    /// The key of record `index` (< `len()`).
+    #[inline]
+    pub fn key(&self, index: usize) -> u32 {
+        let r = self.record(index);
+        u32::from_be_bytes([r[0], r[1], r[2], r[3]])
+    }
+
+    /// Record `index` (< `len()`) as a posting of `track`.
+    #[inline]
+    pub fn posting(&self, index: usize, track: TrackId) -> Posting {
+        let r = self.record(index);
+        Posting {
+            track,
+            time: u32::from_be_bytes([r[4], r[5], r[6], r[7]]),
+            freq: u16::from_be_bytes([r[8], r[9]]),
+            span: u16::from_be_bytes([r[10], r[11]]),
+        }
+    }
+
+    /// The first index at or after `from` whose key is at least `key`: gallops forward
+    /// then bisects, so a walk over ascending keys costs little whether they are dense or
+    /// sparse in the section. Records need not be sorted for this to be safe.
+    #[inline]
+    pub fn seek(&self, from: usize, key: u32) -> usize {
+        let n = self.len();
+        if from >= n || self.key(from) >= key {
+            return from;
+        }
+        // Invariant: key(low) < key; find the bracket (low, high] holding the answer.
+        let mut low = from;
+        let mut step = 1usize;
+        let mut high = from + 1;
+        while high < n && self.key(high) < key {
+            low = high;
+            step *= 2;
+            high = low.saturating_add(step);
+        }
+        let mut high = high.min(n);
+        let mut low = low + 1;
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if self.key(mid) < key {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        low
+    }
 }
 
 /// Lookup keys sorted with their caller positions, packed as `key << 32 | index` so one
@@ -229,44 +439,158 @@ mod tests {
 
     proptest! {
         #[test]
-        fn key_list_round_trips(mut keys in proptest::collection::vec(any::<u32>(), 0..200)) {
-            keys.sort_unstable();
-            keys.dedup();
-            let encoded = encode_key_list(&keys);
-            prop_assert_eq!(decode_key_list(&encoded), Ok(keys));
-        }
-
-        #[test]
-        fn key_list_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = decode_key_list(&bytes);
-        }
-
-        #[test]
-        fn posting_bytes_sort_like_postings(
-            a in (any::<u32>(), any::<u32>(), any::<u16>(), any::<u16>()),
-            b in (any::<u32>(), any::<u32>(), any::<u16>(), any::<u16>()),
+        fn posting_list_round_trips(
+            raw in proptest::collection::vec(
+                (0u32..6, prop_oneof![0u32..300, any::<u32>()], any::<u16>(), any::<u16>()),
+                0..200,
+            ),
+            base in prop_oneof![Just(0u32), any::<u32>()],
         ) {
-            let a = Posting { track: a.0, time: a.1, freq: a.2, span: a.3 };
-            let b = Posting { track: b.0, time: b.1, freq: b.2, span: b.3 };
-            prop_assert_eq!(encode_posting(&a).cmp(&encode_posting(&b)), a.cmp(&b));
-            prop_assert_eq!(decode_posting(&encode_posting(&a)), Some(a));
+            let mut postings: Vec<Posting> = raw
+                .iter()
+                .map(|&(track, time, freq, span)| Posting {
+                    track: base.saturating_add(track),
+                    time,
+                    freq,
+                    span,
+                })
+                .collect();
+            postings.sort_unstable();
+            postings.dedup();
+            let mut encoded = Vec::new();
+            encode_posting_list(&postings, &mut encoded);
+            let mut decoded = Vec::new();
+            prop_assert_eq!(decode_posting_list(&encoded, |p| decoded.push(p)), Ok(()));
+            prop_assert_eq!(decoded, postings.clone());
+            prop_assert_eq!(posting_list_len(&encoded), Ok(postings.len()));
+        }
+
+        #[test]
+        fn posting_list_decoder_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..96),
+        ) {
+            let mut n = 0usize;
+            let result = decode_posting_list(&bytes, |_| n += 1);
+            prop_assert!(n <= bytes.len() / MIN_LIST_POSTING_BYTES);
+            if let (Ok(len), Ok(())) = (posting_list_len(&bytes), result) {
+                prop_assert_eq!(len, n);
+            }
         }
     }
 
     #[test]
-    fn malformed_key_lists_are_errors() {
-        assert!(decode_key_list(&[]).is_err());
-        assert!(decode_key_list(&[2, 5]).is_err());
-        assert!(decode_key_list(&[2, 5, 0]).is_err());
-        assert!(decode_key_list(&[1, 0xff, 0xff, 0xff, 0xff, 0x7f]).is_err());
-        assert!(decode_key_list(&[1, 5, 9]).is_err());
-        assert!(decode_key_list(&[2, 0xff, 0xff, 0xff, 0xff, 0x0f, 1]).is_err());
+    fn damaged_posting_lists_are_errors() {
+        let postings = [
+            Posting {
+                track: 3,
+                time: 1000,
+                freq: 700,
+                span: 300,
+            },
+            Posting {
+                track: 3,
+                time: 1200,
+                freq: 1,
+                span: 2,
+            },
+            Posting {
+                track: 9,
+                time: 5,
+                freq: 3,
+                span: 4,
+            },
+        ];
+        let mut encoded = Vec::new();
+        encode_posting_list(&postings, &mut encoded);
+        // One byte track and time deltas where they fit: the second posting costs 6 bytes.
+        assert_eq!(encoded.len(), 1 + (1 + 2 + 4) + (1 + 2 + 4) + (1 + 1 + 4));
+        for cut in 0..encoded.len() {
+            assert!(
+                decode_posting_list(&encoded[..cut], |_| {}).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut trailing = encoded.clone();
+        trailing.push(0);
+        assert!(decode_posting_list(&trailing, |_| {}).is_err());
+        // A huge count in a short value is refused before anything is decoded or reserved.
+        let huge = [0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3, 4, 5, 6];
+        assert!(posting_list_len(&huge).is_err());
+        assert!(decode_posting_list(&huge, |_| panic!("nothing to visit")).is_err());
+        // Track ids that overflow are refused rather than wrapped.
+        let mut overflow = Vec::new();
+        write_varint(&mut overflow, 2);
+        for _ in 0..2 {
+            write_varint(&mut overflow, u32::MAX);
+            write_varint(&mut overflow, 0);
+            overflow.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        assert!(decode_posting_list(&overflow, |_| {}).is_err());
+        assert_eq!(posting_list_len(&[0]), Ok(0));
+        assert_eq!(decode_posting_list(&[0], |_| panic!("empty")), Ok(()));
     }
 
     #[test]
-    fn wrong_length_posting_is_rejected() {
-        assert_eq!(decode_posting(&[0; 11]), None);
-        assert_eq!(decode_posting(&[0; 13]), None);
+    fn runs_group_sections_by_partition() {
+        let mut prepared: Vec<(u32, Posting)> = (0..500u32)
+            .map(|i| {
+                let key = i.wrapping_mul(2_654_435_761) % 97;
+                (
+                    key,
+                    Posting {
+                        track: 4,
+                        time: i,
+                        freq: i as u16,
+                        span: 3,
+                    },
+                )
+            })
+            .collect();
+        prepared.sort_unstable_by_key(|&(key, posting)| run_order(key, &posting));
+        let bytes = encode_run(&prepared);
+        let run = Run::parse(&bytes).expect("parses");
+        assert_eq!(run.len(), 500);
+        let mut seen = Vec::new();
+        for partition in 0..N_PARTITIONS {
+            let section = run.section(partition);
+            for i in 0..section.len() {
+                assert_eq!(partition_of(section.key(i)), partition);
+                seen.push((section.key(i), section.posting(i, 4)));
+            }
+            // Seeking finds the first record with a key at least the target.
+            for target in [0, 5, 50, 96, 200] {
+                for from in [0, section.len() / 2, section.len()] {
+                    let found = section.seek(from, target);
+                    let expected = (from..section.len())
+                        .find(|&i| section.key(i) >= target)
+                        .unwrap_or(section.len().max(from));
+                    assert_eq!(
+                        found, expected,
+                        "partition {partition} from {from} to {target}"
+                    );
+                }
+            }
+        }
+        assert_eq!(seen, prepared);
+        assert!(Run::parse(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Run::parse(&bytes[..10]).is_err());
+        let mut bad = bytes.clone();
+        bad[3] = 1;
+        assert!(Run::parse(&bad).is_err());
+        let empty = encode_run(&[]);
+        assert_eq!(Run::parse(&empty).expect("empty run").len(), 0);
+    }
+
+    #[test]
+    fn partitions_are_even() {
+        let mut counts = [0u32; N_PARTITIONS];
+        for key in 0..(1u32 << 20) {
+            counts[partition_of(key)] += 1;
+        }
+        let expected = (1u32 << 20) / N_PARTITIONS as u32;
+        for count in counts {
+            assert!(count.abs_diff(expected) < expected / 20, "{counts:?}");
+        }
     }
 
     #[test]

@@ -21,18 +21,18 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub use error::IndexError;
-pub use lmdb::LmdbStore;
 /// Hooks that damage a store on purpose, for corruption tests; not part of the API.
 #[cfg(feature = "testsuite")]
 #[doc(hidden)]
 pub use lmdb::test_hooks;
+pub use lmdb::{LmdbOptions, LmdbStore};
 pub use mem::MemStore;
 
 /// Identifies a track in one store. Ids are assigned by the store and never reused.
 pub type TrackId = u32;
 
 /// Version of the on-disk layout; a store written with another version must be rebuilt.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One occurrence of a hash key: which track it came from plus three opaque fields.
 ///
@@ -91,14 +91,30 @@ pub struct StoreMeta {
 pub struct StoreStats {
     /// Number of tracks in the catalogue.
     pub n_tracks: u64,
-    /// Number of postings across all keys.
+    /// Number of postings of the catalogued tracks across all keys.
     pub n_postings: u64,
     /// Sum of the tracks' durations.
     pub total_duration_s: f64,
     /// Size of the store's files; zero for in-memory stores.
     pub bytes_on_disk: u64,
     /// Number of distinct hash keys that have at least one posting.
+    ///
+    /// After removals this may be an overestimate: a backend may keep counting keys whose
+    /// only postings belong to removed tracks until it purges them ([`LmdbStore`] does so
+    /// at its next merge). It never counts a key that no indexed track ever had.
     pub n_keys: u64,
+}
+
+impl StoreStats {
+    /// Mean number of postings per key (zero for an empty store): the scale against which
+    /// a caller picks the `max_postings_per_key` cap of [`Store::lookup`].
+    pub fn mean_postings_per_key(&self) -> f64 {
+        if self.n_keys == 0 {
+            0.0
+        } else {
+            self.n_postings as f64 / self.n_keys as f64
+        }
+    }
 }
 
 /// One posting as the caller supplies it: `(hash key, time, freq, span)`.
@@ -143,13 +159,23 @@ pub trait Store: Send + Sync {
     fn find_by_content(&self, content_hash_hex: &str) -> Result<Option<TrackId>, IndexError>;
 
     /// Calls `visit(i, posting)` for every posting filed under `keys[i]`, all from one
-    /// consistent snapshot.
+    /// consistent snapshot, skipping keys with more than `max_postings_per_key` postings.
     ///
     /// Keys need not be sorted or unique; a key repeated at several indices is looked up once
     /// and its postings are visited once per index. Visits come in ascending key order and,
     /// within a key, in ascending posting order.
-    fn lookup(&self, keys: &[u32], visit: &mut dyn FnMut(usize, Posting))
-    -> Result<(), IndexError>;
+    ///
+    /// A key whose postings outnumber `max_postings_per_key` is skipped entirely: none of its
+    /// postings is visited. Such keys come from generic patterns found all over a library;
+    /// they carry little evidence, and the cap lets a backend skip them without reading
+    /// them. A key with exactly `max_postings_per_key` postings is visited in full, and
+    /// `usize::MAX` means no cap. Only postings of catalogued tracks count.
+    fn lookup(
+        &self,
+        keys: &[u32],
+        max_postings_per_key: usize,
+        visit: &mut dyn FnMut(usize, Posting),
+    ) -> Result<(), IndexError>;
 
     /// Returns the store's size counters.
     fn stats(&self) -> Result<StoreStats, IndexError>;

@@ -193,6 +193,7 @@ impl Store for MemStore {
     fn lookup(
         &self,
         keys: &[u32],
+        max_postings_per_key: usize,
         visit: &mut dyn FnMut(usize, Posting),
     ) -> Result<(), IndexError> {
         let queries = sort_queries(keys)?;
@@ -202,6 +203,9 @@ impl Store for MemStore {
             let Some(list) = inner.postings.get(&key) else {
                 continue;
             };
+            if list.len() > max_postings_per_key {
+                continue;
+            }
             for &posting in list {
                 for &query in group {
                     visit(query_index(query), posting);

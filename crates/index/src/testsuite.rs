@@ -62,11 +62,17 @@ pub fn track_info(path: &str, content_hash: &str, duration_s: f64) -> TrackInfo 
     }
 }
 
-/// Every `(index, posting)` visit of a lookup, sorted so results compare as multisets.
+/// Every `(index, posting)` visit of an uncapped lookup, sorted so results compare as
+/// multisets.
 pub fn lookup_all(store: &dyn Store, keys: &[u32]) -> Vec<(usize, Posting)> {
+    lookup_capped(store, keys, usize::MAX)
+}
+
+/// Every `(index, posting)` visit of a lookup with the given cap, sorted.
+pub fn lookup_capped(store: &dyn Store, keys: &[u32], cap: usize) -> Vec<(usize, Posting)> {
     let mut visits = Vec::new();
     store
-        .lookup(keys, &mut |i, posting| visits.push((i, posting)))
+        .lookup(keys, cap, &mut |i, posting| visits.push((i, posting)))
         .expect("lookup failed");
     visits.sort_unstable();
     visits
@@ -100,6 +106,16 @@ fn expected_visits(tracks: &[(TrackId, &[Entry])], keys: &[u32]) -> Vec<(usize, 
     }
     visits.sort_unstable();
     visits
+}
+
+/// Checks `n_keys` after removals: at least the keys with live postings, at most the keys
+/// that were ever stored (see [`StoreStats::n_keys`]).
+fn assert_n_keys(stats: &StoreStats, live_keys: u64, ever_keys: u64) {
+    assert!(
+        (live_keys..=ever_keys).contains(&stats.n_keys),
+        "n_keys {} is outside {live_keys}..={ever_keys}",
+        stats.n_keys
+    );
 }
 
 /// Stats without the file size, which may legitimately change on an aborted write.
@@ -221,7 +237,7 @@ pub fn lookup_maps_indices(make: &dyn Fn() -> Fixture) {
 
     let mut order = Vec::new();
     store
-        .lookup(&keys, &mut |i, p| order.push((keys[i], p)))
+        .lookup(&keys, usize::MAX, &mut |i, p| order.push((keys[i], p)))
         .expect("lookup");
     assert!(
         order.windows(2).all(|pair| pair[0] <= pair[1]),
@@ -259,14 +275,15 @@ pub fn remove_deletes_only_that_track(make: &dyn Fn() -> Fixture) {
     let stats = store.stats().expect("stats");
     assert_eq!(stats.n_tracks, 2);
     assert_eq!(stats.n_postings, 250);
-    assert_eq!(stats.n_keys, 37 + 50);
+    assert_n_keys(&stats, 37 + 50, 37 + 50);
     assert!((stats.total_duration_s - 40.0).abs() < 1e-6);
 
     assert!(store.remove_track(a).expect("remove a"));
     assert!(store.remove_track(c).expect("remove c"));
     assert_eq!(lookup_all(store, &keys), vec![]);
     let stats = store.stats().expect("stats");
-    assert_eq!((stats.n_tracks, stats.n_postings, stats.n_keys), (0, 0, 0));
+    assert_eq!((stats.n_tracks, stats.n_postings), (0, 0));
+    assert_n_keys(&stats, 0, 37 + 50);
     assert!(stats.total_duration_s.abs() < 1e-9);
     assert!(!store.remove_track(12345).expect("remove unknown"));
 }
@@ -298,7 +315,8 @@ pub fn replace_swaps_track(make: &dyn Fn() -> Fixture) {
         expected_visits(&[(other, &other_entries), (new, &new_entries)], &keys)
     );
     let stats = store.stats().expect("stats");
-    assert_eq!((stats.n_tracks, stats.n_postings, stats.n_keys), (2, 3, 2));
+    assert_eq!((stats.n_tracks, stats.n_postings), (2, 3));
+    assert_n_keys(&stats, 2, 3);
     assert!((stats.total_duration_s - 11.0).abs() < 1e-6);
 
     // Keeping the same content hash under a new path is how a moved file is re-indexed.
@@ -446,6 +464,104 @@ pub fn identity_conflicts(make: &dyn Fn() -> Fixture) {
     assert_eq!(store.find_by_path(unicode).expect("find"), Some(id_u));
 }
 
+/// A key with more postings than the cap is skipped whole; at the cap it is visited whole.
+pub fn lookup_cap_skips_common_keys(make: &dyn Fn() -> Fixture) {
+    let fixture = make();
+    let store = fixture.store();
+    // Key 1 gets 2 postings per track, key 2 one, key 3 only from track a.
+    let entries_for =
+        |t: u32| -> Vec<Entry> { vec![(1, t, 0, 0), (1, t + 100, 0, 0), (2, t, 1, 1)] };
+    let mut ids = Vec::new();
+    for t in 0..3u32 {
+        let path = format!("/{t}");
+        let mut entries = entries_for(t);
+        if t == 0 {
+            entries.push((3, 7, 7, 7));
+        }
+        ids.push(
+            store
+                .put_track(&track_info(&path, &path, 1.0), &entries, None)
+                .expect("put"),
+        );
+    }
+    let keys = [2, 1, 3, 1, 99];
+    let visits_of = |key: u32, visits: &[(usize, Posting)]| {
+        visits.iter().filter(|(i, _)| keys[*i] == key).count()
+    };
+    let all = lookup_all(store, &keys);
+    assert_eq!(
+        (visits_of(1, &all), visits_of(2, &all), visits_of(3, &all)),
+        (12, 3, 1)
+    );
+    // Key 1 has 6 postings (visited twice, at two indices), key 2 has 3, key 3 has 1.
+    for (cap, expected) in [
+        (usize::MAX, (12, 3, 1)),
+        (6, (12, 3, 1)),
+        (5, (0, 3, 1)),
+        (3, (0, 3, 1)),
+        (2, (0, 0, 1)),
+        (1, (0, 0, 1)),
+        (0, (0, 0, 0)),
+    ] {
+        let visits = lookup_capped(store, &keys, cap);
+        assert_eq!(
+            (
+                visits_of(1, &visits),
+                visits_of(2, &visits),
+                visits_of(3, &visits)
+            ),
+            expected,
+            "cap {cap}"
+        );
+        // What is visited is exactly the uncapped result restricted to the kept keys.
+        let kept: Vec<_> = all
+            .iter()
+            .filter(|(i, _)| {
+                let n = visits_of(keys[*i], &all) / keys.iter().filter(|&&k| k == keys[*i]).count();
+                n <= cap
+            })
+            .copied()
+            .collect();
+        assert_eq!(visits, kept, "cap {cap}");
+    }
+
+    // Only live postings count: after removing a track, key 1 has 4 postings and key 2 two.
+    assert!(store.remove_track(ids[1]).expect("remove"));
+    let visits = lookup_capped(store, &keys, 4);
+    assert_eq!(
+        (
+            visits_of(1, &visits),
+            visits_of(2, &visits),
+            visits_of(3, &visits)
+        ),
+        (8, 2, 1)
+    );
+    let visits = lookup_capped(store, &keys, 3);
+    assert_eq!(
+        (
+            visits_of(1, &visits),
+            visits_of(2, &visits),
+            visits_of(3, &visits)
+        ),
+        (0, 2, 1)
+    );
+    // And new tracks count along with older ones.
+    store
+        .put_track(&track_info("/new", "/new", 1.0), &entries_for(50), None)
+        .expect("put");
+    let visits = lookup_capped(store, &keys, 5);
+    assert_eq!(
+        (
+            visits_of(1, &visits),
+            visits_of(2, &visits),
+            visits_of(3, &visits)
+        ),
+        (0, 3, 1)
+    );
+    let visits = lookup_capped(store, &keys, 6);
+    assert_eq!(visits_of(1, &visits), 12);
+}
+
 /// Counters follow puts and removals exactly.
 pub fn stats_count_right(make: &dyn Fn() -> Fixture) {
     let fixture = make();
@@ -530,6 +646,8 @@ struct ModelTrack {
 struct Model {
     tracks: BTreeMap<TrackId, ModelTrack>,
     max_id: Option<TrackId>,
+    /// Every key any stored track ever had, the upper bound of `n_keys`.
+    ever_keys: BTreeSet<u32>,
 }
 
 impl Model {
@@ -567,10 +685,11 @@ impl Model {
     }
 
     fn apply_put(&mut self, id: TrackId, path: String, content: String, entries: &[Entry]) {
-        let postings = entries
+        let postings: BTreeSet<(u32, Posting)> = entries
             .iter()
             .map(|&(key, time, freq, span)| (key, posting(id, time, freq, span)))
             .collect();
+        self.ever_keys.extend(postings.iter().map(|&(key, _)| key));
         self.tracks.insert(
             id,
             ModelTrack {
@@ -582,7 +701,7 @@ impl Model {
         self.max_id = self.max_id.max(Some(id));
     }
 
-    fn expected_visits(&self, keys: &[u32]) -> Vec<(usize, Posting)> {
+    fn expected_visits(&self, keys: &[u32], cap: usize) -> Vec<(usize, Posting)> {
         let mut by_key: BTreeMap<u32, Vec<Posting>> = BTreeMap::new();
         for track in self.tracks.values() {
             for &(key, p) in &track.postings {
@@ -591,7 +710,11 @@ impl Model {
         }
         let mut visits = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            for &p in by_key.get(key).into_iter().flatten() {
+            let list = by_key.get(key).map_or(&[][..], Vec::as_slice);
+            if list.len() > cap {
+                continue;
+            }
+            for &p in list {
                 visits.push((i, p));
             }
         }
@@ -617,6 +740,7 @@ fn check_against_model(
     store: &dyn Store,
     model: &Model,
     extra_key: u32,
+    cap: usize,
 ) -> Result<(), TestCaseError> {
     let mut keys: Vec<u32> = (0..48).collect();
     for track in model.tracks.values() {
@@ -624,12 +748,14 @@ fn check_against_model(
     }
     keys.push(extra_key);
     keys.push(3); // A repeated key must be visited once per index.
-    let mut actual = Vec::new();
-    store
-        .lookup(&keys, &mut |i, p| actual.push((i, p)))
-        .map_err(fail)?;
-    actual.sort_unstable();
-    prop_assert_eq!(actual, model.expected_visits(&keys));
+    for cap in [usize::MAX, cap, 0] {
+        let mut actual = Vec::new();
+        store
+            .lookup(&keys, cap, &mut |i, p| actual.push((i, p)))
+            .map_err(fail)?;
+        actual.sort_unstable();
+        prop_assert_eq!(actual, model.expected_visits(&keys, cap), "cap {}", cap);
+    }
 
     let stats = store.stats().map_err(fail)?;
     let distinct_keys: BTreeSet<u32> = model
@@ -644,7 +770,13 @@ fn check_against_model(
         .sum();
     prop_assert_eq!(stats.n_tracks, model.tracks.len() as u64);
     prop_assert_eq!(stats.n_postings, n_postings as u64);
-    prop_assert_eq!(stats.n_keys, distinct_keys.len() as u64);
+    prop_assert!(
+        (distinct_keys.len() as u64..=model.ever_keys.len() as u64).contains(&stats.n_keys),
+        "n_keys {} outside {}..={}",
+        stats.n_keys,
+        distinct_keys.len(),
+        model.ever_keys.len()
+    );
 
     let ids: Vec<TrackId> = store
         .tracks()
@@ -672,7 +804,7 @@ fn check_against_model(
     Ok(())
 }
 
-fn run_ops(store: &dyn Store, ops: &[Op], extra_key: u32) -> Result<(), TestCaseError> {
+fn run_ops(store: &dyn Store, ops: &[Op], extra_key: u32, cap: usize) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     for op in ops {
         let (path, content, entries, replaces) = match op {
@@ -680,7 +812,7 @@ fn run_ops(store: &dyn Store, ops: &[Op], extra_key: u32) -> Result<(), TestCase
                 let id = model.pick(*pick);
                 let existed = store.remove_track(id).map_err(fail)?;
                 prop_assert_eq!(existed, model.tracks.remove(&id).is_some());
-                check_against_model(store, &model, extra_key)?;
+                check_against_model(store, &model, extra_key, cap)?;
                 continue;
             }
             Op::Put {
@@ -713,7 +845,7 @@ fn run_ops(store: &dyn Store, ops: &[Op], extra_key: u32) -> Result<(), TestCase
             }
             (Err(error), None) => return Err(fail(format!("put failed: {error}"))),
         }
-        check_against_model(store, &model, extra_key)?;
+        check_against_model(store, &model, extra_key, cap)?;
     }
     Ok(())
 }
@@ -731,10 +863,11 @@ pub fn matches_model(make: &dyn Fn() -> Fixture) {
     let strategy = (
         proptest::collection::vec(op_strategy(), 1..14),
         any::<u32>(),
+        1usize..6,
     );
-    let result = runner.run(&strategy, |(ops, extra_key)| {
+    let result = runner.run(&strategy, |(ops, extra_key, cap)| {
         let fixture = make();
-        run_ops(fixture.store(), &ops, extra_key)
+        run_ops(fixture.store(), &ops, extra_key, cap)
     });
     if let Err(error) = result {
         panic!("store disagrees with the model: {error}");
@@ -751,6 +884,7 @@ pub fn run_all(make: &dyn Fn() -> Fixture) {
     failed_put_changes_nothing(make);
     ids_are_never_reused(make);
     identity_conflicts(make);
+    lookup_cap_skips_common_keys(make);
     stats_count_right(make);
     matches_model(make);
 }
@@ -769,6 +903,7 @@ macro_rules! store_test_suite {
             failed_put_changes_nothing,
             ids_are_never_reused,
             identity_conflicts,
+            lookup_cap_skips_common_keys,
             stats_count_right,
             matches_model,
         );

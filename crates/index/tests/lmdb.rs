@@ -6,17 +6,36 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use index::testsuite::{Fixture, lookup_all, track_info};
-use index::{Entry, IndexError, LmdbStore, Posting, Store, test_hooks};
+use index::testsuite::{Fixture, lookup_all, lookup_capped, track_info};
+use index::{Entry, IndexError, LmdbOptions, LmdbStore, Posting, Store, test_hooks};
 
 const PARAMS: &str = "test-params v1";
 
 fn temp_store() -> (tempfile::TempDir, LmdbStore) {
+    temp_store_with(LmdbOptions::default())
+}
+
+fn temp_store_with(options: LmdbOptions) -> (tempfile::TempDir, LmdbStore) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = LmdbStore::open(dir.path(), PARAMS).expect("open store");
+    let store = LmdbStore::open_with_options(dir.path(), PARAMS, options).expect("open store");
     (dir, store)
 }
 
+/// Merges after every put, so postings are almost always in main and removals tombstone.
+fn merge_always() -> LmdbOptions {
+    LmdbOptions::default()
+        .min_delta_postings(0)
+        .delta_fraction(0.0)
+}
+
+/// Merges every few puts, so lookups see main, delta and tombstones together.
+fn merge_often() -> LmdbOptions {
+    LmdbOptions::default()
+        .min_delta_postings(25)
+        .delta_fraction(0.5)
+}
+
+/// The default policy: the suite's small stores never reach a merge.
 mod suite {
     use super::*;
 
@@ -24,6 +43,104 @@ mod suite {
         let (dir, store) = temp_store();
         Fixture::with_guard(store, dir)
     });
+}
+
+mod suite_merging_always {
+    use super::*;
+
+    index::store_test_suite!(|| {
+        let (dir, store) = temp_store_with(merge_always());
+        Fixture::with_guard(store, dir)
+    });
+}
+
+mod suite_merging_often {
+    use super::*;
+
+    index::store_test_suite!(|| {
+        let (dir, store) = temp_store_with(merge_often());
+        Fixture::with_guard(store, dir)
+    });
+}
+
+#[test]
+fn merges_move_postings_into_main_and_purge_removed_tracks() {
+    let (_dir, store) = temp_store_with(merge_often());
+    let mut expected: Vec<(u32, Vec<Entry>)> = Vec::new();
+    let mut saw_tombstones = false;
+    let mut saw_both_tiers = false;
+    for t in 0..40u32 {
+        let path = format!("/t{t}");
+        let entries: Vec<Entry> = (0..10u32)
+            .map(|i| ((i * 7 + t) % 23, t * 10 + i, 1, 2))
+            .collect();
+        let id = store
+            .put_track(&track_info(&path, &path, 1.0), &entries, None)
+            .expect("put");
+        expected.push((id, entries));
+        if t % 3 == 0 {
+            let (gone, _) = expected.remove(expected.len() / 2);
+            assert!(store.remove_track(gone).expect("remove"));
+        }
+        let tiers = test_hooks::tiers(&store).expect("tiers");
+        saw_tombstones |= tiers.dead_postings > 0;
+        saw_both_tiers |= tiers.main_postings > 0 && tiers.delta_postings > 0;
+        let keys: Vec<u32> = (0..23).collect();
+        let live: usize = expected.iter().map(|(_, e)| e.len()).sum();
+        assert_eq!(lookup_all(&store, &keys).len(), live);
+        assert_eq!(store.stats().expect("stats").n_postings, live as u64);
+    }
+    assert!(saw_tombstones, "no removal ever hit main");
+    assert!(
+        saw_both_tiers,
+        "main and delta never held postings together"
+    );
+
+    store.compact().expect("compact");
+    let tiers = test_hooks::tiers(&store).expect("tiers");
+    let live: u64 = expected.iter().map(|(_, e)| e.len() as u64).sum();
+    assert_eq!(
+        (
+            tiers.main_postings,
+            tiers.delta_postings,
+            tiers.dead_postings
+        ),
+        (live, 0, 0)
+    );
+    let stats = store.stats().expect("stats");
+    assert_eq!(stats.n_postings, live);
+    assert_eq!(stats.n_keys, tiers.main_keys);
+    assert_eq!(stats.n_keys, 23, "n_keys is exact once merged");
+    // Compacting again has nothing to do and changes nothing.
+    store.compact().expect("compact again");
+    assert_eq!(test_hooks::tiers(&store).expect("tiers"), tiers);
+}
+
+#[test]
+fn default_policy_merges_a_large_delta() {
+    let (_dir, store) = temp_store_with(
+        LmdbOptions::default()
+            .min_delta_postings(5_000)
+            .delta_fraction(0.25),
+    );
+    for t in 0..12u32 {
+        let path = format!("/t{t}");
+        let entries: Vec<Entry> = (0..1000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761), i, 0, 0))
+            .collect();
+        store
+            .put_track(&track_info(&path, &path, 1.0), &entries, None)
+            .expect("put");
+        let tiers = test_hooks::tiers(&store).expect("tiers");
+        let threshold = 5_000u64.max(tiers.main_postings / 4);
+        assert!(
+            tiers.delta_postings <= threshold,
+            "{tiers:?} after track {t}"
+        );
+    }
+    let tiers = test_hooks::tiers(&store).expect("tiers");
+    assert!(tiers.main_postings >= 6_000, "{tiers:?}");
+    assert_eq!(tiers.main_postings + tiers.delta_postings, 12_000);
 }
 
 #[test]
@@ -73,6 +190,145 @@ fn other_fingerprint_params_are_refused() {
     }
     // Refusing must not have rewritten the meta: the original params still open it.
     drop(LmdbStore::open(dir.path(), PARAMS).expect("original params still work"));
+}
+
+#[test]
+fn damaged_main_lists_are_errors_not_panics() {
+    let (_dir, store) = temp_store_with(merge_always());
+    let entries: Vec<Entry> = (0..50u32).map(|i| (5, i * 3, 700, 300)).collect();
+    store
+        .put_track(&track_info("/a", "a", 1.0), &entries, None)
+        .expect("put");
+    store
+        .put_track(
+            &track_info("/b", "b", 1.0),
+            &[(5, 1, 2, 3), (6, 1, 1, 1)],
+            None,
+        )
+        .expect("put");
+    let good = test_hooks::raw_main_list(&store, 5)
+        .expect("read")
+        .expect("key 5 is in main");
+    assert_eq!(lookup_all(&store, &[5]).len(), 51);
+
+    let mut huge_count = vec![0xff, 0xff, 0xff, 0xff, 0x0f];
+    huge_count.extend_from_slice(&good[1..]);
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let damaged: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("truncated", good[..good.len() - 3].to_vec()),
+        ("trailing byte", trailing),
+        ("huge count", huge_count),
+        ("unterminated varint", vec![0x80; 12]),
+    ];
+    let mut extra = 0;
+    for (what, bytes) in damaged {
+        test_hooks::set_raw_main_list(&store, 5, &bytes).expect("damage");
+        let error = store
+            .lookup(&[5, 6], usize::MAX, &mut |_, _| {})
+            .expect_err(what);
+        assert!(
+            matches!(error, IndexError::Corrupt { .. }),
+            "{what}: {error:?}"
+        );
+        // A capped lookup skips a list whose header claims too many postings unread, so
+        // damage behind the header may go unnoticed, but it is never a panic.
+        match store.lookup(&[5, 6], 10, &mut |_, _| {}) {
+            Ok(()) | Err(IndexError::Corrupt { .. }) => {}
+            Err(error) => panic!("{what}: {error:?}"),
+        }
+        // Merging the partition reads the list. With nothing to merge there is nothing to
+        // read, so a new track of that key makes sure there is; its put commits even though
+        // its merge fails.
+        if store.compact().is_ok() {
+            store
+                .put_track(
+                    &track_info(&format!("/{what}"), what, 1.0),
+                    &[(5, 1000, 1, 1)],
+                    None,
+                )
+                .expect("put");
+            extra += 1;
+        }
+        let error = store.compact().expect_err(what);
+        assert!(
+            matches!(error, IndexError::Corrupt { .. }),
+            "{what}: {error:?}"
+        );
+    }
+    // Restoring the list heals the store.
+    test_hooks::set_raw_main_list(&store, 5, &good).expect("restore");
+    assert_eq!(lookup_all(&store, &[5]).len(), 51 + extra);
+    store.compact().expect("merges again");
+    assert_eq!(lookup_all(&store, &[5]).len(), 51 + extra);
+}
+
+/// Writes a store exactly as format version 1 laid it out: meta plus `postings`, `tracks`
+/// and the other version 1 databases, with one track.
+fn write_v1_store(dir: &Path) {
+    use heed::types::Bytes;
+    use heed::{CommitOrAbort, DatabaseFlags, EnvOpenOptions};
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options.map_size(1 << 24).max_dbs(16);
+    // SAFETY: a fresh directory that nothing else opens while this runs.
+    let env = unsafe { options.open(dir) }.expect("open v1 env");
+    let wtxn = env.write_txn().expect("txn");
+    let dbs = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+            let mut create = |name: &str, flags| {
+                opener
+                    .database_options()
+                    .types::<Bytes, Bytes>()
+                    .name(name)
+                    .flags(flags)
+                    .create(wtxn)
+            };
+            let meta = create("meta", DatabaseFlags::empty())?;
+            let postings = create(
+                "postings",
+                DatabaseFlags::DUP_SORT | DatabaseFlags::DUP_FIXED,
+            )?;
+            let tracks = create("tracks", DatabaseFlags::empty())?;
+            meta.put(wtxn, b"format_version", &1u32.to_be_bytes())?;
+            meta.put(wtxn, b"fingerprint_params", PARAMS.as_bytes())?;
+            postings.put(wtxn, &7u32.to_be_bytes(), &[0u8; 12])?;
+            tracks.put(wtxn, &1u32.to_be_bytes(), b"{}")?;
+            Ok(CommitOrAbort::<_, ()>::Commit(()))
+        })
+        .expect("create v1 databases");
+    assert!(matches!(dbs, CommitOrAbort::Commit(())));
+    drop(env);
+}
+
+#[test]
+fn a_version_1_store_must_be_rebuilt() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    write_v1_store(dir.path());
+    let size_before = std::fs::metadata(dir.path().join("data.mdb"))
+        .expect("size")
+        .len();
+    for result in [
+        LmdbStore::open(dir.path(), PARAMS),
+        LmdbStore::open_read_only(dir.path(), PARAMS),
+    ] {
+        let error = result.expect_err("version 1 is incompatible");
+        assert!(
+            matches!(&error, IndexError::Incompatible { found, expected, .. }
+                if found.contains("version 1") && expected.contains("version 2")),
+            "unexpected error {error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("rebuild") && message.contains("index again"),
+            "{message}"
+        );
+    }
+    // Refusing left the old store alone.
+    let size_after = std::fs::metadata(dir.path().join("data.mdb"))
+        .expect("size")
+        .len();
+    assert_eq!(size_before, size_after);
 }
 
 #[test]
@@ -165,24 +421,55 @@ fn corrupt_values_are_errors_not_panics() {
     assert!(matches!(error, IndexError::Corrupt { .. }), "{error:?}");
     assert!(matches!(store.tracks(), Err(IndexError::Corrupt { .. })));
 
-    test_hooks::add_raw_posting(&store, 77, b"short").expect("damage postings");
+    let before = store.stats().expect("stats");
+    test_hooks::set_raw_run(&store, b, b"short").expect("damage run");
     let error = store
-        .lookup(&[77], &mut |_, _| {})
-        .expect_err("bad posting");
+        .lookup(&[77], usize::MAX, &mut |_, _| {})
+        .expect_err("bad run");
     assert!(matches!(error, IndexError::Corrupt { .. }), "{error:?}");
+    let error = store.remove_track(b).expect_err("bad run");
+    assert!(matches!(error, IndexError::Corrupt { .. }), "{error:?}");
+    let error = store.compact().expect_err("bad run");
+    assert!(matches!(error, IndexError::Corrupt { .. }), "{error:?}");
+    // The failed removal and merge changed nothing.
+    assert_eq!(store.stats().expect("stats"), before);
+    assert!(store.track(b).expect("track b").is_some());
 
-    test_hooks::set_raw_track_keys(&store, b, &[5, 0xff]).expect("damage key list");
-    let error = store.remove_track(b).expect_err("bad key list");
+    // A run whose header is sound but whose records are out of order: lookups may miss
+    // records but do not fail or panic, and a merge refuses it.
+    let mut unsorted = Vec::new();
+    let offsets = std::iter::once(0u32).chain(std::iter::repeat_n(2, 16));
+    for offset in offsets {
+        unsorted.extend_from_slice(&offset.to_be_bytes());
+    }
+    for key in [9u32, 3] {
+        unsorted.extend_from_slice(&key.to_be_bytes());
+        unsorted.extend_from_slice(&[0; 8]);
+    }
+    test_hooks::set_raw_run(&store, b, &unsorted).expect("damage run");
+    store
+        .lookup(&[3, 9, 2], usize::MAX, &mut |_, _| {})
+        .expect("lookups tolerate unsorted records");
+    let error = store.compact().expect_err("unsorted run");
     assert!(matches!(error, IndexError::Corrupt { .. }), "{error:?}");
-    // The failed removal changed nothing.
-    assert_eq!(lookup_all(&store, &[2]).len(), 1);
 }
 
 /// Readers running while a writer keeps replacing a track must always see exactly one
 /// complete version of it, never a mixture, a gap or a half-written track.
 #[test]
 fn readers_see_whole_tracks_while_a_writer_commits() {
-    let (_dir, store) = temp_store();
+    readers_see_whole_tracks(LmdbOptions::default());
+}
+
+/// The same while every put also merges, so readers overlap merges and tombstones.
+#[test]
+fn readers_see_whole_tracks_while_a_writer_merges() {
+    readers_see_whole_tracks(merge_always());
+    readers_see_whole_tracks(merge_often());
+}
+
+fn readers_see_whole_tracks(options: LmdbOptions) {
+    let (_dir, store) = temp_store_with(options);
     let store = Arc::new(store);
     let keys: Vec<u32> = (0..300).collect();
     let version = |v: u32| -> Vec<Entry> { keys.iter().map(|&k| (k, v, 0, 0)).collect() };
@@ -201,6 +488,10 @@ fn readers_see_whole_tracks_while_a_writer_commits() {
                 while !done.load(Ordering::Relaxed) || snapshots == 0 {
                     let visits = lookup_all(store.as_ref(), &keys);
                     assert_eq!(visits.len(), keys.len(), "saw a partial track");
+                    // Every key has exactly one live posting, so a cap of 1 changes nothing
+                    // and a cap of 0 hides everything, tombstones or not.
+                    assert_eq!(lookup_capped(store.as_ref(), &keys, 1).len(), keys.len());
+                    assert!(lookup_capped(store.as_ref(), &keys, 0).is_empty());
                     let track = visits[0].1.track;
                     let time = visits[0].1.time;
                     assert!(
