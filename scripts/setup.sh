@@ -23,7 +23,7 @@ fi
 
 corpus=${CRATEDIGGER_CORPUS:-$HOME/.cache/cratedigger-corpus}
 pkgs=("$@")
-[ ${#pkgs[@]} -gt 0 ] || pkgs=(marsshooter-data singularity-music sonic-pi-samples fretsonfire-songs-sectoid)
+[ ${#pkgs[@]} -gt 0 ] || pkgs=(marsshooter-data singularity-music warzone2100-music sonic-pi-samples fretsonfire-songs-sectoid)
 shared_fetch="$here/../shared/corpus/fetch.sh"
 if [ -x "$shared_fetch" ]; then
   "$shared_fetch" "$corpus" "${pkgs[@]}" >/dev/null

@@ -1,4 +1,7 @@
-//! Real-music checks and decode-speed measurement on the local corpus, skipped when absent.
+//! Real-music checks and decode-speed measurement on the open corpus
+//! (`$CRATEDIGGER_CORPUS`, default `~/.cache/cratedigger-corpus`, made by
+//! `scripts/setup.sh`). A missing corpus fails the test unless
+//! `CRATEDIGGER_SKIP_CORPUS_TESTS=1` says to skip it.
 
 mod common;
 
@@ -9,11 +12,21 @@ use std::time::Instant;
 use audio::{DecodeOptions, decode_file};
 use common::*;
 
-const CORPUS_LIST: &str = "/root/.cache/cratedigger-corpus/files.txt";
+/// The corpus's list of audio files.
+fn corpus_list() -> PathBuf {
+    let dir = std::env::var_os("CRATEDIGGER_CORPUS").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/cratedigger-corpus")
+        },
+        PathBuf::from,
+    );
+    dir.join("files.txt")
+}
 
 /// The first existing corpus file with extension `ext`, if the corpus is present.
 fn first_corpus_file(ext: &str) -> Option<PathBuf> {
-    let list = std::fs::read_to_string(CORPUS_LIST).ok()?;
+    let list = std::fs::read_to_string(corpus_list()).ok()?;
     list.lines()
         .map(PathBuf::from)
         .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext)) && p.is_file())
@@ -22,9 +35,16 @@ fn first_corpus_file(ext: &str) -> Option<PathBuf> {
 fn corpus_or_skip(ext: &str) -> Option<PathBuf> {
     let found = first_corpus_file(ext);
     if found.is_none() {
-        eprintln!(
-            "skipping: no .{ext} file listed in {CORPUS_LIST} (corpus absent or still downloading)"
-        );
+        let list = corpus_list();
+        if std::env::var_os("CRATEDIGGER_SKIP_CORPUS_TESTS").is_some_and(|v| v == "1") {
+            eprintln!("skipping: no .{ext} file listed in {}", list.display());
+        } else {
+            panic!(
+                "no .{ext} file listed in {}: run scripts/setup.sh (or set \
+                 CRATEDIGGER_SKIP_CORPUS_TESTS=1 to skip real-music tests)",
+                list.display()
+            );
+        }
     }
     found
 }
