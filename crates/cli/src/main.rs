@@ -113,11 +113,7 @@ fn run() -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(exit_code(failed))
         }
         Command::Remove { tracks } => {
             let engine =
@@ -132,11 +128,7 @@ fn run() -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(exit_code(failed))
         }
         Command::List { json } => {
             let engine = open_existing(&db)?;
@@ -215,9 +207,15 @@ fn index(engine: &Engine, paths: &[PathBuf], quiet: bool) -> anyhow::Result<Exit
         secs,
         summary.audio_s / secs.max(1e-3)
     );
-    Ok(if summary.failed > 0 {
+    Ok(exit_code(summary.failed > 0))
+}
+
+/// Exit code 1 when some item (a file, a query, a track) failed and the others went on;
+/// 2 is kept for errors that stopped the whole command.
+fn exit_code(some_failed: bool) -> ExitCode {
+    if some_failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }

@@ -18,7 +18,7 @@ pub use spectrogram::{LogSpectrogram, SpectrogramBuilder};
 
 /// Version of the fingerprint algorithm; bump it whenever the same parameters would
 /// produce different hashes.
-pub const ALGORITHM_VERSION: u32 = 1;
+pub const ALGORITHM_VERSION: u32 = 2;
 
 /// Errors from building a [`Fingerprinter`].
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +56,14 @@ pub struct Params {
     pub query_peak_radius_frames: usize,
     /// The query's peak neighbourhood in bins.
     pub query_peak_radius_bins: usize,
-    /// Peaks quieter than this natural-log power are silence or dither, not music.
+    /// Peaks quieter than this natural-log power are digital silence, not music (silence is
+    /// -46 after the epsilon; a full-scale sine peaks near +11). Set low so that the floor
+    /// relative to the loudest bin, not this one, decides for anything above about -70 dBFS,
+    /// which keeps peak picking independent of gain.
     pub min_log_power: f32,
+    /// Peaks more than this far (natural-log power) below the signal's loudest bin are
+    /// ignored: a floor relative to the signal keeps peak picking independent of gain.
+    pub dynamic_range_log: f32,
     /// Peak density is enforced per block of this many frames...
     pub density_block_frames: usize,
     /// ...and per this many equal sub-bands of the log-frequency axis.
@@ -104,7 +110,9 @@ impl Default for Params {
             peak_radius_bins: 9,
             query_peak_radius_frames: 8,
             query_peak_radius_bins: 9,
-            min_log_power: -4.0,
+            min_log_power: -18.0,
+            // 60 dB: ln(10^6).
+            dynamic_range_log: 13.8,
             density_block_frames: 125,
             density_subbands: 3,
             ref_peaks_per_s: 24.0,
@@ -207,7 +215,7 @@ impl Params {
     /// Query-only parameters are left out: they can change without rebuilding a store.
     pub fn describe(&self) -> String {
         format!(
-            "cratedigger-fp/{} sr={} fft={} hop={} fmin={} bpo={} oct={} pr={}x{} minp={} \
+            "cratedigger-fp/{} sr={} fft={} hop={} fmin={} bpo={} oct={} pr={}x{} minp={} dr={} \
              block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}",
             ALGORITHM_VERSION,
             self.sample_rate_hz,
@@ -219,6 +227,7 @@ impl Params {
             self.peak_radius_frames,
             self.peak_radius_bins,
             self.min_log_power,
+            self.dynamic_range_log,
             self.density_block_frames,
             self.density_subbands,
             self.ref_peaks_per_s,

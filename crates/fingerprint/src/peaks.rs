@@ -57,11 +57,14 @@ pub fn find_peaks(
     }
     drop(fmax);
 
+    // The floor follows the signal's loudest bin, so a gain moves it with the peaks.
+    let loudest = spec.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let floor = params.min_log_power.max(loudest - params.dynamic_range_log);
     let mut candidates = Vec::new();
     for f in 1..n_frames - 1 {
         for k in 1..n_bins - 1 {
             let v = spec.at(f, k);
-            if v < params.min_log_power || v < nmax[f * n_bins + k] {
+            if v < floor || v < nmax[f * n_bins + k] {
                 continue;
             }
             // Plateaus (equal neighbours) are not peaks: they come from clipping or silence.

@@ -294,6 +294,16 @@ mod tests {
         }
     }
 
+    /// Four peaks whose invariants sit away from cell boundaries, so no quantisation flips.
+    fn base_quad() -> [Peak; 4] {
+        [
+            peak(10.0, 80.3),
+            peak(15.2, 85.1),
+            peak(22.1, 76.9),
+            peak(30.4, 90.2),
+        ]
+    }
+
     fn hashes_of(peaks: &[Peak], p: &Params) -> Vec<u32> {
         reference_quads(peaks, p).iter().map(|q| q.hash).collect()
     }
@@ -301,13 +311,7 @@ mod tests {
     #[test]
     fn hash_ignores_time_scale_and_pitch_shift() {
         let p = Params::default();
-        // Positions chosen away from cell boundaries, so no quantisation flips.
-        let base = [
-            peak(10.0, 80.3),
-            peak(15.2, 85.1),
-            peak(22.1, 76.9),
-            peak(30.4, 90.2),
-        ];
+        let base = base_quad();
         let h0 = hashes_of(&base, &p);
         assert_eq!(h0.len(), 1);
         for (scale, shift) in [
@@ -331,12 +335,7 @@ mod tests {
     #[test]
     fn query_finds_reference_quad_among_extra_peaks_when_stretched() {
         let p = Params::default();
-        let base = [
-            peak(10.0, 80.3),
-            peak(15.2, 85.1),
-            peak(22.1, 76.9),
-            peak(30.4, 90.2),
-        ];
+        let base = base_quad();
         let stored = reference_quads(&base, &p);
         assert_eq!(stored.len(), 1);
         // The query is the same four peaks slowed to 1.6x the duration, shifted up 5 bins,

@@ -36,6 +36,9 @@ impl LogSpectrogram {
 #[derive(Clone, Copy, Debug)]
 enum BinMap {
     /// The log bin is narrower than an FFT bin: interpolate the power at a fractional FFT bin.
+    /// Below about 800 Hz peaks therefore sit at FFT-bin positions (a bin is a semitone wide
+    /// at 250 Hz). A log-parabola interpolation that tracks the true frequency was tried and
+    /// lowered recall on pitch-shifted samples (BENCHMARKS.md), so it is not used.
     Interp { lo: usize, frac: f32 },
     /// The log bin spans several FFT bins: take the largest power among them, so that a
     /// sinusoid anywhere in the band is seen at full strength.
@@ -147,10 +150,12 @@ impl SpectrogramBuilder {
     }
 }
 
-/// Power added before the logarithm so that digital silence has a finite floor.
-const POWER_EPS: f32 = 1e-10;
+/// Power added before the logarithm so that digital silence has a finite floor. Kept far
+/// below any power the peak floor admits: 1e-10 compressed the neighbours of quiet peaks
+/// and broke gain invariance (found by the property test).
+const POWER_EPS: f32 = 1e-20;
 /// The log power of digital silence.
-const LOG_FLOOR: f32 = -23.025_85; // ln(1e-10)
+const LOG_FLOOR: f32 = -46.051_7; // ln(1e-20)
 
 fn norm_sqr(c: &Complex<f32>) -> f32 {
     c.re * c.re + c.im * c.im
