@@ -17,6 +17,9 @@ mkdir -p "$work"
 speed=${DEMO_SPEED:-0.8}
 
 echo "== indexing the reference library (Mars Shooter and Singularity soundtracks)"
+# The demo store is disposable: rebuilt each run, so it always matches this build's
+# fingerprint parameters.
+rm -rf "$db"
 "$bin" --db "$db" index "$corpus/marsshooter-data/usr/share/games/marsshooter/audio/music" \
   "$corpus/singularity-music/usr/share/games/singularity/music"
 
