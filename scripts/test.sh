@@ -8,4 +8,10 @@ bash scripts/setup.sh
 export CRATEDIGGER_CORPUS=${CRATEDIGGER_CORPUS:-$HOME/.cache/cratedigger-corpus}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --release
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --release 2>&1 | tee "$log"
+# cargo prints one "test result" line per test binary, the last often a doc-test section
+# with nothing in it; close with the totals over all of them.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
