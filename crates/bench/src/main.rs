@@ -7,6 +7,7 @@ mod dedup;
 mod queries;
 mod run;
 mod score;
+mod sweep;
 mod types;
 mod util;
 
@@ -145,6 +146,22 @@ enum Cmd {
         #[arg(long, default_value = "score")]
         score_field: String,
     },
+    /// Compare fingerprint settings fast: the engine's fingerprint and matcher over an
+    /// in-memory index of the references, scored against truth.json (settings come from
+    /// environment variables, see crates/bench/src/sweep.rs).
+    Sweep {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "tune")]
+        split: SplitArg,
+        #[arg(long, value_enum, default_value = "core")]
+        suite: SuiteArg,
+        /// Stop-word cap as a multiple of the mean postings per key (the engine uses 6).
+        #[arg(long, default_value_t = 6.0)]
+        cap_factor: f64,
+        #[arg(long, value_parser = parse_thresholds)]
+        score_threshold: Option<Thresholds>,
+    },
     /// Score saved results offline.
     Score {
         #[arg(long)]
@@ -254,5 +271,18 @@ fn main() -> Result<()> {
             score_field,
         })
         .map(|_| ()),
+        Cmd::Sweep {
+            out,
+            split,
+            suite,
+            cap_factor,
+            score_threshold,
+        } => sweep::run_sweep(&sweep::SweepArgs {
+            out,
+            split: split.name(),
+            suite: suite.name(),
+            cap_factor,
+            thresholds: score_threshold.map_or_else(|| vec![20.0, 30.0, 40.0], |t| t.0),
+        }),
     }
 }
