@@ -252,29 +252,19 @@ const CASES: &[Case] = &[
 
 fn encode(dir: &Path, case: &Case, rate_hz: u32, duration_s: f64) -> PathBuf {
     let path = dir.join(format!("test_{}.{}", rate_hz, case.ext));
-    run(Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!(
-            "sine=frequency=1000:sample_rate={rate_hz}:duration={duration_s}"
-        ))
-        .args(["-ac", "2"])
-        .args([
-            "-metadata",
-            "title=Test Title",
-            "-metadata",
-            "artist=Test Artist",
-        ])
-        .args(["-metadata", "album=Test Album", "-metadata", "date=1973"])
-        .args(case.args)
-        .arg(&path));
+    run(ffmpeg_lavfi(&format!(
+        "sine=frequency=1000:sample_rate={rate_hz}:duration={duration_s}"
+    ))
+    .args(["-ac", "2"])
+    .args([
+        "-metadata",
+        "title=Test Title",
+        "-metadata",
+        "artist=Test Artist",
+    ])
+    .args(["-metadata", "album=Test Album", "-metadata", "date=1973"])
+    .args(case.args)
+    .arg(&path));
     path
 }
 
@@ -374,23 +364,15 @@ fn musicbrainz_ids_are_read_from_vorbis_comments_and_id3() {
         ),
     ] {
         let path = dir.path().join(format!("mb.{ext}"));
-        run(Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-            ])
-            .arg("sine=frequency=440:sample_rate=44100:duration=1")
-            .arg("-metadata")
-            .arg(format!("{}={rec}", keys[0]))
-            .arg("-metadata")
-            .arg(format!("{}={rel}", keys[1]))
-            .args(["-metadata", "date=2001-09-11", "-c:a", codec])
-            .arg(&path));
+        run(
+            ffmpeg_lavfi("sine=frequency=440:sample_rate=44100:duration=1")
+                .arg("-metadata")
+                .arg(format!("{}={rec}", keys[0]))
+                .arg("-metadata")
+                .arg(format!("{}={rel}", keys[1]))
+                .args(["-metadata", "date=2001-09-11", "-c:a", codec])
+                .arg(&path),
+        );
         let (_, tags) = decode_ok(&path);
         eprintln!("{ext}: {tags:?}");
         assert_eq!(tags.musicbrainz_release_id.as_deref(), Some(rel), "{ext}");
@@ -414,19 +396,11 @@ fn lossy_codecs_keep_time_alignment() {
     let mut report = Vec::new();
     for case in CASES.iter().filter(|c| c.ext != "caf") {
         let path = dir.path().join(format!("onset.{}", case.ext));
-        run(Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-            ])
-            .arg("aevalsrc=if(gte(t\\,1)\\,0.5*sin(2*PI*1000*t)\\,0):s=44100:d=3")
-            .args(case.args)
-            .arg(&path));
+        run(
+            ffmpeg_lavfi("aevalsrc=if(gte(t\\,1)\\,0.5*sin(2*PI*1000*t)\\,0):s=44100:d=3")
+                .args(case.args)
+                .arg(&path),
+        );
         let (d, _) = decode_ok(&path);
         let onset = d
             .samples
@@ -459,20 +433,12 @@ fn surround_lossy_files() {
         ("opus", &["-c:a", "libopus", "-mapping_family", "1"][..]),
     ] {
         let path = dir.path().join(format!("six.{ext}"));
-        run(Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-            ])
-            .arg("sine=frequency=440:sample_rate=48000:duration=2")
-            .args(["-ac", "6"])
-            .args(args)
-            .arg(&path));
+        run(
+            ffmpeg_lavfi("sine=frequency=440:sample_rate=48000:duration=2")
+                .args(["-ac", "6"])
+                .args(args)
+                .arg(&path),
+        );
         let r = decode_file(&path, &opts());
         eprintln!(
             "6ch {ext}: {:?}",

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use audio::{AudioError, DecodeOptions, decode_bytes, decode_file};
@@ -94,19 +93,11 @@ fn truncated_mp3_and_flac_decode_partially_or_fail_cleanly() {
         ("m4a", "aac"),
     ] {
         let path = dir.path().join(format!("full.{ext}"));
-        run(Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-            ])
-            .arg("sine=frequency=1000:sample_rate=44100:duration=10")
-            .args(["-c:a", codec])
-            .arg(&path));
+        run(
+            ffmpeg_lavfi("sine=frequency=1000:sample_rate=44100:duration=10")
+                .args(["-c:a", codec])
+                .arg(&path),
+        );
         let bytes = std::fs::read(&path).expect("read");
         for fraction in [0.3, 0.7, 0.999] {
             let cut = (bytes.len() as f64 * fraction) as usize;
@@ -138,19 +129,11 @@ fn corrupted_middle_of_mp3_skips_bad_packets() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("full.mp3");
-    run(Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("sine=frequency=1000:sample_rate=44100:duration=10")
-        .args(["-c:a", "libmp3lame"])
-        .arg(&path));
+    run(
+        ffmpeg_lavfi("sine=frequency=1000:sample_rate=44100:duration=10")
+            .args(["-c:a", "libmp3lame"])
+            .arg(&path),
+    );
     let mut bytes = std::fs::read(&path).expect("read");
     let len = bytes.len();
     let garbage = noise_bytes(len / 10, 9);

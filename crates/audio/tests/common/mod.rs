@@ -28,6 +28,23 @@ pub fn have_ffmpeg() -> bool {
 }
 
 /// Runs a command and panics with its stderr if it fails (test setup only).
+/// An ffmpeg command whose input is the lavfi source `source` (e.g. a sine): quiet,
+/// overwriting its output. Callers add the codec, metadata and output path.
+pub fn ffmpeg_lavfi(source: &str) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+    ])
+    .arg(source);
+    cmd
+}
+
 pub fn run(cmd: &mut Command) {
     let out = cmd.output().expect("spawn test tool");
     assert!(
