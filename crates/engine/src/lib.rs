@@ -151,10 +151,15 @@ enum Step {
 /// What to do with a file, decided before decoding it.
 enum Plan {
     Skip(IndexOutcome),
-    Index {
-        hash_hex: String,
-        replaces: Option<TrackId>,
-    },
+    Index(Pending),
+}
+
+/// A file to decode and store, with what `plan` already learnt about it.
+struct Pending {
+    /// The catalogue key of its path (`path_key`).
+    key: String,
+    hash_hex: String,
+    replaces: Option<TrackId>,
 }
 
 /// The cratedigger engine over one store.
@@ -252,8 +257,8 @@ impl Engine {
                     .for_each_with(tx, |tx, (i, path)| {
                         let step = self.plan(path).and_then(|plan| match plan {
                             Plan::Skip(outcome) => Ok(Step::Outcome(outcome)),
-                            Plan::Index { hash_hex, replaces } => self
-                                .prepare(path, hash_hex, replaces)
+                            Plan::Index(pending) => self
+                                .prepare(path, pending)
                                 .map(|p| Step::Ready(Box::new(p))),
                         });
                         // The receiver lives until every sender is gone.
@@ -291,19 +296,13 @@ impl Engine {
     pub fn index_file(&self, path: &Path) -> Result<IndexOutcome, EngineError> {
         match self.plan(path)? {
             Plan::Skip(outcome) => Ok(outcome),
-            Plan::Index { hash_hex, replaces } => {
-                self.commit(self.prepare(path, hash_hex, replaces)?)
-            }
+            Plan::Index(pending) => self.commit(self.prepare(path, pending)?),
         }
     }
 
     /// Decides from the content hash alone whether a file needs decoding.
     fn plan(&self, path: &Path) -> Result<Plan, EngineError> {
-        let audio_err = |source| EngineError::Audio {
-            path: path.display().to_string(),
-            source,
-        };
-        let hash_hex = hex(&audio::content_hash(path).map_err(audio_err)?);
+        let hash_hex = hex(&audio::content_hash(path).map_err(audio_error(path))?);
         let key = path_key(path);
         let by_path = self.store.find_by_path(&key)?;
         if let Some(id) = self.store.find_by_content(&hash_hex)? {
@@ -313,23 +312,20 @@ impl Engine {
                 IndexOutcome::Duplicate { of: id }
             }));
         }
-        Ok(Plan::Index {
+        Ok(Plan::Index(Pending {
+            key,
             hash_hex,
             replaces: by_path,
-        })
+        }))
     }
 
-    fn prepare(
-        &self,
-        path: &Path,
-        hash_hex: String,
-        replaces: Option<TrackId>,
-    ) -> Result<Prepared, EngineError> {
-        let (decoded, tags) =
-            audio::decode_file(path, &self.decode).map_err(|source| EngineError::Audio {
-                path: path.display().to_string(),
-                source,
-            })?;
+    fn prepare(&self, path: &Path, pending: Pending) -> Result<Prepared, EngineError> {
+        let Pending {
+            key,
+            hash_hex,
+            replaces,
+        } = pending;
+        let (decoded, tags) = audio::decode_file(path, &self.decode).map_err(audio_error(path))?;
         let quads = self.fingerprinter.reference(&decoded.samples);
         if quads.is_empty() && decoded.duration_s < 1.0 {
             return Err(EngineError::TooShort {
@@ -342,7 +338,7 @@ impl Engine {
             .map(|q| (q.hash, q.time, q.freq, q.span))
             .collect();
         let info = TrackInfo {
-            path: path_key(path),
+            path: key,
             content_hash: hash_hex,
             duration_s: decoded.duration_s,
             title: tags.title,
@@ -396,11 +392,7 @@ impl Engine {
 
     /// Finds every sample of stored references in the audio file at `path`.
     pub fn identify_file(&self, path: &Path) -> Result<Identification, EngineError> {
-        let (decoded, _) =
-            audio::decode_file(path, &self.decode).map_err(|source| EngineError::Audio {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let (decoded, _) = audio::decode_file(path, &self.decode).map_err(audio_error(path))?;
         self.identify_samples(&path.display().to_string(), &decoded.samples)
     }
 
@@ -477,6 +469,14 @@ impl Engine {
     /// The rate of the mono signal [`Self::identify_samples`] expects.
     pub fn sample_rate_hz(&self) -> u32 {
         self.fingerprinter.params().sample_rate_hz
+    }
+}
+
+/// Turns an audio error into the engine's, naming the file.
+fn audio_error(path: &Path) -> impl FnOnce(audio::AudioError) -> EngineError + '_ {
+    move |source| EngineError::Audio {
+        path: path.display().to_string(),
+        source,
     }
 }
 
