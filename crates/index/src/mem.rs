@@ -3,11 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{PoisonError, RwLock};
 
+use std::ops::RangeInclusive;
+
 use crate::codec::{
-    duration_us, prepare_entries, query_groups, query_index, sort_queries, validate_track_info,
+    duration_us, merged_metadata, prepare_entries, query_groups, query_index, sort_queries,
+    validate_scan, validate_track_info,
 };
 use crate::{
-    Entry, FORMAT_VERSION, IndexError, Posting, Store, StoreMeta, StoreStats, TrackId, TrackInfo,
+    Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
+    TrackInfo,
 };
 
 /// A [`Store`] held entirely in memory behind one reader-writer lock.
@@ -33,6 +37,9 @@ struct Inner {
     next_track_id: u64,
     n_postings: u64,
     total_duration_us: u64,
+    /// Relation payloads by (query, reference).
+    relations: BTreeMap<(TrackId, TrackId), Vec<u8>>,
+    scan_marks: HashMap<TrackId, TrackId>,
 }
 
 impl MemStore {
@@ -52,6 +59,8 @@ impl MemStore {
                 next_track_id: 1,
                 n_postings: 0,
                 total_duration_us: 0,
+                relations: BTreeMap::new(),
+                scan_marks: HashMap::new(),
             }),
         }
     }
@@ -81,6 +90,9 @@ impl Inner {
         self.total_duration_us = self
             .total_duration_us
             .saturating_sub(duration_us(info.duration_s));
+        self.relations
+            .retain(|&(query, reference), _| query != id && reference != id);
+        self.scan_marks.remove(&id);
         true
     }
 
@@ -224,5 +236,64 @@ impl Store for MemStore {
             bytes_on_disk: 0,
             n_keys: inner.postings.len() as u64,
         })
+    }
+
+    fn update_metadata(&self, id: TrackId, info: &TrackInfo) -> Result<bool, IndexError> {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(stored) = inner.tracks.get_mut(&id) else {
+            return Ok(false);
+        };
+        *stored = merged_metadata(stored, info);
+        Ok(true)
+    }
+
+    fn record_scan(
+        &self,
+        query: TrackId,
+        examined: RangeInclusive<TrackId>,
+        found: &[(TrackId, Vec<u8>)],
+    ) -> Result<bool, IndexError> {
+        validate_scan(query, &examined, found)?;
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if !inner.tracks.contains_key(&query) {
+            return Ok(false);
+        }
+        let stale: Vec<(TrackId, TrackId)> = inner
+            .relations
+            .range((query, *examined.start())..=(query, *examined.end()))
+            .map(|(&pair, _)| pair)
+            .collect();
+        for pair in stale {
+            inner.relations.remove(&pair);
+        }
+        for (reference, payload) in found {
+            if inner.tracks.contains_key(reference) {
+                inner.relations.insert((query, *reference), payload.clone());
+            }
+        }
+        let mark = inner.scan_marks.entry(query).or_insert(*examined.end());
+        *mark = (*mark).max(*examined.end());
+        Ok(true)
+    }
+
+    fn scan_mark(&self, query: TrackId) -> Result<Option<TrackId>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner.scan_marks.get(&query).copied())
+    }
+
+    fn relations(&self, track: Option<TrackId>) -> Result<Vec<Relation>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner
+            .relations
+            .iter()
+            .filter(|&(&(query, reference), _)| {
+                track.is_none_or(|track| query == track || reference == track)
+            })
+            .map(|(&(query, reference), payload)| Relation {
+                query,
+                reference,
+                payload: payload.clone(),
+            })
+            .collect())
     }
 }
