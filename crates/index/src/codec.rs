@@ -379,6 +379,20 @@ pub fn validate_track_info(info: &TrackInfo) -> Result<(), IndexError> {
     Ok(())
 }
 
+/// Checks side data against the limit every backend enforces.
+pub fn validate_side_data(side_data: &[u8]) -> Result<(), IndexError> {
+    if side_data.len() > crate::MAX_SIDE_DATA_BYTES {
+        return Err(IndexError::InvalidTrack {
+            reason: format!(
+                "side data of {} bytes exceeds the limit of {}",
+                side_data.len(),
+                crate::MAX_SIDE_DATA_BYTES
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a scan result against the rules of [`crate::Store::record_scan`] that do not
 /// depend on the store's content.
 pub fn validate_scan(

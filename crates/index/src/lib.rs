@@ -132,6 +132,9 @@ pub struct Relation {
     pub payload: Vec<u8>,
 }
 
+/// Largest side data of one track a store accepts (a four-hour track's peaks take ~1.3 MB).
+pub const MAX_SIDE_DATA_BYTES: usize = 16 << 20;
+
 /// Largest relation payload a store accepts.
 pub const MAX_RELATION_PAYLOAD_BYTES: usize = 1 << 20;
 
@@ -146,19 +149,37 @@ pub trait Store: Send + Sync {
     /// What the store was built with.
     fn meta(&self) -> &StoreMeta;
 
-    /// Atomically stores a track's catalogue entry and all its postings, and returns its new id.
+    /// Atomically stores a track's catalogue entry, all its postings and its side data
+    /// (opaque bytes kept for the caller, at most [`MAX_SIDE_DATA_BYTES`]; the engine keeps
+    /// the reference's peaks there), and returns its new id.
     ///
     /// Exact duplicate entries are stored once, and the stored `n_postings` is set to the
     /// number of distinct postings. If `replaces` is `Some`, that track is removed in the same
     /// transaction, so readers see either the old track or the new one, never both or neither.
     /// Fails without changing anything if another track already has the same non-empty path
-    /// or content hash, or if `replaces` names a track that does not exist.
+    /// or content hash, if `replaces` names a track that does not exist, or if the side data
+    /// is too large.
+    fn put_track_with_side_data(
+        &self,
+        info: &TrackInfo,
+        entries: &[Entry],
+        side_data: &[u8],
+        replaces: Option<TrackId>,
+    ) -> Result<TrackId, IndexError>;
+
+    /// [`Store::put_track_with_side_data`] without side data.
     fn put_track(
         &self,
         info: &TrackInfo,
         entries: &[Entry],
         replaces: Option<TrackId>,
-    ) -> Result<TrackId, IndexError>;
+    ) -> Result<TrackId, IndexError> {
+        self.put_track_with_side_data(info, entries, &[], replaces)
+    }
+
+    /// A track's side data as stored by [`Store::put_track_with_side_data`] (empty if it
+    /// was stored without), or `None` if the track is not catalogued.
+    fn side_data(&self, id: TrackId) -> Result<Option<Vec<u8>>, IndexError>;
 
     /// Removes a track's catalogue entry and all its postings; returns whether it existed.
     fn remove_track(&self, id: TrackId) -> Result<bool, IndexError>;

@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 
 use crate::codec::{
     duration_us, merged_metadata, prepare_entries, query_groups, query_index, sort_queries,
-    validate_scan, validate_track_info,
+    validate_scan, validate_side_data, validate_track_info,
 };
 use crate::{
     Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
@@ -40,6 +40,7 @@ struct Inner {
     /// Relation payloads by (query, reference).
     relations: BTreeMap<(TrackId, TrackId), Vec<u8>>,
     scan_marks: HashMap<TrackId, TrackId>,
+    side_data: HashMap<TrackId, Vec<u8>>,
 }
 
 impl MemStore {
@@ -61,6 +62,7 @@ impl MemStore {
                 total_duration_us: 0,
                 relations: BTreeMap::new(),
                 scan_marks: HashMap::new(),
+                side_data: HashMap::new(),
             }),
         }
     }
@@ -93,6 +95,7 @@ impl Inner {
         self.relations
             .retain(|&(query, reference), _| query != id && reference != id);
         self.scan_marks.remove(&id);
+        self.side_data.remove(&id);
         true
     }
 
@@ -114,13 +117,15 @@ impl Store for MemStore {
         &self.meta
     }
 
-    fn put_track(
+    fn put_track_with_side_data(
         &self,
         info: &TrackInfo,
         entries: &[Entry],
+        side_data: &[u8],
         replaces: Option<TrackId>,
     ) -> Result<TrackId, IndexError> {
         validate_track_info(info)?;
+        validate_side_data(side_data)?;
         // A panic cannot leave the maps half-updated, because every check happens before the
         // first mutation; so a poisoned lock still guards consistent data.
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
@@ -169,8 +174,14 @@ impl Store for MemStore {
         }
         inner.total_duration_us += duration_us(stored.duration_s);
         inner.tracks.insert(id, stored);
+        inner.side_data.insert(id, side_data.to_vec());
         inner.next_track_id += 1;
         Ok(id)
+    }
+
+    fn side_data(&self, id: TrackId) -> Result<Option<Vec<u8>>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner.side_data.get(&id).cloned())
     }
 
     fn remove_track(&self, id: TrackId) -> Result<bool, IndexError> {

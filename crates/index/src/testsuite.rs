@@ -1087,6 +1087,45 @@ pub fn invalid_scans_change_nothing(make: &dyn Fn() -> Fixture) {
     }
 }
 
+/// Side data is stored with its track, replaced with it and removed with it.
+pub fn side_data_follows_track(make: &dyn Fn() -> Fixture) {
+    let fixture = make();
+    let store = fixture.store();
+    let a = store
+        .put_track_with_side_data(
+            &track_info("/a", "a", 1.0),
+            &[(1, 1, 1, 1)],
+            b"peaks of a",
+            None,
+        )
+        .expect("put a");
+    let b = store
+        .put_track(&track_info("/b", "b", 1.0), &[(2, 1, 1, 1)], None)
+        .expect("put b");
+    assert_eq!(
+        store.side_data(a).expect("read"),
+        Some(b"peaks of a".to_vec())
+    );
+    assert_eq!(store.side_data(b).expect("read"), Some(Vec::new()));
+    assert_eq!(store.side_data(999).expect("read"), None);
+
+    let too_big = vec![7u8; crate::MAX_SIDE_DATA_BYTES + 1];
+    match store.put_track_with_side_data(&track_info("/c", "c", 1.0), &[], &too_big, None) {
+        Err(IndexError::InvalidTrack { .. }) => {}
+        other => panic!("oversized side data was not refused: {other:?}"),
+    }
+    assert_eq!(store.find_by_path("/c").expect("find"), None);
+
+    let a2 = store
+        .put_track_with_side_data(&track_info("/a", "a2", 1.0), &[], b"new", Some(a))
+        .expect("replace a");
+    assert_eq!(store.side_data(a).expect("read"), None);
+    assert_eq!(store.side_data(a2).expect("read"), Some(b"new".to_vec()));
+    assert!(store.remove_track(a2).expect("remove"));
+    assert_eq!(store.side_data(a2).expect("read"), None);
+    assert_eq!(store.side_data(b).expect("read"), Some(Vec::new()));
+}
+
 /// Runs every test of the suite in turn, for backends that prefer one `#[test]`.
 pub fn run_all(make: &dyn Fn() -> Fixture) {
     round_trip(make);
@@ -1104,6 +1143,7 @@ pub fn run_all(make: &dyn Fn() -> Fixture) {
     record_scan_round_trip(make);
     relations_follow_removal(make);
     invalid_scans_change_nothing(make);
+    side_data_follows_track(make);
 }
 
 /// Expands to one `#[test]` per behaviour in the suite, given an expression that evaluates
@@ -1127,6 +1167,7 @@ macro_rules! store_test_suite {
             record_scan_round_trip,
             relations_follow_removal,
             invalid_scans_change_nothing,
+            side_data_follows_track,
         );
     };
     (@tests $make:expr; $($name:ident,)*) => {
