@@ -245,8 +245,9 @@ pub fn scan(engine: &Engine, quiet: bool, json: bool) -> anyhow::Result<ExitCode
             bar.set_message(format!("{found} relations"));
             bar.inc(1);
         }
-        ScanEvent::Failed { info, error, .. } => {
-            bar.suspend(|| eprintln!("failed: {}: {error}", info.path));
+        ScanEvent::Failed { error, .. } => {
+            // The error names the file already.
+            bar.suspend(|| eprintln!("failed: {error}"));
             bar.inc(1);
         }
     })?;
