@@ -201,6 +201,10 @@ mod verification {
         peaks
     }
 
+    /// Reference peaks, the line they are planted along, the planted reference frames
+    /// `r0..r1`, and the share of peaks that survive.
+    type Planted<'a> = (&'a [(f32, f32)], Line, f64, f64, f64);
+
     /// A query of `frames` frames holding dense random peaks (`density` per frame), plus
     /// the images of the reference peaks in `r0..r1` under `line`, each kept with
     /// probability `survival` and jittered by up to one frame and half a bin.
@@ -208,7 +212,7 @@ mod verification {
         rng: &mut Lcg,
         frames: usize,
         density: f64,
-        planted: Option<(&[(f32, f32)], Line, f64, f64, f64)>,
+        planted: Option<Planted<'_>>,
     ) -> PeakGrid {
         let mut peaks: Vec<(f32, f32)> = (0..(frames as f64 * density) as usize)
             .map(|_| {
