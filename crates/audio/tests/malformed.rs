@@ -205,7 +205,13 @@ fn float_wav_of_nan_infinity_and_huge_values_decodes_to_finite_samples() {
         let mut samples: Vec<f32> = tone
             .iter()
             .enumerate()
-            .map(|(i, &s)| if i % 2 == 0 { s } else { hostile[i / 2 % hostile.len()] })
+            .map(|(i, &s)| {
+                if i % 2 == 0 {
+                    s
+                } else {
+                    hostile[i / 2 % hostile.len()]
+                }
+            })
             .collect();
         samples.extend((0..rate_hz).map(|i| hostile[i as usize % 3]));
         let bytes = wav_f32_bytes(rate_hz, 1, &samples);
