@@ -6,7 +6,10 @@
 
 mod util;
 
+mod concurrent;
+mod crash;
 mod errors;
 mod fixture;
+mod hostile;
 mod identify;
 mod store;
