@@ -19,5 +19,6 @@ for spec in mp3:libmp3lame wav:pcm_s16le flac:flac ogg:libvorbis opus:libopus m4
     { printf "\\x$(printf %02x $hint)"; cat "$tmp/seed.$ext"; } > "$decode/seed-$ext"
     hint=$((hint + 1))
 done
-cargo run --quiet --release --manifest-path ../Cargo.toml -p fuzzing --example write_seeds -- "$PWD/corpus/read_store"
+cargo run --quiet --release --manifest-path ../Cargo.toml -p fuzzing --example write_seeds -- \
+    "$PWD/corpus/read_store"
 echo "seeds: $(ls "$decode" | wc -l) decode, $(ls corpus/read_store | wc -l) store"
