@@ -11,6 +11,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --release 2>&1 | tee "$log"
+# The fuzz targets already ran on stable above (crates/fuzzing/tests/smoke.rs). Where
+# nightly and cargo-fuzz are installed, CRATEDIGGER_FUZZ_S=30 also runs each under libFuzzer.
+if [[ -n "${CRATEDIGGER_FUZZ_S:-}" ]]; then
+    bash fuzz/run.sh "$CRATEDIGGER_FUZZ_S"
+fi
 # cargo prints one "test result" line per test binary, the last often a doc-test section
 # with nothing in it; close with the totals over all of them.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

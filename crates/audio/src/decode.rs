@@ -28,6 +28,12 @@ pub(crate) const RATE_RANGE_HZ: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 /// lying header cannot make us allocate more than this up front.
 const MAX_RESERVE_SAMPLES: u64 = 8 * 1024 * 1024;
 
+/// Samples are clipped to +-this after downmixing. Float formats carry any finite value, and
+/// a damaged or hostile float file can hold values near f32::MAX, which the resampler's and
+/// the spectrogram's sums overflow to infinity and then NaN. No recording goes anywhere near
+/// +36 dBFS (64x full scale), so real audio is never touched.
+const MAX_ABS_SAMPLE: f32 = 64.0;
+
 /// A chained Ogg stream resets the decoder once per link; more links than this are not music.
 const MAX_RESETS: u32 = 10_000;
 
@@ -399,7 +405,7 @@ fn map_error(e: SymError, stage: &str) -> AudioError {
 }
 
 /// Appends the average of all channels of `buf` to `out`, as f32, with non-finite samples
-/// replaced by silence.
+/// replaced by silence and the rest clipped to [`MAX_ABS_SAMPLE`].
 fn downmix(buf: &GenericAudioBufferRef<'_>, out: &mut Vec<f32>) {
     match buf {
         GenericAudioBufferRef::U8(b) => downmix_typed(b, out),
@@ -440,7 +446,11 @@ where
     let scale = 1.0 / count as f32;
     for d in dst.iter_mut() {
         let v = *d * scale;
-        *d = if v.is_finite() { v } else { 0.0 };
+        *d = if v.is_finite() {
+            v.clamp(-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE)
+        } else {
+            0.0
+        };
     }
 }
 

@@ -186,6 +186,58 @@ fn wav_claiming_absurd_rate_or_channels_is_rejected() {
     }
 }
 
+/// Float WAVs hold whatever a writer put there. Regression: the fuzz target found a float
+/// WAV whose samples near f32::MAX went through the resampler's sums to infinity and NaN,
+/// breaking the "always finite" contract of `Decoded::samples`.
+#[test]
+fn float_wav_of_nan_infinity_and_huge_values_decodes_to_finite_samples() {
+    let tone = sine(440.0, 8_000, 1, 2.0, 0.5);
+    let hostile = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        1e30,
+    ];
+    for rate_hz in [8_000, 16_000, 44_100] {
+        // Every other sample hostile, then a second of nothing but NaN and infinities.
+        let mut samples: Vec<f32> = tone
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                if i % 2 == 0 {
+                    s
+                } else {
+                    hostile[i / 2 % hostile.len()]
+                }
+            })
+            .collect();
+        samples.extend((0..rate_hz).map(|i| hostile[i as usize % 3]));
+        let bytes = wav_f32_bytes(rate_hz, 1, &samples);
+        let (d, _) = decode_bytes(bytes, Some("wav"), &opts()).expect("a float WAV decodes");
+        let worst = d.samples.iter().fold(0f32, |m, s| m.max(s.abs()));
+        assert!(
+            d.samples.iter().all(|s| s.is_finite()),
+            "{rate_hz} Hz: non-finite samples in the output"
+        );
+        // Inputs are clipped to 64x full scale; the resampler's ripple adds a little.
+        assert!(worst < 256.0, "{rate_hz} Hz: a sample of {worst}");
+    }
+}
+
+/// A file of 1 ms (16 samples at the engine rate) is audio, just too little of it.
+#[test]
+fn one_millisecond_file_decodes_to_a_few_samples() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("blip.wav");
+    write_wav_i16(&path, 44_100, 2, &sine(1000.0, 44_100, 2, 0.001, 0.5));
+    match decode_file(&path, &opts()) {
+        Ok((d, _)) => assert!(d.samples.len() <= 32, "{} samples", d.samples.len()),
+        Err(e) => assert!(matches!(e, AudioError::Empty), "{e:?}"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

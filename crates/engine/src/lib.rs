@@ -79,6 +79,12 @@ pub enum EngineError {
     /// A relation could not be encoded for the store (a bug, not a user error).
     #[error("cannot encode a relation: {0}")]
     Encode(String),
+    /// Other writers kept changing this file's entry while it was being stored.
+    #[error(
+        "{path}: other processes changed its entry in the store {attempts} times while it \
+         was being stored; index it again"
+    )]
+    Contended { path: String, attempts: usize },
 }
 
 /// Which stored tracks an identification may report as references.
@@ -112,6 +118,11 @@ impl ReferenceFilter {
 const COMMON_KEY_FACTOR: f64 = 6.0;
 /// ...but never below this many postings.
 const MIN_COMMON_KEY_CAP: usize = 20;
+
+/// How often a file's write is tried when other writers keep storing the same path or
+/// bytes in between: each refusal means another process made progress, and one retry
+/// sees it; more than a few in a row means something keeps rewriting the entry.
+const COMMIT_ATTEMPTS: usize = 4;
 
 /// What indexing one file did.
 #[derive(Clone, Debug, PartialEq)]
@@ -407,22 +418,50 @@ impl Engine {
     }
 
     fn commit(&self, p: Prepared) -> Result<IndexOutcome, EngineError> {
-        // Two files with the same bytes may both have been prepared in one run; the
-        // writer stores the first only.
-        if let Some(of) = self.store.find_by_content(&p.info.content_hash)? {
-            return Ok(IndexOutcome::Duplicate { of });
+        let Prepared {
+            info,
+            entries,
+            peaks,
+            mut replaces,
+        } = p;
+        let duration_s = info.duration_s;
+        // `plan` looked at the store before decoding; since then this process (two files
+        // with the same bytes) or another one (a second indexer on the store) may have
+        // stored this path or these bytes. Look again, and if a writer gets in between
+        // this look and the write, the write refuses and the next round sees what it did.
+        for _ in 0..COMMIT_ATTEMPTS {
+            if let Some(id) = self.store.find_by_content(&info.content_hash)? {
+                return Ok(if self.store.find_by_path(&info.path)? == Some(id) {
+                    IndexOutcome::Unchanged { id }
+                } else {
+                    IndexOutcome::Duplicate { of: id }
+                });
+            }
+            match self
+                .store
+                .put_track_with_side_data(&info, &entries, &peaks, replaces)
+            {
+                Ok(id) => {
+                    return Ok(match replaces {
+                        Some(old) => IndexOutcome::Replaced {
+                            old,
+                            id,
+                            duration_s,
+                        },
+                        None => IndexOutcome::Added { id, duration_s },
+                    });
+                }
+                Err(
+                    index::IndexError::PathTaken { .. }
+                    | index::IndexError::ContentTaken { .. }
+                    | index::IndexError::UnknownTrack { .. },
+                ) => replaces = self.store.find_by_path(&info.path)?,
+                Err(error) => return Err(error.into()),
+            }
         }
-        let duration_s = p.info.duration_s;
-        let id = self
-            .store
-            .put_track_with_side_data(&p.info, &p.entries, &p.peaks, p.replaces)?;
-        Ok(match p.replaces {
-            Some(old) => IndexOutcome::Replaced {
-                old,
-                id,
-                duration_s,
-            },
-            None => IndexOutcome::Added { id, duration_s },
+        Err(EngineError::Contended {
+            path: info.path,
+            attempts: COMMIT_ATTEMPTS,
         })
     }
 
@@ -589,4 +628,190 @@ pub fn path_key(path: &Path) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use index::{Entry, IndexError, MemStore, Posting, StoreMeta, StoreStats};
+
+    use super::*;
+
+    /// A store where another writer gets in at the worst moment: just before this
+    /// engine's first write, it stores `competitor` (as a second indexer process would
+    /// between the engine's last look and its write).
+    struct RacedStore {
+        inner: MemStore,
+        competitor: Mutex<Option<TrackInfo>>,
+    }
+
+    impl Store for RacedStore {
+        fn meta(&self) -> &StoreMeta {
+            self.inner.meta()
+        }
+        fn put_track_with_side_data(
+            &self,
+            info: &TrackInfo,
+            entries: &[Entry],
+            side_data: &[u8],
+            replaces: Option<TrackId>,
+        ) -> Result<TrackId, IndexError> {
+            let competitor = self.competitor.lock().expect("lock").take();
+            if let Some(other) = competitor {
+                self.inner
+                    .put_track_with_side_data(&other, entries, side_data, None)?;
+            }
+            self.inner
+                .put_track_with_side_data(info, entries, side_data, replaces)
+        }
+        fn side_data(&self, id: TrackId) -> Result<Option<Vec<u8>>, IndexError> {
+            self.inner.side_data(id)
+        }
+        fn update_metadata(&self, id: TrackId, info: &TrackInfo) -> Result<bool, IndexError> {
+            self.inner.update_metadata(id, info)
+        }
+        fn record_scan(
+            &self,
+            query: TrackId,
+            examined: RangeInclusive<TrackId>,
+            found: &[(TrackId, Vec<u8>)],
+        ) -> Result<bool, IndexError> {
+            self.inner.record_scan(query, examined, found)
+        }
+        fn scan_mark(&self, query: TrackId) -> Result<Option<TrackId>, IndexError> {
+            self.inner.scan_mark(query)
+        }
+        fn relations(&self, track: Option<TrackId>) -> Result<Vec<index::Relation>, IndexError> {
+            self.inner.relations(track)
+        }
+        fn remove_track(&self, id: TrackId) -> Result<bool, IndexError> {
+            self.inner.remove_track(id)
+        }
+        fn track(&self, id: TrackId) -> Result<Option<TrackInfo>, IndexError> {
+            self.inner.track(id)
+        }
+        fn tracks(&self) -> Result<Vec<(TrackId, TrackInfo)>, IndexError> {
+            self.inner.tracks()
+        }
+        fn find_by_path(&self, path: &str) -> Result<Option<TrackId>, IndexError> {
+            self.inner.find_by_path(path)
+        }
+        fn find_by_content(&self, hash: &str) -> Result<Option<TrackId>, IndexError> {
+            self.inner.find_by_content(hash)
+        }
+        fn lookup(
+            &self,
+            keys: &[u32],
+            max_postings_per_key: usize,
+            visit: &mut dyn FnMut(usize, Posting),
+        ) -> Result<(), IndexError> {
+            self.inner.lookup(keys, max_postings_per_key, visit)
+        }
+        fn stats(&self) -> Result<StoreStats, IndexError> {
+            self.inner.stats()
+        }
+    }
+
+    /// Three seconds of a 16-bit mono WAV with two moving tones, enough for a fingerprint.
+    fn write_wav(path: &Path, seed_hz: f32) {
+        let rate = 16_000u32;
+        let samples: Vec<u8> = (0..rate * 3)
+            .flat_map(|i| {
+                let t = i as f32 / rate as f32;
+                let f = seed_hz * (1.0 + (t * 1.7).floor() * 0.25);
+                let v = 0.4 * (std::f32::consts::TAU * f * t).sin()
+                    + 0.3 * (std::f32::consts::TAU * 2.7 * f * t).sin();
+                ((v * 20_000.0) as i16).to_le_bytes()
+            })
+            .collect();
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RIFF");
+        b.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt ");
+        for field in [16u32.to_le_bytes(), [1, 0, 1, 0], rate.to_le_bytes()] {
+            b.extend_from_slice(&field);
+        }
+        b.extend_from_slice(&(rate * 2).to_le_bytes());
+        b.extend_from_slice(&[2, 0, 16, 0]);
+        b.extend_from_slice(b"data");
+        b.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+        b.extend_from_slice(&samples);
+        std::fs::write(path, b).expect("write the test WAV");
+    }
+
+    fn raced_engine(competitor: impl FnOnce(&TrackInfo) -> TrackInfo, path: &Path) -> Engine {
+        let params = Params::default();
+        // What the engine will store for `path`, to build the competitor from.
+        let probe = Engine::with_store(Box::new(MemStore::new(&params.describe())), params.clone())
+            .expect("engine");
+        let Plan::Index(pending) = probe.plan(path).expect("plan") else {
+            panic!("a new file must be indexed");
+        };
+        let prepared = probe.prepare(path, pending).expect("prepare");
+        let store = RacedStore {
+            inner: MemStore::new(&params.describe()),
+            competitor: Mutex::new(Some(competitor(&prepared.info))),
+        };
+        Engine::with_store(Box::new(store), params).expect("engine")
+    }
+
+    /// Regression: two `cratedigger index` processes over the same file failed it with
+    /// "already indexed from" when the other committed it between this one's last look
+    /// and its write.
+    #[test]
+    fn a_file_another_writer_stores_first_is_unchanged_not_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("song.wav");
+        write_wav(&path, 440.0);
+        let engine = raced_engine(TrackInfo::clone, &path);
+        let outcome = engine.index_file(&path).expect("the race is not a failure");
+        let id = engine.store().find_by_path(&path_key(&path)).expect("find");
+        assert_eq!(Some(outcome), id.map(|id| IndexOutcome::Unchanged { id }));
+        assert_eq!(engine.store().stats().expect("stats").n_tracks, 1);
+    }
+
+    /// The other writer stored another version of the same path: this one replaces it.
+    #[test]
+    fn a_path_another_writer_stores_first_with_other_bytes_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("song.wav");
+        write_wav(&path, 440.0);
+        let engine = raced_engine(
+            |info| TrackInfo {
+                content_hash: "an older version".to_string(),
+                ..info.clone()
+            },
+            &path,
+        );
+        let outcome = engine.index_file(&path).expect("the race is not a failure");
+        assert!(
+            matches!(outcome, IndexOutcome::Replaced { .. }),
+            "{outcome:?}"
+        );
+        let tracks = engine.store().tracks().expect("tracks");
+        assert_eq!(tracks.len(), 1, "{tracks:?}");
+        assert_ne!(tracks[0].1.content_hash, "an older version");
+    }
+
+    /// The same bytes under another path, stored by another writer first: a duplicate.
+    #[test]
+    fn bytes_another_writer_stores_first_under_another_path_are_a_duplicate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("song.wav");
+        write_wav(&path, 440.0);
+        let engine = raced_engine(
+            |info| TrackInfo {
+                path: "/elsewhere/copy.wav".to_string(),
+                ..info.clone()
+            },
+            &path,
+        );
+        let outcome = engine.index_file(&path).expect("the race is not a failure");
+        assert!(
+            matches!(outcome, IndexOutcome::Duplicate { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(engine.store().stats().expect("stats").n_tracks, 1);
+    }
 }

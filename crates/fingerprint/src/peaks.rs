@@ -34,28 +34,28 @@ pub fn find_peaks(
     if n_frames < 3 || n_bins < 3 {
         return Vec::new();
     }
-    // Separable maximum filter: first along frequency within each frame, then along time.
-    let mut fmax = vec![0f32; n_frames * n_bins];
+    // Separable maximum filter: first along frequency within each frame, then along time,
+    // in place, column by column. One plane the size of the spectrogram, not two: that
+    // plane and the spectrogram are what an hour of audio costs in memory.
+    let mut nmax = vec![0f32; n_frames * n_bins];
     for f in 0..n_frames {
         sliding_max(
             spec.frame(f),
             radius_bins,
-            &mut fmax[f * n_bins..(f + 1) * n_bins],
+            &mut nmax[f * n_bins..(f + 1) * n_bins],
         );
     }
     let mut column = vec![0f32; n_frames];
     let mut column_max = vec![0f32; n_frames];
-    let mut nmax = vec![0f32; n_frames * n_bins];
     for k in 0..n_bins {
         for f in 0..n_frames {
-            column[f] = fmax[f * n_bins + k];
+            column[f] = nmax[f * n_bins + k];
         }
         sliding_max(&column, radius_frames, &mut column_max);
         for f in 0..n_frames {
             nmax[f * n_bins + k] = column_max[f];
         }
     }
-    drop(fmax);
 
     // The floor follows the signal's loudest bin, so a gain moves it with the peaks.
     let loudest = spec.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);

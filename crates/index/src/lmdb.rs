@@ -1822,6 +1822,117 @@ pub mod test_hooks {
         wtxn.commit().map_err(store.err("committing"))
     }
 
+    /// A database of the store, for [`set_raw`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum RawDb {
+        Meta,
+        Tracks,
+        Paths,
+        Contents,
+        Runs,
+        RunState,
+        Deleted,
+        Counters,
+        /// The live main database of a partition (taken modulo the partition count).
+        LiveMain(usize),
+    }
+
+    /// Writes an arbitrary value under an arbitrary key of any database, or deletes the key
+    /// when `value` is `None`: the fuzz target for reading stores uses it to reach every
+    /// decoding path. Keys LMDB itself refuses (empty or over 511 bytes) are errors.
+    pub fn set_raw(
+        store: &LmdbStore,
+        db: RawDb,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), IndexError> {
+        let mut wtxn = store.write_txn()?;
+        let target = raw_db(store, db, &wtxn)?;
+        match value {
+            Some(value) => target
+                .put(&mut wtxn, key, value)
+                .map_err(store.err("writing a raw value"))?,
+            None => {
+                target
+                    .delete(&mut wtxn, key)
+                    .map_err(store.err("deleting a raw value"))?;
+            }
+        }
+        wtxn.commit().map_err(store.err("committing"))
+    }
+
+    /// The value under `key` in a database, for [`set_raw`]'s callers to mutate.
+    pub fn get_raw(
+        store: &LmdbStore,
+        db: RawDb,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, IndexError> {
+        let rtxn = store.read_txn()?;
+        let source = raw_db(store, db, &rtxn)?;
+        Ok(source
+            .get(&rtxn, key)
+            .map_err(store.err("reading a raw value"))?
+            .map(<[u8]>::to_vec))
+    }
+
+    fn raw_db(store: &LmdbStore, db: RawDb, txn: &RoTxn) -> Result<BytesDb<'static>, IndexError> {
+        let dbs = &store.dbs;
+        Ok(match db {
+            RawDb::Meta => dbs.meta,
+            RawDb::Tracks => dbs.tracks,
+            RawDb::Paths => dbs.paths,
+            RawDb::Contents => dbs.contents,
+            RawDb::Runs => dbs.runs,
+            RawDb::RunState => dbs.run_state,
+            RawDb::Deleted => dbs.deleted,
+            RawDb::Counters => dbs.counters,
+            RawDb::LiveMain(partition) => {
+                let counters = store.read_counters(txn)?;
+                store.live_main(&counters, partition % N_PARTITIONS)
+            }
+        })
+    }
+
+    /// Every posting of every catalogued track, as (key, posting), sorted: main (without
+    /// the postings of removed tracks) plus the unmerged sections of the runs. Crash tests
+    /// compare stores with it, whatever their merge history.
+    pub fn dump_postings(store: &LmdbStore) -> Result<Vec<(u32, Posting)>, IndexError> {
+        let rtxn = store.read_txn()?;
+        let counters = store.read_counters(&rtxn)?;
+        let runs = store.load_runs(&rtxn)?;
+        let tombstones = store.load_tombstones(&rtxn)?;
+        let mut out = Vec::new();
+        for partition in 0..N_PARTITIONS {
+            let dead: Vec<TrackId> = tombstones
+                .iter()
+                .filter(|&&(_, purged)| purged & partition_bit(partition) == 0)
+                .map(|&(track, _)| track)
+                .collect();
+            let main = store.live_main(&counters, partition);
+            for item in main.iter(&rtxn).map_err(store.err("reading postings"))? {
+                let (key, blob) = item.map_err(store.err("reading postings"))?;
+                let key: [u8; 4] = key
+                    .try_into()
+                    .map_err(|_| store.corrupt("a posting key is not 4 bytes"))?;
+                let key = u32::from_be_bytes(key);
+                decode_posting_list(blob, |posting| {
+                    if !dead.contains(&posting.track) {
+                        out.push((key, posting));
+                    }
+                })
+                .map_err(|what| store.corrupt(format!("posting list of key {key}: {what}")))?;
+            }
+            for run in runs.iter().filter(|run| run.is_live_in(partition)) {
+                let section = run.run.section(partition);
+                for i in 0..section.len() {
+                    out.push((section.key(i), section.posting(i, run.track)));
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// The raw posting list of `key` in its partition's live main, if it has one.
     pub fn raw_main_list(store: &LmdbStore, key: u32) -> Result<Option<Vec<u8>>, IndexError> {
         let rtxn = store.read_txn()?;

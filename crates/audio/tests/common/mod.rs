@@ -89,6 +89,20 @@ pub fn wav_bytes(rate_hz: u32, channels: u16, declared_data_len: u32, data: &[u8
     b
 }
 
+/// Builds a 32-bit float WAV (format tag 3) of interleaved `samples`, written as they are:
+/// NaN, infinities and values far outside [-1, 1] included.
+pub fn wav_f32_bytes(rate_hz: u32, channels: u16, samples: &[f32]) -> Vec<u8> {
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut b = wav_bytes(rate_hz, channels, data.len() as u32, &data);
+    // wav_bytes writes a 16-bit PCM header; patch the format tag, byte rate, block
+    // alignment and bits per sample for 32-bit float.
+    b[20..22].copy_from_slice(&3u16.to_le_bytes());
+    b[28..32].copy_from_slice(&(rate_hz * u32::from(channels) * 4).to_le_bytes());
+    b[32..34].copy_from_slice(&(channels * 4).to_le_bytes());
+    b[34..36].copy_from_slice(&32u16.to_le_bytes());
+    b
+}
+
 /// Interleaved sine: every channel gets the same tone at `amp`.
 pub fn sine(freq_hz: f32, rate_hz: u32, channels: u16, duration_s: f32, amp: f32) -> Vec<f32> {
     let frames = (rate_hz as f32 * duration_s) as usize;

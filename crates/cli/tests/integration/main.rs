@@ -7,7 +7,10 @@
 mod util;
 
 mod catalogue;
+mod concurrent;
+mod crash;
 mod errors;
 mod fixture;
+mod hostile;
 mod identify;
 mod store;

@@ -437,3 +437,219 @@ pub fn duration_s(path: &Path) -> f64 {
 pub fn secs(s: f64) -> String {
     format!("{s:.3}")
 }
+
+/// Like [`cratedigger`], also returning the child's peak resident set in bytes (from
+/// `wait4`, so other processes of the test run do not count).
+// The child is reaped by wait4 below, which std cannot see.
+#[allow(clippy::zombie_processes)]
+pub fn cratedigger_peak_rss<I, S>(db: &Path, args: I) -> (Output, u64)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use std::io::Read;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cratedigger"));
+    cmd.arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("CRATEDIGGER_DB");
+    let command = describe(&cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the cratedigger binary");
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                text = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            text
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    let mut status = 0;
+    // SAFETY: rusage is plain old data, for which all zeros is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own child, not yet reaped (std reaps only in wait/try_wait, which
+    // are never called on it), and both pointers are valid for the call.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(
+        reaped,
+        pid,
+        "wait4 failed: {}",
+        std::io::Error::last_os_error()
+    );
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let out = Output {
+        code,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        command,
+    };
+    // Linux reports ru_maxrss in kilobytes.
+    (out, u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+}
+
+/// What a store holds, read straight from it: the catalogue (without the indexing
+/// time), every posting of every track keyed by the track's path instead of its id (ids
+/// depend on the order tracks were committed), and the counters `stats` reports.
+#[derive(Debug, PartialEq)]
+pub struct StoreContent {
+    /// (path, duration in µs, n_postings), sorted by path.
+    pub tracks: Vec<(String, u64, u64)>,
+    /// (path, key, time, freq, span), sorted.
+    pub postings: Vec<(String, u32, u32, u16, u16)>,
+    /// (tracks, postings, audio µs) as `stats` counts them.
+    pub counters: (u64, u64, u64),
+}
+
+impl StoreContent {
+    /// Reads the store at `db`, which must open (read-only) and read without error.
+    #[track_caller]
+    pub fn read(db: &Path) -> Self {
+        use index::Store;
+        let params = store_params(db);
+        let store = index::LmdbStore::open_read_only(db, &params)
+            .unwrap_or_else(|e| panic!("the store {} does not open: {e}", db.display()));
+        let tracks = store
+            .tracks()
+            .unwrap_or_else(|e| panic!("the catalogue of {} is unreadable: {e}", db.display()));
+        let path_of: std::collections::HashMap<u32, String> = tracks
+            .iter()
+            .map(|(id, info)| (*id, info.path.clone()))
+            .collect();
+        let dump = index::test_hooks::dump_postings(&store)
+            .unwrap_or_else(|e| panic!("the postings of {} are unreadable: {e}", db.display()));
+        let mut postings: Vec<(String, u32, u32, u16, u16)> = dump
+            .into_iter()
+            .map(|(key, p)| {
+                let path = path_of.get(&p.track).unwrap_or_else(|| {
+                    panic!(
+                        "{} holds postings of track {}, which is not in its catalogue",
+                        db.display(),
+                        p.track
+                    )
+                });
+                (path.clone(), key, p.time, p.freq, p.span)
+            })
+            .collect();
+        postings.sort_unstable();
+        let mut tracks: Vec<(String, u64, u64)> = tracks
+            .into_iter()
+            .map(|(_, info)| {
+                (
+                    info.path,
+                    (info.duration_s * 1e6).round() as u64,
+                    info.n_postings,
+                )
+            })
+            .collect();
+        tracks.sort_unstable();
+        let stats = store
+            .stats()
+            .unwrap_or_else(|e| panic!("the statistics of {} are unreadable: {e}", db.display()));
+        let counters = (
+            stats.n_tracks,
+            stats.n_postings,
+            (stats.total_duration_s * 1e6).round() as u64,
+        );
+        Self {
+            tracks,
+            postings,
+            counters,
+        }
+    }
+
+    /// The postings of one track, by path.
+    pub fn postings_of(&self, path: &str) -> Vec<(u32, u32, u16, u16)> {
+        self.postings
+            .iter()
+            .filter(|p| p.0 == path)
+            .map(|p| (p.1, p.2, p.3, p.4))
+            .collect()
+    }
+}
+
+/// The fingerprint description the binary records in its stores (`stats --json`), which
+/// opening a store from the test needs.
+fn store_params(db: &Path) -> String {
+    static PARAMS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PARAMS
+        .get_or_init(|| {
+            let out = cratedigger(db, ["stats", "--json"]);
+            out.expect_code(0);
+            let stats: serde_json::Value = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("stats --json printed invalid JSON ({e}):\n{out:?}"));
+            stats["fingerprint"]
+                .as_str()
+                .unwrap_or_else(|| panic!("stats --json has no fingerprint: {stats}"))
+                .to_string()
+        })
+        .clone()
+}
+
+impl StoreContent {
+    /// Like [`StoreContent::read`], but None when no store was ever committed at `db` (a
+    /// process killed before its first commit leaves at most an empty LMDB file).
+    #[track_caller]
+    pub fn read_if_created(db: &Path) -> Option<Self> {
+        let params = store_params(db);
+        match index::LmdbStore::open_read_only(db, &params) {
+            Err(index::IndexError::NotFound { .. }) => None,
+            Err(e) => panic!("the store {} does not open: {e}", db.display()),
+            Ok(store) => {
+                drop(store);
+                Some(Self::read(db))
+            }
+        }
+    }
+}
+
+/// `n` files of `seconds` of pink noise (ffmpeg's `anoisesrc`, seeds `first_seed`,
+/// `first_seed + 1`, ...), as FLAC at 22.05 kHz, named `noise-NNN.flac` in `dir`: many
+/// distinct tracks, each with a full fingerprint, quick to make and to index.
+pub fn noise_library(dir: &Path, first_seed: u64, n: usize, seconds: f64) -> Vec<PathBuf> {
+    // One ffmpeg run writes every file: a process per file would cost more than the audio.
+    let mut cmd = ffmpeg();
+    let paths: Vec<PathBuf> = (0..n)
+        .map(|i| dir.join(format!("noise-{i:03}.flac")))
+        .collect();
+    for i in 0..n {
+        cmd.args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!(
+                "anoisesrc=color=pink:seed={}:r=22050:d={seconds}",
+                first_seed + i as u64
+            ),
+        ]);
+    }
+    for (i, path) in paths.iter().enumerate() {
+        cmd.args(["-map", &format!("{i}:a"), "-c:a", "flac"])
+            .arg(path);
+    }
+    run_tool(&mut cmd);
+    paths
+}
