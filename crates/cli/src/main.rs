@@ -179,7 +179,8 @@ fn serve(db: &std::path::Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(db)
         .with_context(|| format!("creating the store folder {}", db.display()))?;
     let engine = Engine::open(db).with_context(|| format!("opening the store {}", db.display()))?;
-    let mut config = server::ServerConfig::new(args.upload_dir.unwrap_or_else(|| db.join("uploads")));
+    let mut config =
+        server::ServerConfig::new(args.upload_dir.unwrap_or_else(|| db.join("uploads")));
     config.bind = args.bind;
     config.token = args.token;
     config.max_upload_bytes = args.max_upload_mb.saturating_mul(1024 * 1024);

@@ -30,10 +30,10 @@ use index::{LmdbStore, Store, TrackId, TrackInfo};
 use matcher::{Hit, MatchParams};
 use rayon::prelude::*;
 
-pub use report::{Identification, MatchKind, MatchReport, OccurrenceReport};
-pub use walk::collect_audio_files;
 /// The audio file extensions the engine tries to decode (lower-case, without the dot).
 pub use audio::SUPPORTED_EXTENSIONS;
+pub use report::{Identification, MatchKind, MatchReport, OccurrenceReport};
+pub use walk::collect_audio_files;
 
 /// Errors of the engine; each names what the caller can do about it.
 #[derive(Debug, thiserror::Error)]

@@ -12,12 +12,11 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
-use engine::{Engine, IndexEvent, IndexOutcome, Identification};
+use engine::{Engine, Identification, IndexEvent, IndexOutcome};
 use index::{TrackId, TrackInfo};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeFile;
 use tower_http::timeout::TimeoutLayer;
 
@@ -37,8 +36,6 @@ const DEFAULT_WAVEFORM_BUCKETS: usize = 1200;
 const MAX_CACHED_WAVEFORMS: usize = 64;
 /// Unfinished jobs at most; more is 503, so uploads cannot queue without bound.
 const MAX_UNFINISHED_JOBS: usize = 16;
-/// Multipart framing allowed on top of the upload limit (headers of a few parts).
-const MULTIPART_SLACK_BYTES: u64 = 64 * 1024;
 /// Tracks per page of a listing unless the client asks otherwise, and at most.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -102,23 +99,18 @@ pub struct RouteSpec {
 
 /// Every route the server serves.
 pub fn routes() -> Vec<RouteSpec> {
-    table(1)
+    table()
         .into_iter()
         .map(|(method, path, _)| RouteSpec { method, path })
         .collect()
 }
 
-/// The routing table; upload routes take bodies up to `upload_limit` bytes.
-fn table(upload_limit: u64) -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
-    // Upload routes: a Content-Length over the limit is refused before any byte is read,
-    // and a body that grows past it fails as it streams; both answer 413.
+/// The routing table.
+fn table() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
+    // Upload routes read their bodies under the server's own limit (uploads::limited),
+    // which answers 413 in the API's JSON; axum's default 2 MB cap is lifted there only.
     let upload = |router: MethodRouter<Shared>| -> MethodRouter<Shared> {
-        router
-            .layer::<_, Infallible>(DefaultBodyLimit::disable())
-            .layer::<_, Infallible>(RequestBodyLimitLayer::new(
-                usize::try_from(upload_limit.saturating_add(MULTIPART_SLACK_BYTES))
-                    .unwrap_or(usize::MAX),
-            ))
+        router.layer::<_, Infallible>(DefaultBodyLimit::disable())
     };
     vec![
         (Method::GET, "/", get(web::index)),
@@ -126,25 +118,17 @@ fn table(upload_limit: u64) -> Vec<(Method, &'static str, MethodRouter<Shared>)>
         (Method::GET, "/style.css", get(web::style)),
         (Method::GET, "/api/openapi.json", get(openapi)),
         (Method::GET, "/api/status", get(status)),
-        (
-            Method::POST,
-            "/api/identify",
-            upload(post(identify)),
-        ),
+        (Method::POST, "/api/identify", upload(post(identify))),
         (Method::GET, "/api/tracks", get(list_tracks)),
-        (
-            Method::POST,
-            "/api/tracks",
-            upload(post(add_tracks)),
-        ),
+        (Method::POST, "/api/tracks", upload(post(add_tracks))),
         (Method::GET, "/api/tracks/{id}", get(track)),
-        (
-            Method::DELETE,
-            "/api/tracks/{id}",
-            delete(remove_track),
-        ),
+        (Method::DELETE, "/api/tracks/{id}", delete(remove_track)),
         (Method::GET, "/api/tracks/{id}/audio", get(track_audio)),
-        (Method::GET, "/api/tracks/{id}/waveform", get(track_waveform)),
+        (
+            Method::GET,
+            "/api/tracks/{id}/waveform",
+            get(track_waveform),
+        ),
         (Method::GET, "/api/jobs", get(list_jobs)),
         (Method::GET, "/api/jobs/{id}", get(job)),
     ]
@@ -153,7 +137,7 @@ fn table(upload_limit: u64) -> Vec<(Method, &'static str, MethodRouter<Shared>)>
 /// The application: the table's routes, a JSON 404 for the rest, and the timeout.
 pub fn router(state: Shared) -> Router {
     let mut router = Router::new();
-    for (_, path, method_router) in table(state.body_limit()) {
+    for (_, path, method_router) in table() {
         // Routes sharing a path with different methods merge into one.
         router = router.route(path, method_router);
     }
@@ -226,7 +210,10 @@ struct IdentifyResponse {
     waveform: Waveform,
 }
 
-async fn identify(State(s): State<Shared>, req: Request) -> Result<Json<IdentifyResponse>, ApiError> {
+async fn identify(
+    State(s): State<Shared>,
+    req: Request,
+) -> Result<Json<IdentifyResponse>, ApiError> {
     // The slot is taken before the body is read, so it also bounds the uploads held in
     // memory at once.
     let slot = s.decode_slot()?;
@@ -442,7 +429,11 @@ async fn track_waveform(
             let samples = engine
                 .decode_track(id)
                 .map_err(|e| ApiError::from_engine(&e))?;
-            Ok(Arc::new(envelope(&samples, engine.sample_rate_hz(), buckets)))
+            Ok(Arc::new(envelope(
+                &samples,
+                engine.sample_rate_hz(),
+                buckets,
+            )))
         })
         .await?;
     let mut cache = lock(&s.waveforms);
@@ -641,8 +632,9 @@ async fn job(State(s): State<Shared>, Path(raw): Path<String>) -> Result<Json<Jo
     let id: u64 = raw
         .parse()
         .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a job id (a number)")))?;
-    s.jobs
-        .get(id)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no job {id} (finished jobs are kept for a while only)")))
+    s.jobs.get(id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no job {id} (finished jobs are kept for a while only)"
+        ))
+    })
 }

@@ -120,11 +120,8 @@ impl Uploads {
 
     /// Streams every uploaded file of `req` (multipart fields with a file name or named
     /// `file`, else the raw body) into the upload folder, each under its content hash.
-    pub async fn receive(
-        &self,
-        req: Request,
-        limit_bytes: u64,
-    ) -> Result<Vec<Stored>, ApiError> {
+    pub async fn receive(&self, req: Request, limit_bytes: u64) -> Result<Vec<Stored>, ApiError> {
+        let req = limited(req, limit_bytes)?;
         let mut stored = Vec::new();
         if is_multipart(&req) {
             let mut form = Multipart::from_request(req, &())
@@ -174,6 +171,7 @@ pub async fn receive_in_memory(req: Request, limit_bytes: u64) -> Result<InMemor
              field `file`",
         )
     };
+    let req = limited(req, limit_bytes)?;
     if is_multipart(&req) {
         let mut form = Multipart::from_request(req, &())
             .await
@@ -279,6 +277,30 @@ impl Sink {
             label: described.label,
         })
     }
+}
+
+/// Multipart framing allowed on top of the upload limit (the headers of a few parts).
+const MULTIPART_SLACK_BYTES: u64 = 64 * 1024;
+
+/// Refuses a request whose declared length is over the limit before reading any of it,
+/// and makes its body fail once it grows past the limit (for bodies sent without a
+/// length); both become 413.
+fn limited(req: Request, limit_bytes: u64) -> Result<Request, ApiError> {
+    let limit = limit_bytes.saturating_add(if is_multipart(&req) {
+        MULTIPART_SLACK_BYTES
+    } else {
+        0
+    });
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit_bytes));
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    Ok(req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit))))
 }
 
 fn is_multipart(req: &Request) -> bool {
@@ -398,7 +420,10 @@ mod tests {
     #[test]
     fn labels_keep_only_the_last_component_and_no_control_characters() {
         assert_eq!(clean_label("../../x.ogg").as_deref(), Some("x.ogg"));
-        assert_eq!(clean_label("C:\\music\\a b.mp3").as_deref(), Some("a b.mp3"));
+        assert_eq!(
+            clean_label("C:\\music\\a b.mp3").as_deref(),
+            Some("a b.mp3")
+        );
         assert_eq!(clean_label("a\u{0}b\nc.wav").as_deref(), Some("abc.wav"));
         assert_eq!(clean_label("../.."), None);
         assert_eq!(clean_label("dir/"), None);

@@ -72,6 +72,9 @@ mod tests {
         let empty = envelope(&[], 16_000, 100);
         assert!(empty.min.is_empty() && empty.max.is_empty());
         assert_eq!(empty.duration_s, 0.0);
-        assert_eq!(envelope(&vec![0.1; 10_000], 16_000, 1_000_000).max.len(), MAX_BUCKETS);
+        assert_eq!(
+            envelope(&vec![0.1; 10_000], 16_000, 1_000_000).max.len(),
+            MAX_BUCKETS
+        );
     }
 }

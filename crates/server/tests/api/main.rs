@@ -1,0 +1,7 @@
+//! API tests: a real server on a loopback port, spoken to over HTTP.
+
+mod corpus;
+mod limits;
+mod openapi;
+mod tracks;
+mod util;
