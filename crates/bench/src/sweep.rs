@@ -58,9 +58,9 @@ fn params_from_env() -> Params {
 /// One true sample's outcome: found, and the significance of the match that found it.
 struct Outcome {
     condition: String,
-    found: Vec<Option<f64>>,
-    /// Significances of matches that are not a true sample of the query.
-    wrong: Vec<f64>,
+    found: Vec<Option<(f64, f64)>>,
+    /// Significances (and verification scores) of matches that are not a true sample.
+    wrong: Vec<(f64, f64)>,
 }
 
 pub fn run_sweep(args: &SweepArgs) -> Result<()> {
@@ -91,10 +91,44 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             .samples)
     };
     let started = std::time::Instant::now();
-    let per_ref: Vec<Vec<RefQuad>> = refs
+    let verify = std::env::var("VERIFY").is_ok();
+    let v_ref_pps = env_or("V_REF_PPS", fp.params().ref_peaks_per_s as f64) as f32;
+    let v_ref_r = (
+        env_or("V_REF_PRT", fp.params().peak_radius_frames as f64) as usize,
+        env_or("V_REF_PRB", fp.params().peak_radius_bins as f64) as usize,
+    );
+    let v_q_pps = env_or("V_Q_PPS", 120.0) as f32;
+    let v_q_r = (
+        env_or("V_Q_PRT", 3.0) as usize,
+        env_or("V_Q_PRB", 3.0) as usize,
+    );
+    let v_dt = env_or("V_DT", 2.0) as usize;
+    let v_db = env_or("V_DB", 1.0) as usize;
+    let vparams = matcher::verify::VerifyParams {
+        hit_rate: env_or("V_H", 0.35),
+        chance_window: env_or("V_W", 12.0) as usize,
+        min_chance: env_or("V_MINC", 0.02),
+        ..Default::default()
+    };
+    let both: Vec<(Vec<RefQuad>, Vec<(f32, f32)>)> = refs
         .par_iter()
-        .map(|r| Ok(fp.reference(&decode(r)?)))
+        .map(|r| {
+            let samples = decode(r)?;
+            let peaks = if verify {
+                let mut v: Vec<(f32, f32)> = fp
+                    .peaks(&samples, v_ref_pps, v_ref_r)
+                    .iter()
+                    .map(|p| (p.time, p.bin))
+                    .collect();
+                v.sort_by(|a, b| a.0.total_cmp(&b.0));
+                v
+            } else {
+                Vec::new()
+            };
+            Ok((fp.reference(&samples), peaks))
+        })
         .collect::<Result<_>>()?;
+    let (per_ref, ref_peaks): (Vec<Vec<RefQuad>>, Vec<Vec<(f32, f32)>>) = both.into_iter().unzip();
     let mut index: HashMap<u32, Vec<(u32, RefQuad)>> = HashMap::new();
     let mut n_postings = 0usize;
     for (i, quads) in per_ref.into_iter().enumerate() {
@@ -121,7 +155,63 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             let query = t["query"]
                 .as_str()
                 .ok_or_else(|| anyhow!("truth without query"))?;
-            let quads = fp.query(&decode(query)?);
+            let samples = decode(query)?;
+            let quads = fp.query(&samples);
+            let grid = if verify {
+                let peaks: Vec<(f32, f32)> = fp
+                    .peaks(&samples, v_q_pps, v_q_r)
+                    .iter()
+                    .map(|p| (p.time, p.bin))
+                    .collect();
+                let n_frames = samples.len() / fp.params().hop + 1;
+                Some(matcher::verify::PeakGrid::new(
+                    &peaks,
+                    n_frames,
+                    fp.params().n_bins(),
+                    v_dt,
+                    v_db,
+                ))
+            } else {
+                None
+            };
+            let frame_s = fp.params().frame_s();
+            let bps = fp.params().bins_per_semitone() as f64;
+            let llr_of = |m: &matcher::SampleMatch| -> f64 {
+                let Some(grid) = &grid else { return 0.0 };
+                m.occurrences
+                    .iter()
+                    .filter_map(|o| {
+                        matcher::verify::verify_line(
+                            matcher::verify::Line {
+                                tempo: m.tempo,
+                                r0: o.ref_start_s / frame_s,
+                                q0: o.query_start_s / frame_s,
+                                shift_bins: m.pitch_semitones * bps,
+                            },
+                            &ref_peaks[m.track as usize],
+                            grid,
+                            &vparams,
+                        )
+                    })
+                    .map(|v| {
+                        if std::env::var("V_DEBUG").is_ok() && v.llr > 30.0 {
+                            eprintln!(
+                                "{query} ref {} sig {:.1} tempo {:.3} pitch {:.2} llr {:.1} matched {}/{} r {:.1}-{:.1}s",
+                                refs[m.track as usize],
+                                m.significance,
+                                m.tempo,
+                                m.pitch_semitones,
+                                v.llr,
+                                v.n_matched,
+                                v.n_peaks,
+                                v.r_start * frame_s,
+                                v.r_end * frame_s
+                            );
+                        }
+                        v.llr
+                    })
+                    .fold(0.0, f64::max)
+            };
             let mut hits = Vec::new();
             for x in &quads {
                 let Some(list) = index.get(&x.hash) else {
@@ -159,14 +249,14 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 });
                 found.push(hit.map(|(k, m)| {
                     used[k] = true;
-                    m.significance
+                    (m.significance, llr_of(m))
                 }));
             }
             let wrong = matches
                 .iter()
                 .zip(&used)
                 .filter(|(_, u)| !**u)
-                .map(|(m, _)| m.significance)
+                .map(|(m, _)| (m.significance, llr_of(m)))
                 .collect();
             Ok(Outcome {
                 condition: t["condition"].as_str().unwrap_or("?").to_string(),
@@ -176,12 +266,45 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     for &threshold in &args.thresholds {
-        print_row(&outcomes, threshold);
+        print_row(&outcomes, threshold, |&(sig, _)| sig >= threshold);
+    }
+    if verify {
+        let smins: Vec<f64> = std::env::var("V_SMIN")
+            .unwrap_or_else(|_| "0,5,10,15".into())
+            .split(',')
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let vthr: Vec<f64> = std::env::var("V_THR")
+            .unwrap_or_else(|_| "10,15,20,25,30,40".into())
+            .split(',')
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        for &smin in &smins {
+            for &v in &vthr {
+                print!("sig>=30 or (sig>={smin} and llr>={v}): ");
+                print_row(&outcomes, 30.0, |&(sig, llr)| {
+                    sig >= 30.0 || (sig >= smin && llr >= v)
+                });
+            }
+        }
+        let mut wrong: Vec<f64> = outcomes
+            .iter()
+            .flat_map(|o| o.wrong.iter().map(|w| w.1))
+            .collect();
+        wrong.sort_by(|a, b| b.total_cmp(a));
+        println!("top wrong llr: {:?}", &wrong[..wrong.len().min(15)]);
+        let mut missed: Vec<(f64, f64)> = outcomes
+            .iter()
+            .flat_map(|o| o.found.iter().flatten().copied())
+            .filter(|&(s, _)| s < 30.0)
+            .collect();
+        missed.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!("true below sig 30 (sig, llr): {missed:.1?}");
     }
     Ok(())
 }
 
-fn print_row(outcomes: &[Outcome], threshold: f64) {
+fn print_row(outcomes: &[Outcome], threshold: f64, accept: impl Fn(&(f64, f64)) -> bool) {
     let (mut found, mut total, mut false_pos, mut negatives, mut wrong_queries) = (0, 0, 0, 0, 0);
     let mut by_condition: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for o in outcomes {
@@ -189,12 +312,12 @@ fn print_row(outcomes: &[Outcome], threshold: f64) {
         for sig in &o.found {
             total += 1;
             entry.1 += 1;
-            if sig.is_some_and(|s| s >= threshold) {
+            if sig.as_ref().is_some_and(&accept) {
                 found += 1;
                 entry.0 += 1;
             }
         }
-        let any_wrong = o.wrong.iter().any(|&s| s >= threshold);
+        let any_wrong = o.wrong.iter().any(&accept);
         if o.found.is_empty() {
             negatives += 1;
             false_pos += usize::from(any_wrong);

@@ -1,6 +1,8 @@
 //! The `cratedigger` command line: index a reference library, then identify the samples
-//! in new songs, or serve both over HTTP.
+//! in new songs, scan the library for the samples its tracks share, or serve it all
+//! over HTTP.
 
+mod catalogue;
 mod output;
 
 use std::path::PathBuf;
@@ -61,6 +63,43 @@ enum Command {
     Stats {
         #[arg(long)]
         json: bool,
+    },
+    /// Find tracks by title, artist, album or file name (case, accents and typos forgiven).
+    Find {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Edit a track's metadata; an empty value clears a field (`--year ""`).
+    Tag(catalogue::TagArgs),
+    /// Import metadata from a CSV or JSON file, rows matched to tracks by path or content hash.
+    ImportTags {
+        /// A CSV file with a header row, or a JSON array of objects; columns: path,
+        /// content_hash, title, artist, album, year, musicbrainz_recording_id,
+        /// musicbrainz_release_id.
+        file: PathBuf,
+        /// The file's format [default: from its extension].
+        #[arg(long, value_enum)]
+        format: Option<catalogue::TableFormat>,
+    },
+    /// Search every stored track for material of the others; only pairs not examined
+    /// before are examined.
+    Scan {
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What does this track sample? (run `scan` first)
+    Samples(catalogue::WhichTrack),
+    /// Which tracks sample this one? (run `scan` first)
+    SampledBy(catalogue::WhichTrack),
+    /// The sample graph.
+    Graph {
+        #[command(subcommand)]
+        command: catalogue::GraphCommand,
     },
     /// Serve the HTTP API (described at /api/openapi.json) and the web page.
     Serve(ServeArgs),
@@ -165,14 +204,39 @@ fn run() -> anyhow::Result<ExitCode> {
             output::print_tracks(&tracks, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(args) => serve(&db, args),
         Command::Stats { json } => {
             let engine = open_existing(&db)?;
             let stats = engine.store().stats()?;
             output::print_stats(&db, &stats, engine.store().meta(), json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Find { name, json } => catalogue::find(&open_existing(&db)?, &name, json),
+        Command::Tag(args) => catalogue::tag(&open_writable(&db)?, &args),
+        Command::ImportTags { file, format } => {
+            catalogue::import_tags(&open_writable(&db)?, &file, format)
+        }
+        Command::Scan { quiet, json } => catalogue::scan(&open_writable(&db)?, quiet, json),
+        Command::Samples(which) => {
+            catalogue::relations(&open_existing(&db)?, &which, catalogue::Ask::Samples)
+        }
+        Command::SampledBy(which) => {
+            catalogue::relations(&open_existing(&db)?, &which, catalogue::Ask::SampledBy)
+        }
+        Command::Graph { command } => catalogue::graph(&open_existing(&db)?, &command),
+        Command::Serve(args) => serve(&db, args),
     }
+}
+
+/// Opens an existing store for writing.
+fn open_writable(db: &std::path::Path) -> anyhow::Result<Engine> {
+    if !db.exists() {
+        anyhow::bail!(
+            "no store at {} (index some tracks first: cratedigger --db {} index FOLDER)",
+            db.display(),
+            db.display()
+        );
+    }
+    Engine::open(db).with_context(|| format!("opening the store {}", db.display()))
 }
 
 fn serve(db: &std::path::Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -268,7 +332,7 @@ fn index(engine: &Engine, paths: &[PathBuf], quiet: bool) -> anyhow::Result<Exit
 
 /// Exit code 1 when some item (a file, a query, a track) failed and the others went on;
 /// 2 is kept for errors that stopped the whole command.
-fn exit_code(some_failed: bool) -> ExitCode {
+pub(crate) fn exit_code(some_failed: bool) -> ExitCode {
     if some_failed {
         ExitCode::from(1)
     } else {

@@ -18,9 +18,13 @@
 //! -> lookup -> match) and nothing about argument parsing or wire formats beyond the
 //! serialisable report types below.
 
+pub mod catalogue;
+pub mod graph;
 mod report;
+pub mod scan;
 mod walk;
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -32,7 +36,13 @@ use rayon::prelude::*;
 
 /// The audio file extensions the engine tries to decode (lower-case, without the dot).
 pub use audio::SUPPORTED_EXTENSIONS;
+pub use catalogue::{
+    Candidate, ImportSummary, MetadataEdit, MetadataRow, Resolved, parse_metadata_csv,
+    parse_metadata_json,
+};
+pub use graph::{Direction, Edge, Graph, Node, TrackRelations};
 pub use report::{Identification, MatchKind, MatchReport, OccurrenceReport};
+pub use scan::{RelationKind, ScanEvent, ScanSummary};
 pub use walk::collect_audio_files;
 
 /// Errors of the engine; each names what the caller can do about it.
@@ -65,6 +75,39 @@ pub enum EngineError {
     /// No track has that id or path.
     #[error("no track {0} in the store")]
     NoSuchTrack(String),
+    /// A metadata file (CSV or JSON) or a metadata value is malformed; nothing was changed.
+    #[error("{0}")]
+    BadMetadata(String),
+    /// A relation could not be encoded for the store (a bug, not a user error).
+    #[error("cannot encode a relation: {0}")]
+    Encode(String),
+}
+
+/// Which stored tracks an identification may report as references.
+///
+/// The filter is applied as postings are visited, before hits are kept, so a filtered-out
+/// track costs no memory and cannot take part in matching.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferenceFilter {
+    /// Only references whose id lies in this range.
+    pub ids: RangeInclusive<TrackId>,
+    /// Never this track (a scanned track is not compared with itself).
+    pub exclude: Option<TrackId>,
+}
+
+impl ReferenceFilter {
+    /// Every stored track.
+    pub fn all() -> Self {
+        Self {
+            ids: 0..=TrackId::MAX,
+            exclude: None,
+        }
+    }
+
+    /// Whether `id` may be reported.
+    pub fn admits(&self, id: TrackId) -> bool {
+        self.ids.contains(&id) && self.exclude != Some(id)
+    }
 }
 
 /// A key is "common" above this many times the mean postings per key (BENCHMARKS.md).
@@ -404,6 +447,17 @@ impl Engine {
         name: &str,
         samples: &[f32],
     ) -> Result<Identification, EngineError> {
+        self.identify_samples_among(name, samples, &ReferenceFilter::all())
+    }
+
+    /// Like [`Self::identify_samples`], but only references that `filter` admits are
+    /// considered (the scan uses it to compare a track with new tracks only).
+    pub fn identify_samples_among(
+        &self,
+        name: &str,
+        samples: &[f32],
+        filter: &ReferenceFilter,
+    ) -> Result<Identification, EngineError> {
         let started = Instant::now();
         let rate = self.fingerprinter.params().sample_rate_hz as f64;
         let quads = self.fingerprinter.query(samples);
@@ -419,6 +473,9 @@ impl Engine {
         let cap = self.max_postings_per_key()?;
         let mut hits: Vec<Hit> = Vec::new();
         self.store.lookup(&keys, cap, &mut |i, posting| {
+            if !filter.admits(posting.track) {
+                return;
+            }
             let q = &quads[i];
             let r_span = posting.span as f32 / SPAN_SCALE;
             let r_bin = posting.freq as f32 / FREQ_SCALE;

@@ -2,7 +2,7 @@
 
 use index::TrackInfo;
 use matcher::SampleMatch;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// All samples found in one query.
 #[derive(Clone, Debug, Serialize)]
@@ -30,7 +30,7 @@ pub struct Timings {
 }
 
 /// How a sample was transformed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatchKind {
     /// Played at the original speed and pitch.

@@ -8,6 +8,7 @@
 //! [`Params::describe`] renders them, and a store built with one description refuses to
 //! be searched with another.
 
+pub mod peak_list;
 pub mod peaks;
 pub mod quads;
 pub mod spectrogram;
@@ -95,6 +96,13 @@ pub struct Params {
     pub time_tolerance_frames: f32,
     /// At most this many hash cells are tried per query quad.
     pub max_expansions: usize,
+    /// Peaks per second of the query's verification peak set: dense, with a small
+    /// neighbourhood, so that a reference peak that survives in the mix at all is found.
+    pub verify_peaks_per_s: f32,
+    /// The verification peaks' neighbourhood in frames...
+    pub verify_radius_frames: usize,
+    /// ...and in bins.
+    pub verify_radius_bins: usize,
 }
 
 impl Default for Params {
@@ -128,6 +136,9 @@ impl Default for Params {
             df_tolerance_bins: 0.35,
             time_tolerance_frames: 0.6,
             max_expansions: 8,
+            verify_peaks_per_s: 120.0,
+            verify_radius_frames: 3,
+            verify_radius_bins: 3,
         }
     }
 }
@@ -205,7 +216,10 @@ impl Params {
         if self.max_expansions == 0 || self.max_expansions > 32 {
             return bad("max_expansions must be 1..=32");
         }
-        if !(self.ref_peaks_per_s > 0.0 && self.query_peaks_per_s > 0.0) {
+        if !(self.ref_peaks_per_s > 0.0
+            && self.query_peaks_per_s > 0.0
+            && self.verify_peaks_per_s > 0.0)
+        {
             return bad("peak densities must be positive");
         }
         Ok(())
@@ -239,6 +253,27 @@ impl Params {
             self.ref_partners,
         )
     }
+}
+
+/// What a reference recording contributes to a store.
+#[derive(Clone, Debug)]
+pub struct ReferencePrint {
+    /// The quads to index.
+    pub quads: Vec<RefQuad>,
+    /// The peaks the quads were built from, sorted by time.
+    pub peaks: Vec<Peak>,
+}
+
+/// What a query recording is searched with.
+#[derive(Clone, Debug)]
+pub struct QueryPrint {
+    /// The quads to look up.
+    pub quads: Vec<QueryQuad>,
+    /// Dense peaks for verifying candidates, sorted by time.
+    pub verify_peaks: Vec<Peak>,
+    /// Frames and bins of the query's spectrogram.
+    pub n_frames: usize,
+    pub n_bins: usize,
 }
 
 /// Turns samples into reference or query quads for one validated parameter set.
@@ -280,13 +315,22 @@ impl Fingerprinter {
 
     /// The quads to store for a reference recording.
     pub fn reference(&self, samples: &[f32]) -> Vec<RefQuad> {
+        self.reference_print(samples).quads
+    }
+
+    /// The quads to store for a reference recording, and the peaks they were built from
+    /// (which verification compares with a query's peaks).
+    pub fn reference_print(&self, samples: &[f32]) -> ReferencePrint {
         let p = &self.params;
         let peaks = self.peaks(
             samples,
             p.ref_peaks_per_s,
             (p.peak_radius_frames, p.peak_radius_bins),
         );
-        quads::reference_quads(&peaks, &self.params)
+        ReferencePrint {
+            quads: quads::reference_quads(&peaks, p),
+            peaks,
+        }
     }
 
     /// The quads to look up for a query.
@@ -298,6 +342,31 @@ impl Fingerprinter {
             (p.query_peak_radius_frames, p.query_peak_radius_bins),
         );
         quads::query_quads(&peaks, &self.params)
+    }
+
+    /// The quads to look up for a query and its dense verification peaks, from one
+    /// spectrogram.
+    pub fn query_print(&self, samples: &[f32]) -> QueryPrint {
+        let p = &self.params;
+        let spec = self.spectrogram(samples);
+        let peaks = peaks::find_peaks(
+            &spec,
+            p,
+            p.query_peaks_per_s,
+            (p.query_peak_radius_frames, p.query_peak_radius_bins),
+        );
+        let verify_peaks = peaks::find_peaks(
+            &spec,
+            p,
+            p.verify_peaks_per_s,
+            (p.verify_radius_frames, p.verify_radius_bins),
+        );
+        QueryPrint {
+            quads: quads::query_quads(&peaks, p),
+            verify_peaks,
+            n_frames: spec.n_frames,
+            n_bins: spec.n_bins,
+        }
     }
 }
 

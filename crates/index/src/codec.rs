@@ -379,6 +379,66 @@ pub fn validate_track_info(info: &TrackInfo) -> Result<(), IndexError> {
     Ok(())
 }
 
+/// Checks side data against the limit every backend enforces.
+pub fn validate_side_data(side_data: &[u8]) -> Result<(), IndexError> {
+    if side_data.len() > crate::MAX_SIDE_DATA_BYTES {
+        return Err(IndexError::InvalidTrack {
+            reason: format!(
+                "side data of {} bytes exceeds the limit of {}",
+                side_data.len(),
+                crate::MAX_SIDE_DATA_BYTES
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a scan result against the rules of [`crate::Store::record_scan`] that do not
+/// depend on the store's content.
+pub fn validate_scan(
+    query: TrackId,
+    examined: &std::ops::RangeInclusive<TrackId>,
+    found: &[(TrackId, Vec<u8>)],
+) -> Result<(), IndexError> {
+    let mut seen = std::collections::HashSet::with_capacity(found.len());
+    for (reference, payload) in found {
+        let reason = if *reference == query {
+            format!("track {query} cannot be related to itself")
+        } else if !examined.contains(reference) {
+            format!(
+                "reference {reference} lies outside the examined ids {}..={}",
+                examined.start(),
+                examined.end()
+            )
+        } else if !seen.insert(*reference) {
+            format!("reference {reference} appears twice")
+        } else if payload.len() > crate::MAX_RELATION_PAYLOAD_BYTES {
+            format!(
+                "the payload for reference {reference} has {} bytes, more than {}",
+                payload.len(),
+                crate::MAX_RELATION_PAYLOAD_BYTES
+            )
+        } else {
+            continue;
+        };
+        return Err(IndexError::InvalidRelation { reason });
+    }
+    Ok(())
+}
+
+/// The descriptive fields of `new` over the identity and size fields of `stored`.
+pub fn merged_metadata(stored: &TrackInfo, new: &TrackInfo) -> TrackInfo {
+    TrackInfo {
+        title: new.title.clone(),
+        artist: new.artist.clone(),
+        album: new.album.clone(),
+        year: new.year,
+        musicbrainz_recording_id: new.musicbrainz_recording_id.clone(),
+        musicbrainz_release_id: new.musicbrainz_release_id.clone(),
+        ..stored.clone()
+    }
+}
+
 /// A duration in whole microseconds, for exact running totals that removal can subtract.
 pub fn duration_us(duration_s: f64) -> u64 {
     // `as` saturates, and validation has already rejected NaN and negatives.

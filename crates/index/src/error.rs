@@ -88,6 +88,13 @@ pub enum IndexError {
         reason: String,
     },
 
+    /// A scan result cannot be stored as given.
+    #[error("invalid scan result: {reason}; fix the caller")]
+    InvalidRelation {
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// Every track id has been handed out once.
     #[error("the store has used up all track ids; rebuild it to start numbering afresh")]
     IdsExhausted,

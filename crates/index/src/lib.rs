@@ -18,6 +18,7 @@ mod mem;
 pub mod testsuite;
 
 use std::ffi::OsString;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 pub use error::IndexError;
@@ -32,7 +33,7 @@ pub use mem::MemStore;
 pub type TrackId = u32;
 
 /// Version of the on-disk layout; a store written with another version must be rebuilt.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// One occurrence of a hash key: which track it came from plus three opaque fields.
 ///
@@ -117,6 +118,26 @@ impl StoreStats {
     }
 }
 
+/// Shared material found between two catalogued tracks by a scan.
+///
+/// The store keeps relations and drops them with either track; what the payload says
+/// (segments, factors, confidence) is the engine's business.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Relation {
+    /// The track whose audio was searched: it contains material of `reference`.
+    pub query: TrackId,
+    /// The track whose material was found inside `query`.
+    pub reference: TrackId,
+    /// Opaque description of what was found, at most [`MAX_RELATION_PAYLOAD_BYTES`] long.
+    pub payload: Vec<u8>,
+}
+
+/// Largest side data of one track a store accepts (a four-hour track's peaks take ~1.3 MB).
+pub const MAX_SIDE_DATA_BYTES: usize = 16 << 20;
+
+/// Largest relation payload a store accepts.
+pub const MAX_RELATION_PAYLOAD_BYTES: usize = 1 << 20;
+
 /// One posting as the caller supplies it: `(hash key, time, freq, span)`.
 pub type Entry = (u32, u32, u16, u16);
 
@@ -128,19 +149,37 @@ pub trait Store: Send + Sync {
     /// What the store was built with.
     fn meta(&self) -> &StoreMeta;
 
-    /// Atomically stores a track's catalogue entry and all its postings, and returns its new id.
+    /// Atomically stores a track's catalogue entry, all its postings and its side data
+    /// (opaque bytes kept for the caller, at most [`MAX_SIDE_DATA_BYTES`]; the engine keeps
+    /// the reference's peaks there), and returns its new id.
     ///
     /// Exact duplicate entries are stored once, and the stored `n_postings` is set to the
     /// number of distinct postings. If `replaces` is `Some`, that track is removed in the same
     /// transaction, so readers see either the old track or the new one, never both or neither.
     /// Fails without changing anything if another track already has the same non-empty path
-    /// or content hash, or if `replaces` names a track that does not exist.
+    /// or content hash, if `replaces` names a track that does not exist, or if the side data
+    /// is too large.
+    fn put_track_with_side_data(
+        &self,
+        info: &TrackInfo,
+        entries: &[Entry],
+        side_data: &[u8],
+        replaces: Option<TrackId>,
+    ) -> Result<TrackId, IndexError>;
+
+    /// [`Store::put_track_with_side_data`] without side data.
     fn put_track(
         &self,
         info: &TrackInfo,
         entries: &[Entry],
         replaces: Option<TrackId>,
-    ) -> Result<TrackId, IndexError>;
+    ) -> Result<TrackId, IndexError> {
+        self.put_track_with_side_data(info, entries, &[], replaces)
+    }
+
+    /// A track's side data as stored by [`Store::put_track_with_side_data`] (empty if it
+    /// was stored without), or `None` if the track is not catalogued.
+    fn side_data(&self, id: TrackId) -> Result<Option<Vec<u8>>, IndexError>;
 
     /// Removes a track's catalogue entry and all its postings; returns whether it existed.
     fn remove_track(&self, id: TrackId) -> Result<bool, IndexError>;
@@ -179,6 +218,36 @@ pub trait Store: Send + Sync {
 
     /// Returns the store's size counters.
     fn stats(&self) -> Result<StoreStats, IndexError>;
+
+    /// Replaces a track's descriptive metadata (title, artist, album, year and MusicBrainz
+    /// ids) by those of `info`, keeping everything else (path, content hash, duration,
+    /// posting count, indexing time) as stored; returns whether the track exists.
+    fn update_metadata(&self, id: TrackId, info: &TrackInfo) -> Result<bool, IndexError>;
+
+    /// Records that `query` was searched for material of every track whose id lies in
+    /// `examined`, and what was found.
+    ///
+    /// In one transaction: every stored relation from `query` to a reference in `examined`
+    /// is dropped, `found` (reference, payload) pairs are stored, and the scan mark of
+    /// `query` is raised to `examined.end()` (never lowered). References that are no longer
+    /// catalogued are skipped, since a track removed during a scan takes its relations with
+    /// it. Returns `Ok(false)` without changing anything if `query` itself is not
+    /// catalogued. Fails without changing anything if a reference is `query` itself, lies
+    /// outside `examined` or appears twice, or a payload exceeds
+    /// [`MAX_RELATION_PAYLOAD_BYTES`].
+    fn record_scan(
+        &self,
+        query: TrackId,
+        examined: RangeInclusive<TrackId>,
+        found: &[(TrackId, Vec<u8>)],
+    ) -> Result<bool, IndexError>;
+
+    /// The highest reference id `query` has been scanned through, `None` if never.
+    fn scan_mark(&self, query: TrackId) -> Result<Option<TrackId>, IndexError>;
+
+    /// Relations that involve `track` as query or reference, or every relation if `track`
+    /// is `None`; sorted by (query, reference).
+    fn relations(&self, track: Option<TrackId>) -> Result<Vec<Relation>, IndexError>;
 }
 
 /// Where the store lives unless the user says otherwise.

@@ -1,6 +1,6 @@
 //! Persistent [`Store`] on LMDB (through heed): one environment per store directory.
 //!
-//! # Layout (format version 2)
+//! # Layout (format version 3)
 //!
 //! All databases live in one environment, so every change is a single transaction:
 //!
@@ -15,6 +15,10 @@
 //! | `paths`            | catalogue key of the path | track id (u32 BE)                        |
 //! | `contents`         | catalogue key of the hash | track id (u32 BE)                        |
 //! | `counters`         | name                      | u64 BE, or per-partition state           |
+//! | `relations`        | query id ++ reference id  | the relation's payload (opaque bytes)    |
+//! | `relations_rev`    | reference id ++ query id  | empty: finds the relations of a reference|
+//! | `scan_marks`       | query track id (u32 BE)   | highest reference id scanned (u32 BE)    |
+//! | `side_data`        | track id (u32 BE)         | the track's side data (opaque bytes)     |
 //!
 //! Postings sit in two tiers, like a two-level LSM tree.
 //!
@@ -63,11 +67,12 @@
 //!
 //! On 11.9 hours of real music (11.55M postings on 2.32M keys) a fully merged main takes
 //! 10.9 bytes per posting and the file about 13 while indexing (format version 1 took 70).
-//! Stores of format version 1 (one `DUP_SORT` database of 12-byte postings) are refused as
+//! Version 3 added the three relation databases and `side_data` to version 2. Stores of other versions (1:
+//! one `DUP_SORT` database of 12-byte postings; 2: no relations) are refused as
 //! incompatible and must be rebuilt.
 
 use std::fs;
-use std::ops::Bound;
+use std::ops::{Bound, RangeInclusive};
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
@@ -78,12 +83,13 @@ use heed::{
 
 use crate::codec::{
     ALL_PARTITIONS, N_PARTITIONS, Run, Section, catalogue_key, catalogue_key_is_exact,
-    decode_posting_list, duration_us, encode_posting_list, encode_run, partition_of,
-    posting_list_len, prepare_entries, query_groups, query_index, query_key, run_order,
-    sort_queries, validate_track_info,
+    decode_posting_list, duration_us, encode_posting_list, encode_run, merged_metadata,
+    partition_of, posting_list_len, prepare_entries, query_groups, query_index, query_key,
+    run_order, sort_queries, validate_scan, validate_side_data, validate_track_info,
 };
 use crate::{
-    Entry, FORMAT_VERSION, IndexError, Posting, Store, StoreMeta, StoreStats, TrackId, TrackInfo,
+    Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
+    TrackInfo,
 };
 
 /// Address space reserved for the memory map. LMDB only reserves virtual addresses, and the
@@ -140,6 +146,14 @@ struct Dbs<'t> {
     run_state: BytesDb<'t>,
     deleted: BytesDb<'t>,
     counters: BytesDb<'t>,
+    /// Relation payloads under `query ++ reference` (big-endian ids).
+    relations: BytesDb<'t>,
+    /// The same relations as empty values under `reference ++ query`, to find a reference's.
+    relations_rev: BytesDb<'t>,
+    /// Scan mark (big-endian id) of each scanned query track.
+    scan_marks: BytesDb<'t>,
+    /// Side data of each track that has any.
+    side_data: BytesDb<'t>,
     /// Per partition, the `a` and `b` main databases.
     main: [[BytesDb<'t>; 2]; N_PARTITIONS],
 }
@@ -157,6 +171,10 @@ impl OnCommit for Dbs<'_> {
             run_state: self.run_state.on_commit(token),
             deleted: self.deleted.on_commit(token),
             counters: self.counters.on_commit(token),
+            relations: self.relations.on_commit(token),
+            relations_rev: self.relations_rev.on_commit(token),
+            scan_marks: self.scan_marks.on_commit(token),
+            side_data: self.side_data.on_commit(token),
             main: self.main.map(|pair| pair.map(|db| db.on_commit(token))),
         }
     }
@@ -176,6 +194,10 @@ fn build_dbs<'t, E>(
         Some(run_state),
         Some(deleted),
         Some(counters),
+        Some(relations),
+        Some(relations_rev),
+        Some(scan_marks),
+        Some(side_data),
     ) = (
         one("meta")?,
         one("tracks")?,
@@ -185,6 +207,10 @@ fn build_dbs<'t, E>(
         one("run_state")?,
         one("deleted")?,
         one("counters")?,
+        one("relations")?,
+        one("relations_rev")?,
+        one("scan_marks")?,
+        one("side_data")?,
     )
     else {
         return Ok(None);
@@ -207,6 +233,10 @@ fn build_dbs<'t, E>(
         run_state,
         deleted,
         counters,
+        relations,
+        relations_rev,
+        scan_marks,
+        side_data,
         main,
     }))
 }
@@ -784,6 +814,15 @@ impl LmdbStore {
         }
     }
 
+    fn scan_mark_in(&self, txn: &RoTxn, query: TrackId) -> Result<Option<TrackId>, IndexError> {
+        self.dbs
+            .scan_marks
+            .get(txn, &query.to_be_bytes())
+            .map_err(self.err("reading a scan mark"))?
+            .map(|bytes| self.decode_id(bytes))
+            .transpose()
+    }
+
     /// Removes a track inside `wtxn`; returns whether it existed.
     fn remove_in(&self, wtxn: &mut RwTxn, id: TrackId) -> Result<bool, IndexError> {
         let id_key = id.to_be_bytes();
@@ -835,7 +874,7 @@ impl LmdbStore {
             }
         };
         // Deleting a key that is absent is not an error, so this covers tracks without runs.
-        for db in [self.dbs.runs, self.dbs.run_state] {
+        for db in [self.dbs.runs, self.dbs.run_state, self.dbs.side_data] {
             db.delete(wtxn, &id_key)
                 .map_err(self.err("deleting a run"))?;
         }
@@ -871,12 +910,56 @@ impl LmdbStore {
             }
         }
 
+        self.remove_relations_in(wtxn, id)?;
+
         counters.live_postings = counters.live_postings.saturating_sub(info.n_postings);
         counters.total_duration_us = counters
             .total_duration_us
             .saturating_sub(duration_us(info.duration_s));
         self.write_counters(wtxn, &counters)?;
         Ok(true)
+    }
+
+    /// Ids of the relations filed under `id` first in `db` (a prefix walk), as key pairs.
+    fn relation_keys(
+        &self,
+        txn: &RoTxn,
+        db: BytesDb<'static>,
+        id: TrackId,
+    ) -> Result<Vec<[u8; 8]>, IndexError> {
+        let mut keys = Vec::new();
+        for item in db
+            .prefix_iter(txn, &id.to_be_bytes())
+            .map_err(self.err("reading relations"))?
+        {
+            let (key, _) = item.map_err(self.err("reading relations"))?;
+            let key: [u8; 8] = key
+                .try_into()
+                .map_err(|_| self.corrupt(format!("a relation key has {} bytes", key.len())))?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Drops every relation `id` takes part in, and its scan mark.
+    fn remove_relations_in(&self, wtxn: &mut RwTxn, id: TrackId) -> Result<(), IndexError> {
+        for (db, other) in [
+            (self.dbs.relations, self.dbs.relations_rev),
+            (self.dbs.relations_rev, self.dbs.relations),
+        ] {
+            for key in self.relation_keys(wtxn, db, id)? {
+                let swapped = swap_pair(key);
+                for (db, key) in [(db, key), (other, swapped)] {
+                    db.delete(wtxn, &key)
+                        .map_err(self.err("deleting a relation"))?;
+                }
+            }
+        }
+        self.dbs
+            .scan_marks
+            .delete(wtxn, &id.to_be_bytes())
+            .map_err(self.err("deleting a scan mark"))?;
+        Ok(())
     }
 
     /// Merges every partition that has something to merge or purge, each in a write
@@ -1154,13 +1237,15 @@ impl Store for LmdbStore {
         &self.meta
     }
 
-    fn put_track(
+    fn put_track_with_side_data(
         &self,
         info: &TrackInfo,
         entries: &[Entry],
+        side_data: &[u8],
         replaces: Option<TrackId>,
     ) -> Result<TrackId, IndexError> {
         validate_track_info(info)?;
+        validate_side_data(side_data)?;
         // Everything below happens in one write transaction; returning early drops it, which
         // aborts it, so a failure (or a crash) leaves no trace of the new track.
         let mut wtxn = self.write_txn()?;
@@ -1223,6 +1308,12 @@ impl Store for LmdbStore {
                 .map_err(self.err("writing a run"))?;
         }
 
+        if !side_data.is_empty() {
+            self.dbs
+                .side_data
+                .put(&mut wtxn, &id_key, side_data)
+                .map_err(self.err("writing side data"))?;
+        }
         let mut stored = info.clone();
         stored.n_postings = n_postings;
         let json = serde_json::to_vec(&stored).map_err(|e| IndexError::InvalidTrack {
@@ -1259,6 +1350,21 @@ impl Store for LmdbStore {
             let _ = self.sweep();
         }
         Ok(id)
+    }
+
+    fn side_data(&self, id: TrackId) -> Result<Option<Vec<u8>>, IndexError> {
+        let rtxn = self.read_txn()?;
+        if self.track_in(&rtxn, id)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.dbs
+                .side_data
+                .get(&rtxn, &id.to_be_bytes())
+                .map_err(self.err("reading side data"))?
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+        ))
     }
 
     fn remove_track(&self, id: TrackId) -> Result<bool, IndexError> {
@@ -1406,6 +1512,152 @@ impl Store for LmdbStore {
             n_keys: counters.n_keys,
         })
     }
+
+    fn update_metadata(&self, id: TrackId, info: &TrackInfo) -> Result<bool, IndexError> {
+        let mut wtxn = self.write_txn()?;
+        let Some(stored) = self.track_in(&wtxn, id)? else {
+            return Ok(false);
+        };
+        let json = serde_json::to_vec(&merged_metadata(&stored, info)).map_err(|e| {
+            IndexError::InvalidTrack {
+                reason: format!("cannot be serialised: {e}"),
+            }
+        })?;
+        self.dbs
+            .tracks
+            .put(&mut wtxn, &id.to_be_bytes(), &json)
+            .map_err(self.err("writing the catalogue"))?;
+        wtxn.commit().map_err(self.err("committing metadata"))?;
+        Ok(true)
+    }
+
+    fn record_scan(
+        &self,
+        query: TrackId,
+        examined: RangeInclusive<TrackId>,
+        found: &[(TrackId, Vec<u8>)],
+    ) -> Result<bool, IndexError> {
+        validate_scan(query, &examined, found)?;
+        let mut wtxn = self.write_txn()?;
+        if self.track_in(&wtxn, query)?.is_none() {
+            return Ok(false);
+        }
+        let stale: Vec<[u8; 8]> = self
+            .relation_keys(&wtxn, self.dbs.relations, query)?
+            .into_iter()
+            .filter(|key| examined.contains(&pair_ids(*key).1))
+            .collect();
+        for key in stale {
+            self.dbs
+                .relations
+                .delete(&mut wtxn, &key)
+                .map_err(self.err("deleting a relation"))?;
+            self.dbs
+                .relations_rev
+                .delete(&mut wtxn, &swap_pair(key))
+                .map_err(self.err("deleting a relation"))?;
+        }
+        for (reference, payload) in found {
+            if self.track_in(&wtxn, *reference)?.is_none() {
+                continue;
+            }
+            let key = pair_key(query, *reference);
+            self.dbs
+                .relations
+                .put(&mut wtxn, &key, payload)
+                .map_err(self.err("writing a relation"))?;
+            self.dbs
+                .relations_rev
+                .put(&mut wtxn, &swap_pair(key), &[])
+                .map_err(self.err("writing a relation"))?;
+        }
+        let mark = self.scan_mark_in(&wtxn, query)?.unwrap_or(0);
+        self.dbs
+            .scan_marks
+            .put(
+                &mut wtxn,
+                &query.to_be_bytes(),
+                &mark.max(*examined.end()).to_be_bytes(),
+            )
+            .map_err(self.err("writing a scan mark"))?;
+        wtxn.commit().map_err(self.err("committing a scan"))?;
+        Ok(true)
+    }
+
+    fn scan_mark(&self, query: TrackId) -> Result<Option<TrackId>, IndexError> {
+        let rtxn = self.read_txn()?;
+        self.scan_mark_in(&rtxn, query)
+    }
+
+    fn relations(&self, track: Option<TrackId>) -> Result<Vec<Relation>, IndexError> {
+        let rtxn = self.read_txn()?;
+        let mut keys = match track {
+            None => {
+                let mut keys = Vec::new();
+                for item in self
+                    .dbs
+                    .relations
+                    .iter(&rtxn)
+                    .map_err(self.err("reading relations"))?
+                {
+                    let (key, _) = item.map_err(self.err("reading relations"))?;
+                    keys.push(key.try_into().map_err(|_| {
+                        self.corrupt(format!("a relation key has {} bytes", key.len()))
+                    })?);
+                }
+                keys
+            }
+            Some(id) => {
+                let mut keys = self.relation_keys(&rtxn, self.dbs.relations, id)?;
+                for key in self.relation_keys(&rtxn, self.dbs.relations_rev, id)? {
+                    keys.push(swap_pair(key));
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            }
+        };
+        keys.sort_unstable();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let payload = self
+                .dbs
+                .relations
+                .get(&rtxn, &key)
+                .map_err(self.err("reading relations"))?
+                .ok_or_else(|| self.corrupt("a relation's reverse entry has no payload"))?;
+            let (query, reference) = pair_ids(key);
+            out.push(Relation {
+                query,
+                reference,
+                payload: payload.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The key of a relation: both ids big-endian, so keys sort by (first, second).
+fn pair_key(first: TrackId, second: TrackId) -> [u8; 8] {
+    let mut key = [0u8; 8];
+    key[..4].copy_from_slice(&first.to_be_bytes());
+    key[4..].copy_from_slice(&second.to_be_bytes());
+    key
+}
+
+/// The two ids of a relation key.
+fn pair_ids(key: [u8; 8]) -> (TrackId, TrackId) {
+    let [a, b, c, d, e, f, g, h] = key;
+    (
+        TrackId::from_be_bytes([a, b, c, d]),
+        TrackId::from_be_bytes([e, f, g, h]),
+    )
+}
+
+/// The key of the same relation in the other direction's database.
+fn swap_pair(key: [u8; 8]) -> [u8; 8] {
+    let (first, second) = pair_ids(key);
+    pair_key(second, first)
 }
 
 fn expected_meta(fingerprint_params: &str) -> StoreMeta {

@@ -3,11 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{PoisonError, RwLock};
 
+use std::ops::RangeInclusive;
+
 use crate::codec::{
-    duration_us, prepare_entries, query_groups, query_index, sort_queries, validate_track_info,
+    duration_us, merged_metadata, prepare_entries, query_groups, query_index, sort_queries,
+    validate_scan, validate_side_data, validate_track_info,
 };
 use crate::{
-    Entry, FORMAT_VERSION, IndexError, Posting, Store, StoreMeta, StoreStats, TrackId, TrackInfo,
+    Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
+    TrackInfo,
 };
 
 /// A [`Store`] held entirely in memory behind one reader-writer lock.
@@ -33,6 +37,10 @@ struct Inner {
     next_track_id: u64,
     n_postings: u64,
     total_duration_us: u64,
+    /// Relation payloads by (query, reference).
+    relations: BTreeMap<(TrackId, TrackId), Vec<u8>>,
+    scan_marks: HashMap<TrackId, TrackId>,
+    side_data: HashMap<TrackId, Vec<u8>>,
 }
 
 impl MemStore {
@@ -52,6 +60,9 @@ impl MemStore {
                 next_track_id: 1,
                 n_postings: 0,
                 total_duration_us: 0,
+                relations: BTreeMap::new(),
+                scan_marks: HashMap::new(),
+                side_data: HashMap::new(),
             }),
         }
     }
@@ -81,6 +92,10 @@ impl Inner {
         self.total_duration_us = self
             .total_duration_us
             .saturating_sub(duration_us(info.duration_s));
+        self.relations
+            .retain(|&(query, reference), _| query != id && reference != id);
+        self.scan_marks.remove(&id);
+        self.side_data.remove(&id);
         true
     }
 
@@ -102,13 +117,15 @@ impl Store for MemStore {
         &self.meta
     }
 
-    fn put_track(
+    fn put_track_with_side_data(
         &self,
         info: &TrackInfo,
         entries: &[Entry],
+        side_data: &[u8],
         replaces: Option<TrackId>,
     ) -> Result<TrackId, IndexError> {
         validate_track_info(info)?;
+        validate_side_data(side_data)?;
         // A panic cannot leave the maps half-updated, because every check happens before the
         // first mutation; so a poisoned lock still guards consistent data.
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
@@ -157,8 +174,14 @@ impl Store for MemStore {
         }
         inner.total_duration_us += duration_us(stored.duration_s);
         inner.tracks.insert(id, stored);
+        inner.side_data.insert(id, side_data.to_vec());
         inner.next_track_id += 1;
         Ok(id)
+    }
+
+    fn side_data(&self, id: TrackId) -> Result<Option<Vec<u8>>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner.side_data.get(&id).cloned())
     }
 
     fn remove_track(&self, id: TrackId) -> Result<bool, IndexError> {
@@ -224,5 +247,64 @@ impl Store for MemStore {
             bytes_on_disk: 0,
             n_keys: inner.postings.len() as u64,
         })
+    }
+
+    fn update_metadata(&self, id: TrackId, info: &TrackInfo) -> Result<bool, IndexError> {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(stored) = inner.tracks.get_mut(&id) else {
+            return Ok(false);
+        };
+        *stored = merged_metadata(stored, info);
+        Ok(true)
+    }
+
+    fn record_scan(
+        &self,
+        query: TrackId,
+        examined: RangeInclusive<TrackId>,
+        found: &[(TrackId, Vec<u8>)],
+    ) -> Result<bool, IndexError> {
+        validate_scan(query, &examined, found)?;
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if !inner.tracks.contains_key(&query) {
+            return Ok(false);
+        }
+        let stale: Vec<(TrackId, TrackId)> = inner
+            .relations
+            .range((query, *examined.start())..=(query, *examined.end()))
+            .map(|(&pair, _)| pair)
+            .collect();
+        for pair in stale {
+            inner.relations.remove(&pair);
+        }
+        for (reference, payload) in found {
+            if inner.tracks.contains_key(reference) {
+                inner.relations.insert((query, *reference), payload.clone());
+            }
+        }
+        let mark = inner.scan_marks.entry(query).or_insert(*examined.end());
+        *mark = (*mark).max(*examined.end());
+        Ok(true)
+    }
+
+    fn scan_mark(&self, query: TrackId) -> Result<Option<TrackId>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner.scan_marks.get(&query).copied())
+    }
+
+    fn relations(&self, track: Option<TrackId>) -> Result<Vec<Relation>, IndexError> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(inner
+            .relations
+            .iter()
+            .filter(|&(&(query, reference), _)| {
+                track.is_none_or(|track| query == track || reference == track)
+            })
+            .map(|(&(query, reference), payload)| Relation {
+                query,
+                reference,
+                payload: payload.clone(),
+            })
+            .collect())
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::{Entry, IndexError, Posting, Store, StoreStats, TrackId, TrackInfo};
+use crate::{Entry, IndexError, Posting, Relation, Store, StoreStats, TrackId, TrackInfo};
 
 /// A fresh store plus whatever must outlive it (a temporary directory, a server handle).
 pub struct Fixture {
@@ -874,6 +874,258 @@ pub fn matches_model(make: &dyn Fn() -> Fixture) {
     }
 }
 
+fn relation(query: TrackId, reference: TrackId, payload: &[u8]) -> Relation {
+    Relation {
+        query,
+        reference,
+        payload: payload.to_vec(),
+    }
+}
+
+/// Puts `n` small tracks and returns their ids.
+fn put_tracks(store: &dyn Store, n: usize) -> Vec<TrackId> {
+    (0..n)
+        .map(|i| {
+            let info = track_info(&format!("/m/{i}.mp3"), &format!("h{i}"), 10.0);
+            let key = u32::try_from(i).expect("few tracks");
+            store
+                .put_track(&info, &[(key, 1, 2, 3)], None)
+                .expect("put")
+        })
+        .collect()
+}
+
+/// Metadata edits change the descriptive fields only and survive reads.
+pub fn update_metadata_keeps_identity(make: &dyn Fn() -> Fixture) {
+    let fixture = make();
+    let store = fixture.store();
+    let ids = put_tracks(store, 2);
+    let before = store.track(ids[0]).expect("track").expect("exists");
+    let mut edit = track_info("/elsewhere.mp3", "other-hash", 999.0);
+    edit.title = Some("Expo 83".to_owned());
+    edit.artist = None;
+    edit.year = Some(1973);
+    edit.musicbrainz_recording_id = Some("rec".to_owned());
+    edit.n_postings = 12345;
+    assert!(store.update_metadata(ids[0], &edit).expect("update"));
+    let after = store.track(ids[0]).expect("track").expect("exists");
+    assert_eq!(
+        after,
+        TrackInfo {
+            title: Some("Expo 83".to_owned()),
+            artist: None,
+            album: edit.album.clone(),
+            year: Some(1973),
+            musicbrainz_recording_id: Some("rec".to_owned()),
+            musicbrainz_release_id: edit.musicbrainz_release_id.clone(),
+            ..before.clone()
+        }
+    );
+    assert_eq!(
+        store.find_by_path(&before.path).expect("find"),
+        Some(ids[0])
+    );
+    assert_eq!(store.find_by_path("/elsewhere.mp3").expect("find"), None);
+    assert_eq!(
+        store.find_by_content(&before.content_hash).expect("find"),
+        Some(ids[0])
+    );
+    assert_eq!(lookup_all(store, &[0]).len(), 1, "postings are untouched");
+    assert!(!store.update_metadata(9999, &edit).expect("update unknown"));
+    let other = store.track(ids[1]).expect("track").expect("exists");
+    assert_eq!(other.title.as_deref(), Some("title of /m/1.mp3"));
+}
+
+/// A scan stores what it found, replaces only the examined range, and raises the mark.
+pub fn record_scan_round_trip(make: &dyn Fn() -> Fixture) {
+    let fixture = make();
+    let store = fixture.store();
+    let ids = put_tracks(store, 4);
+    let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+    assert_eq!(store.scan_mark(a).expect("mark"), None);
+    assert_eq!(store.relations(None).expect("relations"), vec![]);
+
+    let found = vec![(b, b"ab".to_vec()), (c, b"ac".to_vec())];
+    assert!(store.record_scan(a, 0..=c, &found).expect("scan"));
+    assert_eq!(store.scan_mark(a).expect("mark"), Some(c));
+    assert!(
+        store
+            .record_scan(d, 0..=d, &[(a, b"da".to_vec())])
+            .expect("scan")
+    );
+    let all = vec![
+        relation(a, b, b"ab"),
+        relation(a, c, b"ac"),
+        relation(d, a, b"da"),
+    ];
+    assert_eq!(store.relations(None).expect("relations"), all);
+    assert_eq!(store.relations(Some(a)).expect("relations"), all);
+    assert_eq!(
+        store.relations(Some(c)).expect("relations"),
+        vec![relation(a, c, b"ac")]
+    );
+
+    // An incremental scan of a against d only: earlier relations stay.
+    assert!(store.record_scan(a, d..=d, &[(d, vec![])]).expect("scan"));
+    assert_eq!(store.scan_mark(a).expect("mark"), Some(d));
+    assert_eq!(
+        store.relations(Some(a)).expect("relations"),
+        vec![
+            relation(a, b, b"ab"),
+            relation(a, c, b"ac"),
+            relation(a, d, b""),
+            relation(d, a, b"da"),
+        ]
+    );
+
+    // A rescan of a range replaces what it covers and never lowers the mark.
+    assert!(
+        store
+            .record_scan(a, b..=c, &[(c, b"new".to_vec())])
+            .expect("scan")
+    );
+    assert_eq!(store.scan_mark(a).expect("mark"), Some(d));
+    assert_eq!(
+        store.relations(Some(a)).expect("relations"),
+        vec![
+            relation(a, c, b"new"),
+            relation(a, d, b""),
+            relation(d, a, b"da"),
+        ]
+    );
+}
+
+/// Removing or replacing a track drops every relation it is part of, and its mark.
+pub fn relations_follow_removal(make: &dyn Fn() -> Fixture) {
+    let fixture = make();
+    let store = fixture.store();
+    let ids = put_tracks(store, 3);
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    assert!(
+        store
+            .record_scan(a, 0..=c, &[(b, b"ab".to_vec()), (c, b"ac".to_vec())])
+            .expect("scan")
+    );
+    assert!(
+        store
+            .record_scan(b, 0..=c, &[(a, b"ba".to_vec())])
+            .expect("scan")
+    );
+    assert!(
+        store
+            .record_scan(c, 0..=c, &[(b, b"cb".to_vec())])
+            .expect("scan")
+    );
+
+    assert!(store.remove_track(a).expect("remove"));
+    assert_eq!(store.scan_mark(a).expect("mark"), None);
+    assert_eq!(
+        store.relations(None).expect("relations"),
+        vec![relation(c, b, b"cb")]
+    );
+    assert_eq!(store.relations(Some(a)).expect("relations"), vec![]);
+
+    let info = track_info("/m/new-b.mp3", "new-b", 5.0);
+    let new_b = store
+        .put_track(&info, &[(7, 1, 1, 1)], Some(b))
+        .expect("replace");
+    assert_eq!(store.relations(None).expect("relations"), vec![]);
+    assert_eq!(store.scan_mark(b).expect("mark"), None);
+    assert_eq!(store.scan_mark(new_b).expect("mark"), None);
+    assert_eq!(store.scan_mark(c).expect("mark"), Some(c));
+
+    // A scan that found a track removed meanwhile skips it; an unknown query stores nothing.
+    assert!(
+        store
+            .record_scan(
+                c,
+                0..=new_b,
+                &[(a, b"gone".to_vec()), (new_b, b"cn".to_vec())]
+            )
+            .expect("scan")
+    );
+    assert_eq!(
+        store.relations(None).expect("relations"),
+        vec![relation(c, new_b, b"cn")]
+    );
+    assert!(
+        !store
+            .record_scan(a, 0..=new_b, &[(c, b"x".to_vec())])
+            .expect("scan")
+    );
+    assert_eq!(store.scan_mark(a).expect("mark"), None);
+    assert_eq!(store.relations(Some(a)).expect("relations"), vec![]);
+}
+
+/// Malformed scan results are refused and change nothing.
+pub fn invalid_scans_change_nothing(make: &dyn Fn() -> Fixture) {
+    let fixture = make();
+    let store = fixture.store();
+    let ids = put_tracks(store, 3);
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    assert!(
+        store
+            .record_scan(a, 0..=b, &[(b, b"ab".to_vec())])
+            .expect("scan")
+    );
+    let before = store.relations(None).expect("relations");
+    let too_big = vec![0u8; crate::MAX_RELATION_PAYLOAD_BYTES + 1];
+    type Found = Vec<(TrackId, Vec<u8>)>;
+    let bad: [(std::ops::RangeInclusive<TrackId>, Found); 4] = [
+        (0..=c, vec![(a, vec![])]),
+        (c..=c, vec![(b, vec![])]),
+        (0..=c, vec![(c, vec![]), (c, vec![1])]),
+        (0..=c, vec![(c, too_big)]),
+    ];
+    for (examined, found) in bad {
+        match store.record_scan(a, examined.clone(), &found) {
+            Err(IndexError::InvalidRelation { .. }) => {}
+            other => panic!("scan over {examined:?} was not refused: {other:?}"),
+        }
+        assert_eq!(store.relations(None).expect("relations"), before);
+        assert_eq!(store.scan_mark(a).expect("mark"), Some(b));
+    }
+}
+
+/// Side data is stored with its track, replaced with it and removed with it.
+pub fn side_data_follows_track(make: &dyn Fn() -> Fixture) {
+    let fixture = make();
+    let store = fixture.store();
+    let a = store
+        .put_track_with_side_data(
+            &track_info("/a", "a", 1.0),
+            &[(1, 1, 1, 1)],
+            b"peaks of a",
+            None,
+        )
+        .expect("put a");
+    let b = store
+        .put_track(&track_info("/b", "b", 1.0), &[(2, 1, 1, 1)], None)
+        .expect("put b");
+    assert_eq!(
+        store.side_data(a).expect("read"),
+        Some(b"peaks of a".to_vec())
+    );
+    assert_eq!(store.side_data(b).expect("read"), Some(Vec::new()));
+    assert_eq!(store.side_data(999).expect("read"), None);
+
+    let too_big = vec![7u8; crate::MAX_SIDE_DATA_BYTES + 1];
+    match store.put_track_with_side_data(&track_info("/c", "c", 1.0), &[], &too_big, None) {
+        Err(IndexError::InvalidTrack { .. }) => {}
+        other => panic!("oversized side data was not refused: {other:?}"),
+    }
+    assert_eq!(store.find_by_path("/c").expect("find"), None);
+
+    let a2 = store
+        .put_track_with_side_data(&track_info("/a", "a2", 1.0), &[], b"new", Some(a))
+        .expect("replace a");
+    assert_eq!(store.side_data(a).expect("read"), None);
+    assert_eq!(store.side_data(a2).expect("read"), Some(b"new".to_vec()));
+    assert!(store.remove_track(a2).expect("remove"));
+    assert_eq!(store.side_data(a2).expect("read"), None);
+    assert_eq!(store.side_data(b).expect("read"), Some(Vec::new()));
+}
+
 /// Runs every test of the suite in turn, for backends that prefer one `#[test]`.
 pub fn run_all(make: &dyn Fn() -> Fixture) {
     round_trip(make);
@@ -887,6 +1139,11 @@ pub fn run_all(make: &dyn Fn() -> Fixture) {
     lookup_cap_skips_common_keys(make);
     stats_count_right(make);
     matches_model(make);
+    update_metadata_keeps_identity(make);
+    record_scan_round_trip(make);
+    relations_follow_removal(make);
+    invalid_scans_change_nothing(make);
+    side_data_follows_track(make);
 }
 
 /// Expands to one `#[test]` per behaviour in the suite, given an expression that evaluates
@@ -906,6 +1163,11 @@ macro_rules! store_test_suite {
             lookup_cap_skips_common_keys,
             stats_count_right,
             matches_model,
+            update_metadata_keeps_identity,
+            record_scan_round_trip,
+            relations_follow_removal,
+            invalid_scans_change_nothing,
+            side_data_follows_track,
         );
     };
     (@tests $make:expr; $($name:ident,)*) => {

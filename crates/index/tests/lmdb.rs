@@ -315,7 +315,8 @@ fn a_version_1_store_must_be_rebuilt() {
         let error = result.expect_err("version 1 is incompatible");
         assert!(
             matches!(&error, IndexError::Incompatible { found, expected, .. }
-                if found.contains("version 1") && expected.contains("version 2")),
+                if found.contains("version 1")
+                    && expected.contains(&format!("version {}", index::FORMAT_VERSION))),
             "unexpected error {error:?}"
         );
         let message = error.to_string();

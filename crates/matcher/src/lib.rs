@@ -18,6 +18,7 @@
 //! This crate does no IO.
 
 mod score;
+pub mod verify;
 
 use rayon::prelude::*;
 

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::jobs::{Job, JobState, Jobs};
 use crate::uploads::{self, Stored, Uploads};
 use crate::waveform::{Waveform, envelope};
-use crate::web;
+use crate::{catalogue, web};
 
 /// Slices in the query's waveform returned by identify: about a screen's width.
 const QUERY_WAVEFORM_BUCKETS: usize = 1200;
@@ -45,15 +45,15 @@ pub struct AppState {
     pub config: ServerConfig,
     engine: Arc<Engine>,
     uploads: Arc<Uploads>,
-    jobs: Arc<Jobs>,
+    pub(crate) jobs: Arc<Jobs>,
     /// One permit per request decoding audio (identify, waveforms).
     decode_slots: Arc<Semaphore>,
-    /// Held by the indexing job under way: jobs write one after another.
-    writer: tokio::sync::Mutex<()>,
+    /// Held by the job under way (indexing, scanning): jobs write one after another.
+    pub(crate) writer: tokio::sync::Mutex<()>,
     waveforms: Mutex<HashMap<(TrackId, usize), Arc<Waveform>>>,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 impl AppState {
     pub fn new(config: ServerConfig, engine: Arc<Engine>, uploads: Uploads) -> Shared {
@@ -72,6 +72,30 @@ impl AppState {
         self.config.max_upload_bytes
     }
 
+    /// 503 when too many jobs are unfinished, so work cannot queue without bound.
+    pub(crate) fn room_for_a_job(&self) -> Result<(), ApiError> {
+        if self.jobs.n_unfinished() >= MAX_UNFINISHED_JOBS {
+            return Err(ApiError {
+                retry_after_s: Some(crate::error::RETRY_AFTER_S),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{MAX_UNFINISHED_JOBS} jobs are already waiting; retry later"),
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// 202 with the job and its URL.
+    pub(crate) fn job_accepted(&self, id: u64) -> Response {
+        (
+            StatusCode::ACCEPTED,
+            [(header::LOCATION, format!("/api/jobs/{id}"))],
+            Json(self.jobs.get(id)),
+        )
+            .into_response()
+    }
+
     /// Takes a decode slot, or answers 503 at once when all are taken.
     fn decode_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         self.decode_slots
@@ -81,7 +105,7 @@ impl AppState {
     }
 
     /// Runs blocking engine work on tokio's blocking threads.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Engine) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -129,6 +153,23 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
             "/api/tracks/{id}/waveform",
             get(track_waveform),
         ),
+        (
+            Method::GET,
+            "/api/tracks/{id}/relations",
+            get(catalogue::track_relations),
+        ),
+        (
+            Method::GET,
+            "/api/tracks/{id}/samples",
+            get(catalogue::track_samples),
+        ),
+        (
+            Method::GET,
+            "/api/tracks/{id}/sampled-by",
+            get(catalogue::track_sampled_by),
+        ),
+        (Method::GET, "/api/graph", get(catalogue::graph)),
+        (Method::POST, "/api/scan", post(catalogue::start_scan)),
         (Method::GET, "/api/jobs", get(list_jobs)),
         (Method::GET, "/api/jobs/{id}", get(job)),
     ]
@@ -255,6 +296,9 @@ struct TrackView {
     /// server's upload folder under a name the server chose), else null.
     uploaded_as: Option<String>,
     indexed_unix_s: u64,
+    /// How well the track answers a search (0-1), when it was found by one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    match_score: Option<f64>,
 }
 
 impl TrackView {
@@ -282,34 +326,14 @@ impl TrackView {
             path: info.path,
             uploaded_as,
             indexed_unix_s: info.indexed_unix_s,
+            match_score: None,
         }
-    }
-
-    /// True if every word of `query` appears (ignoring case) in the label, title,
-    /// artist, album, upload name or file name.
-    fn matches(&self, words: &[String]) -> bool {
-        let file_name = std::path::Path::new(&self.path)
-            .file_name()
-            .map(|n| n.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
-        let fields = [
-            Some(self.label.to_lowercase()),
-            self.title.as_deref().map(str::to_lowercase),
-            self.artist.as_deref().map(str::to_lowercase),
-            self.album.as_deref().map(str::to_lowercase),
-            self.uploaded_as.as_deref().map(str::to_lowercase),
-            Some(file_name),
-        ];
-        words
-            .iter()
-            .all(|w| fields.iter().flatten().any(|f| f.contains(w.as_str())))
     }
 }
 
 #[derive(Deserialize)]
 struct ListParams {
-    /// Words that must all appear in a track's label, title, artist, album, upload name or
-    /// file name.
+    /// A name to search for (fuzzy: case, accents and typos forgiven); none lists all.
     q: Option<String>,
     offset: Option<usize>,
     limit: Option<usize>,
@@ -330,20 +354,26 @@ async fn list_tracks(
     let uploads = s.uploads.clone();
     let list = s
         .blocking(move |engine| {
-            let words: Vec<String> = params
-                .q
-                .as_deref()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_lowercase)
-                .collect();
-            let matching: Vec<TrackView> = engine
-                .store()
-                .tracks()?
-                .into_iter()
-                .map(|(id, info)| TrackView::new(id, info, &uploads))
-                .filter(|t| t.matches(&words))
-                .collect();
+            let q = params.q.as_deref().unwrap_or("").trim();
+            // A search answers best first; a listing is in id order.
+            let matching: Vec<TrackView> = if q.is_empty() {
+                engine
+                    .store()
+                    .tracks()?
+                    .into_iter()
+                    .map(|(id, info)| TrackView::new(id, info, &uploads))
+                    .collect()
+            } else {
+                engine
+                    .find_tracks(q)
+                    .map_err(|e| ApiError::from_engine(&e))?
+                    .into_iter()
+                    .map(|c| TrackView {
+                        match_score: Some(c.score),
+                        ..TrackView::new(c.id, c.track, &uploads)
+                    })
+                    .collect()
+            };
             let offset = params.offset.unwrap_or(0);
             let limit = params.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
             Ok(TrackList {
@@ -357,7 +387,7 @@ async fn list_tracks(
 }
 
 /// A track id from the path; anything but a number is 400 (and never reaches a file).
-fn track_id(raw: &str) -> Result<TrackId, ApiError> {
+pub(crate) fn track_id(raw: &str) -> Result<TrackId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a track id (a number)")))
 }
@@ -459,15 +489,7 @@ async fn add_tracks(
     _write: WriteAccess,
     req: Request,
 ) -> Result<Response, ApiError> {
-    if s.jobs.n_unfinished() >= MAX_UNFINISHED_JOBS {
-        return Err(ApiError {
-            retry_after_s: Some(crate::error::RETRY_AFTER_S),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{MAX_UNFINISHED_JOBS} jobs are already waiting; retry later"),
-            )
-        });
-    }
+    s.room_for_a_job()?;
     let stored = s.uploads.receive(req, s.body_limit()).await?;
     if stored.is_empty() {
         return Err(ApiError::bad_request(
@@ -477,13 +499,7 @@ async fn add_tracks(
     }
     let id = s.jobs.create("index", stored.len());
     tokio::spawn(index_job(s.clone(), id, stored));
-    let job = s.jobs.get(id);
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/api/jobs/{id}"))],
-        Json(job),
-    )
-        .into_response())
+    Ok(s.job_accepted(id))
 }
 
 /// What indexing did with one uploaded file.
@@ -586,11 +602,39 @@ fn index_uploads(
         if matches!(file.outcome, "failed" | "duplicate") {
             // Nothing in the catalogue points at this file.
             let _ = uploads.remove(&s.name);
+        } else if let (Some(id), Some(label)) = (file.track_id, &s.label) {
+            title_from_label(engine, id, label);
         }
         file.label = s.label;
         files.push(file);
     }
     Ok(files)
+}
+
+/// Gives an uploaded track without a title tag its upload name (less the extension) as
+/// title, so that it can be found by name like any other.
+fn title_from_label(engine: &Engine, id: TrackId, label: &str) {
+    let Ok(Some(info)) = engine.store().track(id) else {
+        return;
+    };
+    if info.title.is_some() {
+        return;
+    }
+    let title = label
+        .rsplit_once('.')
+        .map_or(label, |(stem, _)| stem)
+        .trim()
+        .to_string();
+    if title.is_empty() {
+        return;
+    }
+    let edit = engine::MetadataEdit {
+        title: Some(Some(title)),
+        ..Default::default()
+    };
+    // A failed edit leaves the track found by its upload name only; not worth failing
+    // the upload for.
+    let _ = engine.edit_metadata(id, &edit);
 }
 
 #[derive(Serialize)]

@@ -21,6 +21,7 @@
 
 mod api;
 mod auth;
+mod catalogue;
 mod error;
 mod jobs;
 mod uploads;

@@ -6,6 +6,7 @@
 
 mod util;
 
+mod catalogue;
 mod errors;
 mod fixture;
 mod identify;

@@ -1,5 +1,6 @@
 //! API tests: a real server on a loopback port, spoken to over HTTP.
 
+mod catalogue;
 mod corpus;
 mod limits;
 mod openapi;

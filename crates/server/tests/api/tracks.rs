@@ -106,13 +106,22 @@ async fn an_uploaded_track_is_listed_searched_played_drawn_identified_and_remove
         .await;
     let id = job["result"][0]["track_id"].as_u64().expect("track id");
 
-    // Listing and substring search over the labels.
+    // Listing, and fuzzy search by name: a file without a title tag is titled after the
+    // name it was uploaded under.
     let all = s.get_json("/api/tracks").await;
     assert_eq!(all["total"], 2);
     let found = s.get_json("/api/tracks?q=test%20SONG").await;
     assert_eq!(found["total"], 1, "{found}");
     assert_eq!(found["tracks"][0]["id"], id);
-    assert_eq!(found["tracks"][0]["label"], "Test Song.wav");
+    assert_eq!(found["tracks"][0]["label"], "Test Song");
+    assert_eq!(found["tracks"][0]["title"], "Test Song");
+    assert_eq!(found["tracks"][0]["uploaded_as"], "Test Song.wav");
+    assert!(
+        found["tracks"][0]["match_score"]
+            .as_f64()
+            .is_some_and(|s| s > 0.9),
+        "{found}"
+    );
     assert_eq!(
         s.get_json("/api/tracks?q=nothing-like-it").await["total"],
         0

@@ -302,3 +302,17 @@ pub fn wav_excerpt(wav: &[u8], from_s: f64, len_s: f64) -> Vec<u8> {
     out.extend_from_slice(data);
     out
 }
+
+/// WAV files of [`synthetic_wav`]'s format played one after another, as one file.
+pub fn wav_concat(parts: &[&[u8]]) -> Vec<u8> {
+    const HEADER: usize = 44;
+    let data: Vec<u8> = parts
+        .iter()
+        .flat_map(|p| p[HEADER..].iter().copied())
+        .collect();
+    let mut out = parts[0][..HEADER].to_vec();
+    out[4..8].copy_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    out[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
+}

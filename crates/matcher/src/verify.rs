@@ -1,0 +1,230 @@
+//! Peak-level verification: a second, finer test of a candidate match.
+//!
+//! A quad survives a mix only if all four of its peaks do, so a sample buried under drums
+//! keeps a small fraction of its quads even when a good share of its single peaks are still
+//! there. Given a candidate transform (tempo, pitch, intercept), this module maps every
+//! stored peak of the reference onto the query and asks, peak by peak, whether the query
+//! has a peak near that spot. Each answer is weighed by a likelihood ratio against the
+//! local chance rate (how often the query has a peak near spots displaced from the mapped
+//! one), and the best-scoring stretch along the line is the verified occurrence: its score
+//! is a log-likelihood ratio in nats, and its ends localise the sample in both recordings.
+
+/// The query's peaks as a dilated occupancy grid: "is there a query peak within the
+/// tolerance of this (frame, bin)?" in one lookup.
+#[derive(Clone, Debug)]
+pub struct PeakGrid {
+    n_frames: usize,
+    n_bins: usize,
+    words_per_frame: usize,
+    bits: Vec<u64>,
+}
+
+impl PeakGrid {
+    /// Builds the grid of `peaks` (time in frames, bin) over `n_frames` x `n_bins`,
+    /// marking every cell within `dt` frames and `db` bins of a peak.
+    pub fn new(peaks: &[(f32, f32)], n_frames: usize, n_bins: usize, dt: usize, db: usize) -> Self {
+        let words_per_frame = n_bins.div_ceil(64).max(1);
+        let mut bits = vec![0u64; n_frames * words_per_frame];
+        for &(time, bin) in peaks {
+            if !(time.is_finite() && bin.is_finite()) || time < 0.0 || bin < 0.0 {
+                continue;
+            }
+            let (t, b) = (time.round() as usize, bin.round() as usize);
+            if t >= n_frames || b >= n_bins {
+                continue;
+            }
+            for f in t.saturating_sub(dt)..(t + dt + 1).min(n_frames) {
+                for k in b.saturating_sub(db)..(b + db + 1).min(n_bins) {
+                    bits[f * words_per_frame + k / 64] |= 1 << (k % 64);
+                }
+            }
+        }
+        Self {
+            n_frames,
+            n_bins,
+            words_per_frame,
+            bits,
+        }
+    }
+
+    /// Whether a query peak lies within tolerance of (`time`, `bin`); false off the grid.
+    pub fn get(&self, time: f32, bin: f32) -> bool {
+        if !(time >= 0.0 && bin >= 0.0) {
+            return false;
+        }
+        let (t, b) = (time.round() as usize, bin.round() as usize);
+        if t >= self.n_frames || b >= self.n_bins {
+            return false;
+        }
+        self.bits[t * self.words_per_frame + b / 64] & (1 << (b % 64)) != 0
+    }
+
+    /// Frames covered by the grid.
+    pub fn n_frames(&self) -> usize {
+        self.n_frames
+    }
+}
+
+/// A reference peak: time in frames, position on the log-frequency axis in bins.
+pub type RefPeak = (f32, f32);
+
+/// Settings of the verification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyParams {
+    /// Match probability of a reference peak in a true sample, the alternative hypothesis.
+    pub hit_rate: f64,
+    /// Floor and ceiling of the local chance rate.
+    pub min_chance: f64,
+    pub max_chance: f64,
+    /// Control spots, as (frames, bins) displacements from the mapped spot, that estimate
+    /// the local chance rate.
+    pub controls: Vec<(f32, f32)>,
+    /// Intercept refinements searched, in query frames either way, and their step.
+    pub refine_frames: f32,
+    pub refine_step_frames: f32,
+    /// Pitch refinements searched, in bins either way (step 1 bin).
+    pub refine_bins: i32,
+    /// A verified stretch must hold at least this many matched peaks.
+    pub min_matched: usize,
+    /// Neighbouring peaks on each side whose controls also estimate a peak's chance rate.
+    pub chance_window: usize,
+}
+
+impl Default for VerifyParams {
+    fn default() -> Self {
+        let mut controls = Vec::new();
+        for &dt in &[-45.0f32, -25.0, 25.0, 45.0] {
+            for &db in &[-7.0f32, 0.0, 7.0] {
+                controls.push((dt, db));
+            }
+        }
+        controls.extend([(0.0, -7.0), (0.0, 7.0), (0.0, -14.0), (0.0, 14.0)]);
+        Self {
+            hit_rate: 0.35,
+            min_chance: 0.02,
+            max_chance: 0.6,
+            controls,
+            refine_frames: 4.0,
+            refine_step_frames: 1.0,
+            refine_bins: 1,
+            min_matched: 8,
+            chance_window: 12,
+        }
+    }
+}
+
+/// The transform being verified: query frame of reference frame `r` is
+/// `q0 + (r - r0) / tempo`, query bin is reference bin plus `shift_bins`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Line {
+    pub tempo: f64,
+    pub r0: f64,
+    pub q0: f64,
+    pub shift_bins: f64,
+}
+
+/// The best-scoring stretch along a line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Verified {
+    /// The refined line.
+    pub line: Line,
+    /// Log-likelihood ratio of the stretch, nats.
+    pub llr: f64,
+    /// Reference frames of the first and last matched peak of the stretch.
+    pub r_start: f64,
+    pub r_end: f64,
+    /// Reference peaks in the stretch, and how many of them matched.
+    pub n_peaks: usize,
+    pub n_matched: usize,
+}
+
+/// Verifies `line` over the reference peaks `peaks` (sorted by time), refining its
+/// intercept and pitch within the configured ranges; `None` if no stretch qualifies.
+pub fn verify_line(
+    line: Line,
+    peaks: &[RefPeak],
+    grid: &PeakGrid,
+    p: &VerifyParams,
+) -> Option<Verified> {
+    // Peaks whose image falls inside the query, with their local chance rates, which
+    // refinements barely move and are therefore computed once.
+    let mut on_line: Vec<(f32, f32, f64)> = Vec::new();
+    let mut control_hits: Vec<usize> = Vec::new();
+    let max_q = grid.n_frames() as f64;
+    for &(rt, rb) in peaks {
+        let qt = line.q0 + (rt as f64 - line.r0) / line.tempo;
+        if qt < -p.refine_frames as f64 || qt > max_q + p.refine_frames as f64 {
+            continue;
+        }
+        let qb = rb as f64 + line.shift_bins;
+        let hits = p
+            .controls
+            .iter()
+            .filter(|(dt, db)| grid.get(qt as f32 + dt, qb as f32 + db))
+            .count();
+        control_hits.push(hits);
+        on_line.push((rt, rb, 0.0));
+    }
+    // The chance rate of one peak is estimated from the controls of its neighbours along
+    // the line too: a handful of control spots per peak is too noisy on its own, and a
+    // chance rate estimated too low turns every coincidence into strong evidence.
+    let n_controls = p.controls.len().max(1);
+    let mut prefix = vec![0usize; control_hits.len() + 1];
+    for (i, &c) in control_hits.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + c;
+    }
+    for (i, entry) in on_line.iter_mut().enumerate() {
+        let lo = i.saturating_sub(p.chance_window);
+        let hi = (i + p.chance_window + 1).min(control_hits.len());
+        let rate = (prefix[hi] - prefix[lo]) as f64 / ((hi - lo) * n_controls) as f64;
+        entry.2 = rate.clamp(p.min_chance, p.max_chance);
+    }
+    if on_line.len() < p.min_matched {
+        return None;
+    }
+    let h = p.hit_rate;
+    let mut best: Option<Verified> = None;
+    let steps = (p.refine_frames / p.refine_step_frames).round() as i32;
+    for db in -p.refine_bins..=p.refine_bins {
+        for ds in -steps..=steps {
+            let refined = Line {
+                q0: line.q0 + ds as f64 * p.refine_step_frames as f64,
+                shift_bins: line.shift_bins + db as f64,
+                ..line
+            };
+            // Maximum-sum stretch (Kadane) of per-peak log-likelihood ratios.
+            let (mut run, mut run_start, mut run_matched, mut run_n) =
+                (0.0f64, 0usize, 0usize, 0usize);
+            for (i, &(rt, rb, chance)) in on_line.iter().enumerate() {
+                let qt = refined.q0 + (rt as f64 - refined.r0) / refined.tempo;
+                let qb = rb as f64 + refined.shift_bins;
+                let matched = grid.get(qt as f32, qb as f32);
+                let step = if matched {
+                    (h / chance).ln()
+                } else {
+                    ((1.0 - h) / (1.0 - chance)).ln()
+                };
+                if run <= 0.0 {
+                    run = 0.0;
+                    run_start = i;
+                    run_matched = 0;
+                    run_n = 0;
+                }
+                run += step;
+                run_n += 1;
+                run_matched += usize::from(matched);
+                if matched && run_matched >= p.min_matched && best.is_none_or(|b| run > b.llr) {
+                    best = Some(Verified {
+                        line: refined,
+                        llr: run,
+                        r_start: on_line[run_start].0 as f64,
+                        r_end: rt as f64,
+                        n_peaks: run_n,
+                        n_matched: run_matched,
+                    });
+                }
+            }
+        }
+    }
+    best
+}
