@@ -218,7 +218,8 @@ test("a reference uploaded with the token is indexed by a job and found in the c
   await page.waitForFunction(() => document.querySelectorAll("#tracks tbody tr").length === 1);
   await page.locator("#tracks tbody tr").first().click();
   await page.locator("#track-detail:not([hidden])").waitFor();
-  await page.waitForFunction(() => document.querySelector("#track-timeline canvas").width > 1);
+  await page.waitForFunction(() => document.querySelector("#track-timeline canvas").dataset.drawn === "1",
+    null, { timeout: 30_000 });
   const src = await page.locator("#track-audio").getAttribute("src");
   assert.match(src, /^\/api\/tracks\/\d+\/audio$/);
   const audio = await fetch(`${base}${src}`, { headers: { Range: "bytes=0-3" } });
@@ -238,5 +239,37 @@ test("without the token the page says why an upload is refused", { skip }, async
   await page.click("#add-form button");
   await page.locator("#error:not([hidden])").waitFor();
   assert.match(await page.locator("#error").textContent(), /wrong token/);
+  await page.close();
+});
+
+test("a scan relates a new song to its source, shown in the graph and on the track", { skip }, async () => {
+  const { page, errors } = await newPage();
+  await page.goto(`${base}/#catalogue`);
+  await page.locator("#add summary").click();
+  await page.fill("#token", TOKEN);
+  await page.setInputFiles("#add-files", query);
+  await page.click("#add-form button");
+  await page.waitForFunction(() => /added \(track \d+\)/.test(document.querySelector("#add-state").textContent),
+    null, { timeout: 120_000 });
+  const songId = Number((await page.locator("#add-state").textContent()).match(/track (\d+)/)[1]);
+  await page.click("#scan");
+  await page.waitForFunction(() => /sample relation/.test(document.querySelector("#scan-state").textContent),
+    null, { timeout: 300_000 });
+
+  const tracks = await (await fetch(`${base}/api/tracks`)).json();
+  const source = tracks.tracks.find((t) => t.path.endsWith(path.basename(reference))).id;
+  await page.goto(`${base}/#graph`);
+  const edge = page.locator("#graph-picture line.edge");
+  await edge.first().waitFor({ state: "attached" });
+  const ends = await edge.evaluateAll((ls) => ls.map((l) => [Number(l.dataset.from), Number(l.dataset.to)].sort()));
+  assert.deepEqual(ends, [[songId, source].sort()], `edges ${JSON.stringify(ends)}`);
+  await shot(page, "graph.png");
+
+  // The song's page names the source and where the material sits.
+  await page.locator(`#graph-picture .node[data-track-id="${songId}"]`).click();
+  const relation = page.locator(`#track-relations li.relation[data-other="${source}"]`);
+  await relation.waitFor();
+  assert.match(await relation.textContent(), /0\.8\dx|1\.2\dx/);
+  assert.deepEqual(errors, []);
   await page.close();
 });

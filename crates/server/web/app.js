@@ -365,11 +365,143 @@ async function showTrack(id) {
     ].filter(Boolean).join(" · ");
     $("#track-audio").src = `/api/tracks/${id}/audio`;
     $("#track-remove").onclick = () => removeTrack(t);
+    showRelations(id);
     const wave = await api(`/api/tracks/${id}/waveform`);
     drawWaveform($("#track-timeline canvas"), wave);
+    $("#track-timeline canvas").dataset.drawn = "1";
   } catch (e) {
     showError(`Track ${id}: ${e.message}`);
   }
+}
+
+/** What the scans found about a track: each relation as a sentence linking the other. */
+async function showRelations(id) {
+  const box = $("#track-relations");
+  box.replaceChildren();
+  let r;
+  try {
+    r = await api(`/api/tracks/${id}/relations`);
+  } catch (e) {
+    box.append(el("p", { className: "muted", textContent: `No relations: ${e.message}` }));
+    return;
+  }
+  const groups = [
+    ["Samples", r.samples],
+    ["Sampled by", r.sampled_by],
+    ["Shares material with", r.shares_material],
+    ["Duplicates", r.duplicates],
+  ];
+  let any = false;
+  for (const [title, edges] of groups) {
+    if (!edges.length) continue;
+    any = true;
+    box.append(el("h3", { textContent: title }), el("ul", {}, ...edges.map((e) => {
+      const other = e.from === r.track.id ? e.to : e.from;
+      return el("li", { className: "relation", dataset: { other } },
+        el("a", { href: `#track/${other}`, textContent: "open" }), " ", e.sentence);
+    })));
+  }
+  if (!any) {
+    box.append(el("p", { className: "muted", textContent:
+      "No samples known for this track: scan the library to compare it with the others." }));
+  }
+}
+
+async function startScan() {
+  const state = $("#scan-state");
+  showError("");
+  sessionStorage.setItem("cratedigger-token", token());
+  try {
+    let job = await api("/api/scan", { method: "POST", headers: { Authorization: `Bearer ${token()}` } });
+    while (job.state === "queued" || job.state === "running") {
+      state.textContent = `Scanning: ${job.done} of ${job.total || "?"} tracks`;
+      await new Promise((r) => setTimeout(r, 500));
+      job = await api(`/api/jobs/${job.id}`);
+    }
+    if (job.state === "failed") throw new Error(job.error);
+    const s = job.result;
+    state.textContent = `Scanned ${s.tracks_scanned} of ${s.n_tracks} tracks (${s.pairs_examined} pairs): ` +
+      `${s.samples_found} sample relation(s), ${s.duplicates_found} duplicate(s)` +
+      (s.failed ? `, ${s.failed} failed` : "") + ".";
+  } catch (e) {
+    state.textContent = "";
+    showError(`Scan failed: ${e.message}${e.status === 401 || e.status === 403 ? " (enter the token above)" : ""}`);
+  }
+}
+
+// ---------------------------------------------------------------- the sample graph
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function nodeName(n) {
+  return n.title || n.path.split("/").pop();
+}
+
+/** Tracks with relations on a circle, an arrow from each sampler to what it samples. */
+async function showGraph() {
+  showError("");
+  let g;
+  try {
+    g = await api("/api/graph");
+  } catch (e) {
+    showError(`Graph: ${e.message}`);
+    return;
+  }
+  const picture = $("#graph-picture");
+  picture.replaceChildren();
+  const byId = new Map(g.nodes.map((n) => [n.id, n]));
+  const related = [...new Set(g.edges.flatMap((e) => [e.from, e.to]))].sort((a, b) => a - b);
+  $("#graph-summary").textContent = g.edges.length
+    ? `${g.edges.length} relation(s) between ${related.length} of ${g.nodes.length} tracks.`
+    : `No relations among ${g.nodes.length} tracks yet: scan the library (Catalogue, then "Scan the library").`;
+  const w = picture.clientWidth || 1000;
+  const h = picture.clientHeight || 560;
+  const radius = Math.min(w, h) / 2 - 70;
+  const place = new Map(related.map((id, i) => {
+    // Turned off the vertical so that two tracks do not sit one above the other.
+    const a = (2 * Math.PI * i) / related.length - Math.PI / 2 + 0.6;
+    return [id, { x: w / 2 + radius * Math.cos(a), y: h / 2 + radius * Math.sin(a) }];
+  }));
+  picture.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  picture.append(svg("defs", {}, svg("marker", {
+    id: "arrow", viewBox: "0 0 10 10", refX: "22", refY: "5", markerWidth: "8", markerHeight: "8", orient: "auto-start-reverse",
+  }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z" }))));
+  for (const e of g.edges) {
+    const a = place.get(e.from);
+    const b = place.get(e.to);
+    const directed = e.direction === "directed";
+    const line = svg("line", {
+      class: `edge${directed ? "" : " undirected"}`, x1: a.x, y1: a.y, x2: b.x, y2: b.y,
+      "data-from": e.from, "data-to": e.to,
+    }, svg("title", {}, `${nodeName(byId.get(e.from))} ${directed ? "samples" : "shares material with"} ${nodeName(byId.get(e.to))}`));
+    if (directed) line.setAttribute("marker-end", "url(#arrow)");
+    picture.append(line);
+  }
+  for (const id of related) {
+    const p = place.get(id);
+    const n = byId.get(id);
+    const right = p.x >= w / 2;
+    const node = svg("g", { class: "node", "data-track-id": id, transform: `translate(${p.x},${p.y})` },
+      svg("circle", { r: 9 }),
+      svg("text", { x: right ? 14 : -14, y: 4, "text-anchor": right ? "start" : "end" },
+        n.year ? `${nodeName(n)} (${n.year})` : nodeName(n)));
+    node.addEventListener("click", () => { location.hash = `#track/${id}`; });
+    picture.append(node);
+  }
+  const rows = g.edges.map((e) => el("tr", { dataset: { from: e.from, to: e.to } },
+    el("td", {}, el("a", { href: `#track/${e.from}`, textContent: nodeName(byId.get(e.from)) })),
+    el("td", { textContent: e.direction === "directed" ? "samples" : "shares material with" }),
+    el("td", {}, el("a", { href: `#track/${e.to}`, textContent: nodeName(byId.get(e.to)) })),
+    el("td", { textContent: e.kind === "duplicate" ? "duplicate" : `${factorText({ ...e, kind: e.transform })}, ${signed(e.pitch_semitones, 2)} st` }),
+    el("td", { textContent: e.score.toFixed(3) })));
+  $("#graph-edges tbody").replaceChildren(...rows);
 }
 
 function token() {
@@ -433,6 +565,7 @@ function route() {
   const name = view === "track" ? "catalogue" : view;
   for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `view-${name}`;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === name);
+  if (name === "graph") showGraph();
   if (name === "catalogue") {
     if (!$("#tracks tbody").children.length) searchTracks($("#q").value);
     if (view === "track" && arg) showTrack(arg);
@@ -444,6 +577,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpDrop();
   $("#search").addEventListener("submit", (e) => { e.preventDefault(); searchTracks($("#q").value); });
   $("#add-form").addEventListener("submit", addTracks);
+  $("#scan").addEventListener("click", startScan);
   $("#token").value = sessionStorage.getItem("cratedigger-token") || "";
   window.addEventListener("hashchange", route);
   route();
