@@ -111,7 +111,7 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free one (the address is printed).
     #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], server::DEFAULT_PORT)))]
     bind: std::net::SocketAddr,
-    /// Token that write endpoints (adding and removing tracks) require as
+    /// Token that write endpoints (adding and removing tracks, scanning) require as
     /// `Authorization: Bearer TOKEN`. Without one, every write is refused.
     #[arg(long, env = server::TOKEN_ENV, hide_env_values = true)]
     token: Option<String>,
