@@ -547,9 +547,12 @@ fn index_uploads(
     stored: Vec<Stored>,
 ) -> Result<Vec<IndexedFile>, String> {
     for s in &stored {
-        uploads
-            .set_label(&s.name, s.label.as_deref())
-            .map_err(|e| format!("recording the upload's label: {e}"))?;
+        // The same bytes uploaded again keep the name they were first uploaded under.
+        if uploads.label(&s.name).is_none() {
+            uploads
+                .set_label(&s.name, s.label.as_deref())
+                .map_err(|e| format!("recording the upload's label: {e}"))?;
+        }
     }
     let paths: Vec<PathBuf> = stored.iter().map(|s| s.path.clone()).collect();
     let mut results: HashMap<PathBuf, IndexedFile> = HashMap::new();

@@ -92,6 +92,8 @@ async fn an_upload_job_reports_progress_and_the_outcome_of_each_file() {
         .await;
     assert_eq!(again["result"][0]["outcome"], "unchanged", "{again}");
     assert_eq!(s.get_json("/api/status").await["n_tracks"], 2);
+    let first = s.get_json("/api/tracks?q=first").await;
+    assert_eq!(first["tracks"][0]["uploaded_as"], "first.wav", "{first}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
