@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use fingerprint::{FREQ_SCALE, Fingerprinter, Params, RefQuad, SPAN_SCALE};
+use matcher::verify::RefPeak;
 use matcher::{Hit, MatchParams};
 use rayon::prelude::*;
 
@@ -58,8 +59,9 @@ fn params_from_env() -> Params {
 /// One true sample's outcome: found, and the significance of the match that found it.
 struct Outcome {
     condition: String,
+    /// Per true sample, the (evidence, verification) of the match that found it.
     found: Vec<Option<(f64, f64)>>,
-    /// Significances (and verification scores) of matches that are not a true sample.
+    /// The (evidence, verification) of matches that are not a true sample.
     wrong: Vec<(f64, f64)>,
 }
 
@@ -91,44 +93,39 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             .samples)
     };
     let started = std::time::Instant::now();
-    let verify = std::env::var("VERIFY").is_ok();
-    let v_ref_pps = env_or("V_REF_PPS", fp.params().ref_peaks_per_s as f64) as f32;
-    let v_ref_r = (
-        env_or("V_REF_PRT", fp.params().peak_radius_frames as f64) as usize,
-        env_or("V_REF_PRB", fp.params().peak_radius_bins as f64) as usize,
-    );
-    let v_q_pps = env_or("V_Q_PPS", 120.0) as f32;
-    let v_q_r = (
-        env_or("V_Q_PRT", 3.0) as usize,
-        env_or("V_Q_PRB", 3.0) as usize,
-    );
-    let v_dt = env_or("V_DT", 2.0) as usize;
-    let v_db = env_or("V_DB", 1.0) as usize;
-    let vparams = matcher::verify::VerifyParams {
-        hit_rate: env_or("V_H", 0.35),
-        chance_window: env_or("V_W", 12.0) as usize,
-        min_chance: env_or("V_MINC", 0.02),
-        ..Default::default()
-    };
-    let both: Vec<(Vec<RefQuad>, Vec<(f32, f32)>)> = refs
+    // Verification is on, as in the engine, unless NOVERIFY is set; V_* variables
+    // override its settings.
+    let verify = std::env::var("NOVERIFY").is_err();
+    let mut match_params = MatchParams::default();
+    match_params.verify.hit_rate = env_or("V_H", match_params.verify.hit_rate);
+    match_params.verify.chance_window =
+        env_or("V_W", match_params.verify.chance_window as f64) as usize;
+    match_params.verify.min_chance = env_or("V_MINC", match_params.verify.min_chance);
+    match_params.verify.tolerance_frames =
+        env_or("V_DT", match_params.verify.tolerance_frames as f64) as usize;
+    match_params.verify.tolerance_bins =
+        env_or("V_DB", match_params.verify.tolerance_bins as f64) as usize;
+    match_params.min_candidate_significance =
+        env_or("V_SMIN", match_params.min_candidate_significance);
+    match_params.min_verification = env_or("V_THR", match_params.min_verification);
+    let fp = Fingerprinter::new(Params {
+        verify_peaks_per_s: env_or("V_Q_PPS", fp.params().verify_peaks_per_s as f64) as f32,
+        verify_radius_frames: env_or("V_Q_PRT", fp.params().verify_radius_frames as f64) as usize,
+        verify_radius_bins: env_or("V_Q_PRB", fp.params().verify_radius_bins as f64) as usize,
+        ..fp.params().clone()
+    })?;
+    let both: Vec<(Vec<RefQuad>, Vec<RefPeak>)> = refs
         .par_iter()
         .map(|r| {
             let samples = decode(r)?;
-            let peaks = if verify {
-                let mut v: Vec<(f32, f32)> = fp
-                    .peaks(&samples, v_ref_pps, v_ref_r)
-                    .iter()
-                    .map(|p| (p.time, p.bin))
-                    .collect();
-                v.sort_by(|a, b| a.0.total_cmp(&b.0));
-                v
-            } else {
-                Vec::new()
-            };
-            Ok((fp.reference(&samples), peaks))
+            let print = fp.reference_print(&samples);
+            // Through the stored form, as the engine sees them.
+            let peaks =
+                fingerprint::peak_list::decode(&fingerprint::peak_list::encode(&print.peaks))?;
+            Ok((print.quads, peaks))
         })
         .collect::<Result<_>>()?;
-    let (per_ref, ref_peaks): (Vec<Vec<RefQuad>>, Vec<Vec<(f32, f32)>>) = both.into_iter().unzip();
+    let (per_ref, ref_peaks): (Vec<Vec<RefQuad>>, Vec<Vec<RefPeak>>) = both.into_iter().unzip();
     let mut index: HashMap<u32, Vec<(u32, RefQuad)>> = HashMap::new();
     let mut n_postings = 0usize;
     for (i, quads) in per_ref.into_iter().enumerate() {
@@ -145,10 +142,6 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         index.len(),
         started.elapsed().as_secs_f64()
     );
-    let match_params = MatchParams {
-        min_significance: 0.0,
-        ..MatchParams::default()
-    };
     let outcomes: Vec<Outcome> = truth
         .par_iter()
         .map(|t| {
@@ -156,64 +149,19 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 .as_str()
                 .ok_or_else(|| anyhow!("truth without query"))?;
             let samples = decode(query)?;
-            let quads = fp.query(&samples);
-            let grid = if verify {
-                let peaks: Vec<(f32, f32)> = fp
-                    .peaks(&samples, v_q_pps, v_q_r)
-                    .iter()
-                    .map(|p| (p.time, p.bin))
-                    .collect();
-                let n_frames = samples.len() / fp.params().hop + 1;
-                Some(matcher::verify::PeakGrid::new(
-                    &peaks,
-                    n_frames,
-                    fp.params().n_bins(),
-                    v_dt,
-                    v_db,
-                ))
-            } else {
-                None
-            };
-            let frame_s = fp.params().frame_s();
-            let bps = fp.params().bins_per_semitone() as f64;
-            let llr_of = |m: &matcher::SampleMatch| -> f64 {
-                let Some(grid) = &grid else { return 0.0 };
-                m.occurrences
-                    .iter()
-                    .filter_map(|o| {
-                        matcher::verify::verify_line(
-                            matcher::verify::Line {
-                                tempo: m.tempo,
-                                r0: o.ref_start_s / frame_s,
-                                q0: o.query_start_s / frame_s,
-                                shift_bins: m.pitch_semitones * bps,
-                            },
-                            &ref_peaks[m.track as usize],
-                            grid,
-                            &vparams,
-                        )
-                    })
-                    .map(|v| {
-                        if std::env::var("V_DEBUG").is_ok() && v.llr > 30.0 {
-                            eprintln!(
-                                "{query} ref {} sig {:.1} tempo {:.3} pitch {:.2} llr {:.1} matched {}/{} r {:.1}-{:.1}s",
-                                refs[m.track as usize],
-                                m.significance,
-                                m.tempo,
-                                m.pitch_semitones,
-                                v.llr,
-                                v.n_matched,
-                                v.n_peaks,
-                                v.r_start * frame_s,
-                                v.r_end * frame_s
-                            );
-                        }
-                        v.llr
-                    })
-                    .fold(0.0, f64::max)
-            };
+            let print = fp.query_print(&samples);
+            let quads = &print.quads;
+            let points: Vec<(f32, f32)> =
+                print.verify_peaks.iter().map(|p| (p.time, p.bin)).collect();
+            let grid = matcher::verify::PeakGrid::new(
+                &points,
+                print.n_frames,
+                print.n_bins,
+                match_params.verify.tolerance_frames,
+                match_params.verify.tolerance_bins,
+            );
             let mut hits = Vec::new();
-            for x in &quads {
+            for x in quads {
                 let Some(list) = index.get(&x.hash) else {
                     continue;
                 };
@@ -230,7 +178,32 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                     r_span: r.span as f32 / SPAN_SCALE,
                 }));
             }
-            let matches = matcher::find_matches(hits, &match_params);
+            // Every candidate down to significance 0 is kept with its evidence, so that
+            // any threshold can be scored; the engine keeps the accepted ones only.
+            let all = MatchParams {
+                min_significance: 0.0,
+                min_candidate_significance: 0.0,
+                ..match_params.clone()
+            };
+            let mut matches = matcher::find_matches(hits, &all);
+            for m in &mut matches {
+                if verify && m.significance >= match_params.min_candidate_significance {
+                    matcher::verify::verify_match(
+                        m,
+                        &ref_peaks[m.track as usize],
+                        &grid,
+                        &match_params,
+                    );
+                }
+            }
+            let matches = matcher::finish_verified(matches, &match_params, false);
+            let evidence = |m: &matcher::SampleMatch| {
+                if m.is_accepted(&match_params) {
+                    m.evidence(&match_params)
+                } else {
+                    m.evidence(&match_params).min(m.significance)
+                }
+            };
             let mut used = vec![false; matches.len()];
             let mut found = Vec::new();
             for s in t["samples"].as_array().into_iter().flatten() {
@@ -249,14 +222,22 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 });
                 found.push(hit.map(|(k, m)| {
                     used[k] = true;
-                    (m.significance, llr_of(m))
+                    (evidence(m), m.verification)
                 }));
+            }
+            if std::env::var("SWEEP_DEBUG").is_ok() {
+                for (m, _) in matches.iter().zip(&used).filter(|(m, u)| !**u && evidence(m) >= 30.0) {
+                    eprintln!(
+                        "wrong: {query} -> {} sig {:.1} verification {:.1} tempo {:.3} pitch {:.2} {:?}",
+                        refs[m.track as usize], m.significance, m.verification, m.tempo, m.pitch_semitones, m.occurrences
+                    );
+                }
             }
             let wrong = matches
                 .iter()
                 .zip(&used)
                 .filter(|(_, u)| !**u)
-                .map(|(m, _)| (m.significance, llr_of(m)))
+                .map(|(m, _)| (evidence(m), m.verification))
                 .collect();
             Ok(Outcome {
                 condition: t["condition"].as_str().unwrap_or("?").to_string(),
@@ -266,40 +247,18 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     for &threshold in &args.thresholds {
-        print_row(&outcomes, threshold, |&(sig, _)| sig >= threshold);
+        print_row(&outcomes, threshold, |&(evidence, _)| evidence >= threshold);
     }
     if verify {
-        let smins: Vec<f64> = std::env::var("V_SMIN")
-            .unwrap_or_else(|_| "0,5,10,15".into())
-            .split(',')
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let vthr: Vec<f64> = std::env::var("V_THR")
-            .unwrap_or_else(|_| "10,15,20,25,30,40".into())
-            .split(',')
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        for &smin in &smins {
-            for &v in &vthr {
-                print!("sig>=30 or (sig>={smin} and llr>={v}): ");
-                print_row(&outcomes, 30.0, |&(sig, llr)| {
-                    sig >= 30.0 || (sig >= smin && llr >= v)
-                });
-            }
-        }
         let mut wrong: Vec<f64> = outcomes
             .iter()
             .flat_map(|o| o.wrong.iter().map(|w| w.1))
             .collect();
         wrong.sort_by(|a, b| b.total_cmp(a));
-        println!("top wrong llr: {:?}", &wrong[..wrong.len().min(15)]);
-        let mut missed: Vec<(f64, f64)> = outcomes
-            .iter()
-            .flat_map(|o| o.found.iter().flatten().copied())
-            .filter(|&(s, _)| s < 30.0)
-            .collect();
-        missed.sort_by(|a, b| b.1.total_cmp(&a.1));
-        println!("true below sig 30 (sig, llr): {missed:.1?}");
+        println!(
+            "highest verification scores of wrong candidates: {:.1?}",
+            &wrong[..wrong.len().min(8)]
+        );
     }
     Ok(())
 }

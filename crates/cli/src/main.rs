@@ -45,7 +45,9 @@ enum Command {
         /// Print JSON (one object per query, one per line) instead of a table.
         #[arg(long)]
         json: bool,
-        /// Report only matches whose significance (-log10 chance probability) reaches this.
+        /// Report matches whose significance (-log10 chance probability) reaches this on
+        /// their hash hits alone (default 30); weaker candidates are still reported when
+        /// peak-level verification confirms them.
         #[arg(long)]
         min_significance: Option<f64>,
     },

@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use fingerprint::{FREQ_SCALE, Fingerprinter, Params, SPAN_SCALE};
+use fingerprint::{FREQ_SCALE, Fingerprinter, Params, QueryPrint, SPAN_SCALE};
 use index::{LmdbStore, Store, TrackId, TrackInfo};
-use matcher::{Hit, MatchParams};
+use matcher::{Hit, MatchParams, SampleMatch};
 use rayon::prelude::*;
 
 /// The audio file extensions the engine tries to decode (lower-case, without the dot).
@@ -182,6 +182,8 @@ impl IndexSummary {
 struct Prepared {
     info: TrackInfo,
     entries: Vec<(u32, u32, u16, u16)>,
+    /// The reference's peaks in stored form, for verification.
+    peaks: Vec<u8>,
     replaces: Option<TrackId>,
 }
 
@@ -371,7 +373,8 @@ impl Engine {
             replaces,
         } = pending;
         let (decoded, tags) = audio::decode_file(path, &self.decode).map_err(audio_error(path))?;
-        let quads = self.fingerprinter.reference(&decoded.samples);
+        let print = self.fingerprinter.reference_print(&decoded.samples);
+        let quads = print.quads;
         if quads.is_empty() && decoded.duration_s < 1.0 {
             return Err(EngineError::TooShort {
                 path: path.display().to_string(),
@@ -400,6 +403,7 @@ impl Engine {
         Ok(Prepared {
             info,
             entries,
+            peaks: fingerprint::peak_list::encode(&print.peaks),
             replaces,
         })
     }
@@ -411,7 +415,9 @@ impl Engine {
             return Ok(IndexOutcome::Duplicate { of });
         }
         let duration_s = p.info.duration_s;
-        let id = self.store.put_track(&p.info, &p.entries, p.replaces)?;
+        let id = self
+            .store
+            .put_track_with_side_data(&p.info, &p.entries, &p.peaks, p.replaces)?;
         Ok(match p.replaces {
             Some(old) => IndexOutcome::Replaced {
                 old,
@@ -460,7 +466,8 @@ impl Engine {
     ) -> Result<Identification, EngineError> {
         let started = Instant::now();
         let rate = self.fingerprinter.params().sample_rate_hz as f64;
-        let quads = self.fingerprinter.query(samples);
+        let print = self.fingerprinter.query_print(samples);
+        let quads = &print.quads;
         let keys: Vec<u32> = quads.iter().map(|q| q.hash).collect();
         let fingerprint_s = started.elapsed().as_secs_f64();
 
@@ -497,12 +504,14 @@ impl Engine {
         })?;
         let lookup_s = started.elapsed().as_secs_f64() - fingerprint_s;
         let n_hits = hits.len();
-        let found = matcher::find_matches(hits, &self.match_params);
+        let candidates = matcher::find_candidates(hits, mp);
         let match_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s;
+        let found = self.verify(candidates, &print)?;
+        let verify_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s - match_s;
         let mut matches = Vec::with_capacity(found.len());
         for m in found {
             let info = self.store.track(m.track)?;
-            matches.push(MatchReport::new(m, info));
+            matches.push(MatchReport::new(m, info, mp));
         }
         Ok(Identification {
             query: name.to_string(),
@@ -513,9 +522,42 @@ impl Engine {
                 fingerprint_s,
                 lookup_s,
                 match_s,
+                verify_s,
             },
             matches,
         })
+    }
+
+    /// Checks every candidate at the level of single peaks (see `matcher::verify`) and
+    /// keeps those that are significant on their hits or confirmed by their peaks.
+    fn verify(
+        &self,
+        candidates: Vec<SampleMatch>,
+        print: &QueryPrint,
+    ) -> Result<Vec<SampleMatch>, EngineError> {
+        let mp = &self.match_params;
+        let points: Vec<(f32, f32)> = print.verify_peaks.iter().map(|p| (p.time, p.bin)).collect();
+        let grid = matcher::verify::PeakGrid::new(
+            &points,
+            print.n_frames,
+            print.n_bins,
+            mp.verify.tolerance_frames,
+            mp.verify.tolerance_bins,
+        );
+        let mut kept = Vec::with_capacity(candidates.len());
+        for mut m in candidates {
+            // A store written without peaks (or a damaged list) leaves the candidate
+            // unverified, so only its hits can carry it.
+            let peaks = self
+                .store
+                .side_data(m.track)?
+                .and_then(|bytes| fingerprint::peak_list::decode(&bytes).ok());
+            if let Some(peaks) = peaks {
+                matcher::verify::verify_match(&mut m, &peaks, &grid, mp);
+            }
+            kept.push(m);
+        }
+        Ok(matcher::finish_verified(kept, mp, true))
     }
 
     /// Postings per key above which a key is ignored at query time: a multiple of the

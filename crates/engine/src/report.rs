@@ -1,7 +1,7 @@
 //! The serialisable answer of an identification: what a user or a program reads.
 
 use index::TrackInfo;
-use matcher::SampleMatch;
+use matcher::{MatchParams, SampleMatch};
 use serde::{Deserialize, Serialize};
 
 /// All samples found in one query.
@@ -27,6 +27,7 @@ pub struct Timings {
     pub fingerprint_s: f64,
     pub lookup_s: f64,
     pub match_s: f64,
+    pub verify_s: f64,
 }
 
 /// How a sample was transformed.
@@ -72,6 +73,9 @@ pub struct MatchReport {
     pub score: f64,
     /// -log10 of that chance probability.
     pub significance: f64,
+    /// Peak-level verification score in nats (0 when not verified); see ARCHITECTURE.md.
+    #[serde(default)]
+    pub verification: f64,
     /// Hash hits supporting the match.
     pub hits: usize,
 }
@@ -83,7 +87,7 @@ pub type OccurrenceReport = matcher::Occurrence;
 const SPEED_PITCH_TOLERANCE_ST: f64 = 0.4;
 
 impl MatchReport {
-    pub(crate) fn new(m: SampleMatch, info: Option<TrackInfo>) -> Self {
+    pub(crate) fn new(m: SampleMatch, info: Option<TrackInfo>, p: &MatchParams) -> Self {
         let info = info.unwrap_or_else(|| TrackInfo {
             path: format!("(removed track {})", m.track),
             content_hash: String::new(),
@@ -129,8 +133,9 @@ impl MatchReport {
             speed: (kind == MatchKind::Speed).then_some(m.tempo),
             kind,
             loop_count: m.occurrences.len(),
-            score: matcher::confidence(m.significance),
+            score: matcher::confidence(m.evidence(p)),
             significance: m.significance,
+            verification: m.verification,
             hits: m.hits,
             occurrences: m.occurrences,
         }

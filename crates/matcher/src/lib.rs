@@ -72,8 +72,15 @@ pub struct MatchParams {
     /// material (a single drum hit) cannot be told from chance rhythmic coincidence.
     pub min_ref_extent_frames: f64,
     /// A match is reported when its corrected significance (-log10 of the chance
-    /// probability) reaches this.
+    /// probability) reaches this...
     pub min_significance: f64,
+    /// ...or when its significance reaches this and peak-level verification
+    /// ([`verify`]) scores at least `min_verification` nats.
+    pub min_candidate_significance: f64,
+    /// See `min_candidate_significance`.
+    pub min_verification: f64,
+    /// Settings of the verification.
+    pub verify: verify::VerifyParams,
 }
 
 impl Default for MatchParams {
@@ -92,6 +99,9 @@ impl Default for MatchParams {
             min_match_hits: 6,
             min_ref_extent_frames: 125.0,
             min_significance: score::CONFIDENCE_MIDPOINT,
+            min_candidate_significance: 10.0,
+            min_verification: verify::VERIFICATION_MIDPOINT,
+            verify: verify::VerifyParams::default(),
         }
     }
 }
@@ -128,6 +138,58 @@ pub struct SampleMatch {
     /// -log10 of the probability that chance hits would form a group this strong anywhere
     /// in this query (corrected for the number of places searched).
     pub significance: f64,
+    /// Peak-level verification score in nats ([`verify`]); 0 when not verified.
+    pub verification: f64,
+}
+
+impl SampleMatch {
+    /// Whether the match is strong enough to report: significant on its hits alone, or
+    /// a candidate that peak-level verification confirms.
+    pub fn is_accepted(&self, p: &MatchParams) -> bool {
+        self.significance >= p.min_significance
+            || (self.significance >= p.min_candidate_significance
+                && self.verification >= p.min_verification)
+    }
+
+    /// The match's evidence on the significance scale: its significance, or for a
+    /// verified candidate the verification score mapped so that its threshold lands on the
+    /// significance threshold ([`verify::VERIFICATION_MIDPOINT`] nats -> 30), whichever
+    /// is larger. [`confidence`] of this is the reported score.
+    pub fn evidence(&self, p: &MatchParams) -> f64 {
+        if self.significance < p.min_candidate_significance || self.verification <= 0.0 {
+            return self.significance;
+        }
+        let mapped = p.min_significance
+            + (self.verification - p.min_verification) * score::CONFIDENCE_WIDTH
+                / verify::VERIFICATION_WIDTH;
+        self.significance.max(mapped)
+    }
+}
+
+/// Orders verified candidates by evidence and drops those that only repeat a stronger
+/// match of the same track elsewhere in the reference (verification may have widened
+/// occurrences, so this is checked again after it); `accepted_only` also drops those
+/// that are not [`SampleMatch::is_accepted`].
+pub fn finish_verified(
+    mut matches: Vec<SampleMatch>,
+    p: &MatchParams,
+    accepted_only: bool,
+) -> Vec<SampleMatch> {
+    if accepted_only {
+        matches.retain(|m| m.is_accepted(p));
+    }
+    matches.sort_by(|a, b| b.evidence(p).total_cmp(&a.evidence(p)));
+    suppress_alternate_locations(matches)
+}
+
+/// Like [`find_matches`], but keeps every group down to `min_candidate_significance`:
+/// the candidates that peak-level verification then confirms or drops.
+pub fn find_candidates(hits: Vec<Hit>, p: &MatchParams) -> Vec<SampleMatch> {
+    let p = MatchParams {
+        min_significance: p.min_significance.min(p.min_candidate_significance),
+        ..p.clone()
+    };
+    find_matches(hits, &p)
 }
 
 /// Finds every sample occurrence the hits support, strongest first.
@@ -782,6 +844,7 @@ impl Group {
             occurrences,
             hits,
             significance: sig,
+            verification: 0.0,
         }
     }
 }

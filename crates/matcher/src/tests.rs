@@ -179,3 +179,132 @@ fn loop_repetitions_are_one_match_with_many_occurrences() {
     );
     assert!((m.tempo / tempo - 1.0).abs() < 0.01, "tempo {}", m.tempo);
 }
+
+mod verification {
+    use super::Lcg;
+    use crate::verify::{Line, PeakGrid, VerifyParams, verify_line};
+
+    const N_BINS: usize = 198;
+
+    /// Random reference peaks, 24 a second (125 frames), sorted by time.
+    fn reference_peaks(rng: &mut Lcg, frames: f64) -> Vec<(f32, f32)> {
+        let n = (frames / 125.0 * 24.0) as usize;
+        let mut peaks: Vec<(f32, f32)> = (0..n)
+            .map(|_| {
+                (
+                    rng.range(0.0, frames) as f32,
+                    rng.range(5.0, N_BINS as f64 - 20.0) as f32,
+                )
+            })
+            .collect();
+        peaks.sort_by(|a, b| a.0.total_cmp(&b.0));
+        peaks
+    }
+
+    /// Reference peaks, the line they are planted along, the planted reference frames
+    /// `r0..r1`, and the share of peaks that survive.
+    type Planted<'a> = (&'a [(f32, f32)], Line, f64, f64, f64);
+
+    /// A query of `frames` frames holding dense random peaks (`density` per frame), plus
+    /// the images of the reference peaks in `r0..r1` under `line`, each kept with
+    /// probability `survival` and jittered by up to one frame and half a bin.
+    fn query_grid(
+        rng: &mut Lcg,
+        frames: usize,
+        density: f64,
+        planted: Option<Planted<'_>>,
+    ) -> PeakGrid {
+        let mut peaks: Vec<(f32, f32)> = (0..(frames as f64 * density) as usize)
+            .map(|_| {
+                (
+                    rng.range(0.0, frames as f64) as f32,
+                    rng.range(0.0, N_BINS as f64) as f32,
+                )
+            })
+            .collect();
+        if let Some((reference, line, r0, r1, survival)) = planted {
+            for &(rt, rb) in reference {
+                let rt = rt as f64;
+                if rt < r0 || rt > r1 || rng.next_f64() > survival {
+                    continue;
+                }
+                let qt = line.q0 + (rt - line.r0) / line.tempo + rng.range(-1.0, 1.0);
+                let qb = rb as f64 + line.shift_bins + rng.range(-0.5, 0.5);
+                peaks.push((qt as f32, qb as f32));
+            }
+        }
+        PeakGrid::new(&peaks, frames, N_BINS, 2, 1)
+    }
+
+    #[test]
+    fn grid_marks_the_tolerance_box_only() {
+        let grid = PeakGrid::new(&[(10.0, 100.0)], 50, N_BINS, 2, 1);
+        assert!(grid.get(10.0, 100.0) && grid.get(12.0, 101.0) && grid.get(8.0, 99.0));
+        assert!(!grid.get(13.0, 100.0) && !grid.get(10.0, 102.0) && !grid.get(7.0, 100.0));
+        assert!(!grid.get(-1.0, 100.0) && !grid.get(60.0, 100.0) && !grid.get(10.0, 500.0));
+        assert!(!grid.get(f32::NAN, 100.0));
+    }
+
+    #[test]
+    fn a_masked_sample_is_confirmed_where_it_sits() {
+        let p = VerifyParams::default();
+        for (seed, tempo, shift) in [(1u64, 0.8, -11.0), (2, 1.0, 0.0), (3, 1.37, 16.0)] {
+            let mut rng = Lcg(seed);
+            let reference = reference_peaks(&mut rng, 20_000.0);
+            // 8 s of the reference (1000 frames from 9000) at query frame 2000; half of
+            // its peaks survive, among 1.2 dense query peaks per frame.
+            let line = Line {
+                tempo,
+                r0: 9_000.0,
+                q0: 2_000.0,
+                shift_bins: shift,
+            };
+            let r1 = 9_000.0 + 1_000.0 * tempo;
+            let grid = query_grid(
+                &mut rng,
+                5_000,
+                1.2,
+                Some((&reference, line, 9_000.0, r1, 0.5)),
+            );
+            // The candidate's intercept is off by three frames and its pitch by one bin.
+            let guess = Line {
+                q0: line.q0 + 3.0,
+                shift_bins: line.shift_bins + 1.0,
+                ..line
+            };
+            let v = verify_line(guess, &reference, &grid, &p).expect("verified");
+            assert!(v.llr > 60.0, "seed {seed}: llr {}", v.llr);
+            assert!(
+                (v.r_start - 9_000.0).abs() < 60.0 && (v.r_end - r1).abs() < 60.0,
+                "seed {seed}: stretch {}..{} vs 9000..{r1}",
+                v.r_start,
+                v.r_end
+            );
+            assert_eq!(v.line.shift_bins, line.shift_bins, "pitch refined");
+        }
+    }
+
+    #[test]
+    fn unrelated_lines_score_low() {
+        let p = VerifyParams::default();
+        let mut worst = 0.0f64;
+        for seed in 10..40u64 {
+            let mut rng = Lcg(seed);
+            let reference = reference_peaks(&mut rng, 20_000.0);
+            let grid = query_grid(&mut rng, 5_000, 1.2, None);
+            let line = Line {
+                tempo: rng.range(0.7, 1.4),
+                r0: rng.range(0.0, 15_000.0),
+                q0: rng.range(0.0, 4_000.0),
+                shift_bins: rng.range(-20.0, 20.0).round(),
+            };
+            if let Some(v) = verify_line(line, &reference, &grid, &p) {
+                worst = worst.max(v.llr);
+            }
+        }
+        assert!(
+            worst < crate::verify::VERIFICATION_MIDPOINT / 2.0,
+            "chance reached {worst}"
+        );
+    }
+}

@@ -9,6 +9,14 @@
 //! one), and the best-scoring stretch along the line is the verified occurrence: its score
 //! is a log-likelihood ratio in nats, and its ends localise the sample in both recordings.
 
+use crate::{MatchParams, SampleMatch};
+
+/// Verification score (nats) at which a candidate is as likely real as not, and the
+/// default acceptance threshold; see BENCHMARKS.md for the chance and true scores seen.
+pub const VERIFICATION_MIDPOINT: f64 = 60.0;
+/// Verification score over which the confidence goes through one logistic unit.
+pub const VERIFICATION_WIDTH: f64 = 10.0;
+
 /// The query's peaks as a dilated occupancy grid: "is there a query peak within the
 /// tolerance of this (frame, bin)?" in one lookup.
 #[derive(Clone, Debug)]
@@ -88,6 +96,10 @@ pub struct VerifyParams {
     pub min_matched: usize,
     /// Neighbouring peaks on each side whose controls also estimate a peak's chance rate.
     pub chance_window: usize,
+    /// A reference peak matches a query peak within this many frames...
+    pub tolerance_frames: usize,
+    /// ...and this many bins.
+    pub tolerance_bins: usize,
 }
 
 impl Default for VerifyParams {
@@ -100,7 +112,7 @@ impl Default for VerifyParams {
         }
         controls.extend([(0.0, -7.0), (0.0, 7.0), (0.0, -14.0), (0.0, 14.0)]);
         Self {
-            hit_rate: 0.35,
+            hit_rate: 0.55,
             min_chance: 0.02,
             max_chance: 0.6,
             controls,
@@ -109,6 +121,8 @@ impl Default for VerifyParams {
             refine_bins: 1,
             min_matched: 8,
             chance_window: 12,
+            tolerance_frames: 2,
+            tolerance_bins: 1,
         }
     }
 }
@@ -227,4 +241,39 @@ pub fn verify_line(
         }
     }
     best
+}
+
+/// Verifies every occurrence of `m` against the query's peak grid, sets
+/// `m.verification` to the best occurrence's score, and widens each occurrence to the
+/// verified stretch where the two overlap (sparse hits often cover less than the sample).
+pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: &MatchParams) {
+    let bins_per_semitone = p.bins_per_semitone;
+    let mut best = 0.0f64;
+    for o in &mut m.occurrences {
+        let line = Line {
+            tempo: m.tempo,
+            r0: o.ref_start_s / p.frame_s,
+            q0: o.query_start_s / p.frame_s,
+            shift_bins: m.pitch_semitones * bins_per_semitone,
+        };
+        let Some(v) = verify_line(line, peaks, grid, &p.verify) else {
+            continue;
+        };
+        best = best.max(v.llr);
+        let q_of = |r: f64| (v.line.q0 + (r - v.line.r0) / v.line.tempo) * p.frame_s;
+        let (r_start, r_end) = (v.r_start * p.frame_s, v.r_end * p.frame_s);
+        let (q_start, q_end) = (q_of(v.r_start), q_of(v.r_end));
+        let overlaps = q_start < o.query_end_s && o.query_start_s < q_end;
+        if overlaps && q_start >= 0.0 {
+            if q_start < o.query_start_s {
+                o.query_start_s = q_start;
+                o.ref_start_s = r_start;
+            }
+            if q_end > o.query_end_s {
+                o.query_end_s = q_end;
+                o.ref_end_s = r_end;
+            }
+        }
+    }
+    m.verification = best;
 }
