@@ -5,7 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 need=()
-for tool in sox:sox rubberband:rubberband-cli ffmpeg:ffmpeg pkg-config:pkg-config; do
+# chromium runs the web page's end-to-end tests (web-tests/), driven from Node.js.
+for tool in sox:sox rubberband:rubberband-cli ffmpeg:ffmpeg pkg-config:pkg-config chromium:chromium \
+    node:nodejs npm:npm; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 # libopus decodes the Opus files (symphonia has no Opus decoder of its own).

@@ -1,5 +1,6 @@
 //! The `cratedigger` command line: index a reference library, then identify the samples
-//! in new songs, or scan the library for the samples its tracks share.
+//! in new songs, scan the library for the samples its tracks share, or serve it all
+//! over HTTP.
 
 mod catalogue;
 mod output;
@@ -102,6 +103,35 @@ enum Command {
         #[command(subcommand)]
         command: catalogue::GraphCommand,
     },
+    /// Serve the HTTP API (described at /api/openapi.json) and the web page.
+    Serve(ServeArgs),
+}
+
+/// Flags of `serve`; every default is the safe one.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one (the address is printed).
+    #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], server::DEFAULT_PORT)))]
+    bind: std::net::SocketAddr,
+    /// Token that write endpoints (adding and removing tracks, scanning) require as
+    /// `Authorization: Bearer TOKEN`. Without one, every write is refused.
+    #[arg(long, env = server::TOKEN_ENV, hide_env_values = true)]
+    token: Option<String>,
+    /// Largest upload accepted, in MB (larger is refused with 413).
+    #[arg(long, default_value_t = 100)]
+    max_upload_mb: u64,
+    /// Songs decoded at once (identify, waveforms); more get 503 and Retry-After.
+    #[arg(long, default_value_t = 2)]
+    max_concurrent_identify: usize,
+    /// Where uploaded references are stored [default: STORE/uploads].
+    #[arg(long)]
+    upload_dir: Option<PathBuf>,
+    /// Seconds before an unanswered request gets 408.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    /// Longest audio decoded, in minutes (bounds the memory one upload can take).
+    #[arg(long, default_value_t = 60.0)]
+    max_audio_min: f64,
 }
 
 fn main() -> ExitCode {
@@ -195,6 +225,7 @@ fn run() -> anyhow::Result<ExitCode> {
             catalogue::relations(&open_existing(&db)?, &which, catalogue::Ask::SampledBy)
         }
         Command::Graph { command } => catalogue::graph(&open_existing(&db)?, &command),
+        Command::Serve(args) => serve(&db, args),
     }
 }
 
@@ -208,6 +239,32 @@ fn open_writable(db: &std::path::Path) -> anyhow::Result<Engine> {
         );
     }
     Engine::open(db).with_context(|| format!("opening the store {}", db.display()))
+}
+
+fn serve(db: &std::path::Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(db)
+        .with_context(|| format!("creating the store folder {}", db.display()))?;
+    let engine = Engine::open(db).with_context(|| format!("opening the store {}", db.display()))?;
+    let mut config =
+        server::ServerConfig::new(args.upload_dir.unwrap_or_else(|| db.join("uploads")));
+    config.bind = args.bind;
+    config.token = args.token;
+    config.max_upload_bytes = args.max_upload_mb.saturating_mul(1024 * 1024);
+    config.max_concurrent_identify = args.max_concurrent_identify;
+    config.request_timeout = std::time::Duration::from_secs(args.timeout_s);
+    config.max_audio_s = args.max_audio_min * 60.0;
+    let writes = if config.token.is_some() {
+        "write endpoints need the token"
+    } else {
+        "read-only: no token, so adding and removing tracks is refused (--token or CRATEDIGGER_TOKEN)"
+    };
+    server::run(config, engine, |addr| {
+        println!("listening on http://{addr} ({writes})");
+        // The line above is how scripts learn the port when it was 0.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })
+    .context("serving")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Opens a store that must already exist: a query against a missing store is a mistake

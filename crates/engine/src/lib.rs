@@ -34,6 +34,8 @@ use index::{LmdbStore, Store, TrackId, TrackInfo};
 use matcher::{Hit, MatchParams, SampleMatch};
 use rayon::prelude::*;
 
+/// The audio file extensions the engine tries to decode (lower-case, without the dot).
+pub use audio::SUPPORTED_EXTENSIONS;
 pub use catalogue::{
     Candidate, ImportSummary, MetadataEdit, MetadataRow, Resolved, parse_metadata_csv,
     parse_metadata_json,
@@ -607,6 +609,42 @@ impl Engine {
     /// The rate of the mono signal [`Self::identify_samples`] expects.
     pub fn sample_rate_hz(&self) -> u32 {
         self.fingerprinter.params().sample_rate_hz
+    }
+
+    /// Caps the length of any audio this engine decodes (indexing, identifying, display):
+    /// longer audio fails with [`audio::AudioError::TooLong`]. Decoded audio takes 64 KB
+    /// per second, so a server sets this to bound what one upload can make it allocate.
+    pub fn set_max_duration_s(&mut self, max_duration_s: f64) {
+        self.decode.max_duration_s = max_duration_s;
+    }
+
+    /// Decodes audio held in memory (an upload) to the mono signal
+    /// [`Self::identify_samples`] takes; `name` labels errors, `ext_hint` is the format's
+    /// usual file extension if known.
+    pub fn decode_bytes(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        ext_hint: Option<&str>,
+    ) -> Result<Vec<f32>, EngineError> {
+        audio::decode_bytes(bytes, ext_hint, &self.decode)
+            .map(|(decoded, _)| decoded.samples)
+            .map_err(|source| EngineError::Audio {
+                path: name.to_string(),
+                source,
+            })
+    }
+
+    /// Decodes a stored track's audio from the path it was indexed from (to draw it).
+    pub fn decode_track(&self, id: TrackId) -> Result<Vec<f32>, EngineError> {
+        let info = self
+            .store
+            .track(id)?
+            .ok_or_else(|| EngineError::NoSuchTrack(id.to_string()))?;
+        let path = Path::new(&info.path);
+        audio::decode_file(path, &self.decode)
+            .map(|(decoded, _)| decoded.samples)
+            .map_err(audio_error(path))
     }
 }
 
