@@ -185,6 +185,16 @@ impl Engine {
         Self::with_store(Box::new(store), params)
     }
 
+    /// An engine with the default parameters over a store that `open_store` opens from
+    /// their description (`Params::describe`), e.g. a Redis Cluster store.
+    pub fn open_with(
+        open_store: impl FnOnce(&str) -> Result<Box<dyn Store>, index::IndexError>,
+    ) -> Result<Self, EngineError> {
+        let params = Params::default();
+        let store = open_store(&params.describe())?;
+        Self::with_store(store, params)
+    }
+
     /// An engine over any store, with the given fingerprint parameters. The store must
     /// have been created for `params.describe()`.
     pub fn with_store(store: Box<dyn Store>, params: Params) -> Result<Self, EngineError> {
@@ -366,7 +376,14 @@ impl Engine {
             return Ok(IndexOutcome::Duplicate { of });
         }
         let duration_s = p.info.duration_s;
-        let id = self.store.put_track(&p.info, &p.entries, p.replaces)?;
+        let id = match self.store.put_track(&p.info, &p.entries, p.replaces) {
+            Ok(id) => id,
+            Err(
+                error @ (index::IndexError::ContentTaken { existing, .. }
+                | index::IndexError::PathTaken { existing, .. }),
+            ) => return self.stored_meanwhile(&p.info, existing).ok_or(error.into()),
+            Err(error) => return Err(error.into()),
+        };
         Ok(match p.replaces {
             Some(old) => IndexOutcome::Replaced {
                 old,
@@ -374,6 +391,21 @@ impl Engine {
                 duration_s,
             },
             None => IndexOutcome::Added { id, duration_s },
+        })
+    }
+
+    /// When another process sharing the store (a Redis Cluster) stored this very file
+    /// between `plan` and `commit`, what it stored is what this one would have: report
+    /// that instead of the conflict. `None` if `existing` is something else.
+    fn stored_meanwhile(&self, info: &TrackInfo, existing: TrackId) -> Option<IndexOutcome> {
+        let stored = self.store.track(existing).ok()??;
+        if stored.content_hash != info.content_hash {
+            return None;
+        }
+        Some(if stored.path == info.path {
+            IndexOutcome::Unchanged { id: existing }
+        } else {
+            IndexOutcome::Duplicate { of: existing }
         })
     }
 
