@@ -20,6 +20,10 @@ struct Cli {
     /// The store folder [default: $CRATEDIGGER_DB, else ~/.local/share/cratedigger/db].
     #[arg(long, global = true)]
     db: Option<PathBuf>,
+    /// A Redis Cluster store instead of a folder: redis://HOST:PORT[,HOST:PORT...][?prefix=P]
+    /// [default: $CRATEDIGGER_STORE when --db is not given].
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "db")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,23 +78,91 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the store lives: an LMDB folder or a Redis Cluster.
+enum Location {
+    Folder(PathBuf),
+    Cluster(String),
+}
+
+impl Location {
+    /// `--store`, else `--db`, else `$CRATEDIGGER_STORE`, else the default folder.
+    fn from_args(db: Option<PathBuf>, store: Option<String>) -> anyhow::Result<Self> {
+        let store = store.or_else(|| {
+            db.is_none()
+                .then(|| std::env::var("CRATEDIGGER_STORE").ok())
+                .flatten()
+                .filter(|url| !url.is_empty())
+        });
+        match (store, db) {
+            (Some(url), _) if index_redis::is_store_url(&url) => Ok(Self::Cluster(url)),
+            (Some(url), _) => anyhow::bail!(
+                "--store takes a redis://HOST:PORT,... URL, not {url:?} (use --db for a folder)"
+            ),
+            (None, db) => Ok(Self::Folder(db.unwrap_or_else(index::default_store_dir))),
+        }
+    }
+
+    /// What to call the store in messages (a cluster URL without passwords).
+    fn name(&self) -> PathBuf {
+        match self {
+            Self::Folder(dir) => dir.clone(),
+            Self::Cluster(url) => index_redis::RedisOptions::from_url(url)
+                .map(|options| options.display_name())
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+
+    /// Opens the store for writing, creating it if needed.
+    fn open(&self) -> anyhow::Result<Engine> {
+        let engine = match self {
+            Self::Folder(db) => {
+                std::fs::create_dir_all(db)
+                    .with_context(|| format!("creating the store folder {}", db.display()))?;
+                Engine::open(db)
+            }
+            Self::Cluster(url) => Engine::open_with(|params| {
+                Ok(Box::new(index_redis::RedisStore::open(url, params)?))
+            }),
+        };
+        engine.with_context(|| format!("opening the store {}", self.name().display()))
+    }
+
+    /// Opens a store that must already exist: a query against a missing store is a
+    /// mistake worth a clear message, not an empty answer.
+    fn open_existing(&self) -> anyhow::Result<Engine> {
+        match self {
+            Self::Folder(db) => {
+                if !db.exists() {
+                    anyhow::bail!(
+                        "no store at {} (index some references first: cratedigger --db {} index FOLDER)",
+                        db.display(),
+                        db.display()
+                    );
+                }
+                Engine::open_read_only(db)
+            }
+            Self::Cluster(url) => Engine::open_with(|params| {
+                Ok(Box::new(index_redis::RedisStore::open_existing(
+                    url, params,
+                )?))
+            }),
+        }
+        .with_context(|| format!("opening the store {}", self.name().display()))
+    }
+}
+
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let db = cli.db.unwrap_or_else(index::default_store_dir);
+    let location = Location::from_args(cli.db, cli.store)?;
     match cli.command {
-        Command::Index { paths, quiet } => {
-            std::fs::create_dir_all(&db)
-                .with_context(|| format!("creating the store folder {}", db.display()))?;
-            let engine =
-                Engine::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
-            index(&engine, &paths, quiet)
-        }
+        Command::Index { paths, quiet } => index(&location.open()?, &paths, quiet),
         Command::Identify {
             queries,
             json,
             min_significance,
         } => {
-            let mut engine = open_existing(&db)?;
+            let mut engine = location.open_existing()?;
             if let Some(s) = min_significance {
                 let mut p = engine.match_params().clone();
                 p.min_significance = s;
@@ -116,8 +188,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(exit_code(failed))
         }
         Command::Remove { tracks } => {
-            let engine =
-                Engine::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+            let engine = location.open()?;
             let mut failed = false;
             for t in &tracks {
                 match engine.remove(t) {
@@ -131,31 +202,18 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(exit_code(failed))
         }
         Command::List { json } => {
-            let engine = open_existing(&db)?;
+            let engine = location.open_existing()?;
             let tracks = engine.store().tracks()?;
             output::print_tracks(&tracks, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { json } => {
-            let engine = open_existing(&db)?;
+            let engine = location.open_existing()?;
             let stats = engine.store().stats()?;
-            output::print_stats(&db, &stats, engine.store().meta(), json)?;
+            output::print_stats(&location.name(), &stats, engine.store().meta(), json)?;
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Opens a store that must already exist: a query against a missing store is a mistake
-/// worth a clear message, not an empty answer.
-fn open_existing(db: &std::path::Path) -> anyhow::Result<Engine> {
-    if !db.exists() {
-        anyhow::bail!(
-            "no store at {} (index some references first: cratedigger --db {} index FOLDER)",
-            db.display(),
-            db.display()
-        );
-    }
-    Engine::open_read_only(db).with_context(|| format!("opening the store {}", db.display()))
 }
 
 fn index(engine: &Engine, paths: &[PathBuf], quiet: bool) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,7 @@
 
 mod util;
 
+mod cluster;
 mod errors;
 mod fixture;
 mod identify;
