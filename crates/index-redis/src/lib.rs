@@ -4,8 +4,9 @@
 //! nodes of the cluster (the rest are discovered). Options: `prefix` (the namespace of
 //! every key, default `cratedigger`; several stores can share a cluster), `buckets` (log2
 //! of the number of posting buckets, fixed when the store is created, default 16),
-//! `durable` (replicas each write waits for, default 1; 0 trusts asynchronous replication)
-//! and `timeout_s` (how long an operation keeps retrying through a failover, default 30).
+//! `durable` (replicas each write waits for, default 1; 0 trusts asynchronous replication),
+//! `timeout_s` (how long an operation keeps retrying through a failover, default 30), and
+//! `grace_s` and `pending_ttl_s` (see [`GRACE`] and [`PENDING_TTL`]).
 //!
 //! # Layout
 //!
@@ -77,12 +78,12 @@ use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 use layout::{Keys, bucket_of, decode_chunks, encode_chunks, field_of, is_live, slot_of};
 use scripts::Script;
 
-/// How long a removed track's postings stay readable before a purge may delete them: far
-/// longer than any lookup takes, so a lookup never sees half a removal.
+/// Default of how long a removed track's postings stay readable before a purge may delete
+/// them: far longer than any lookup takes, so a lookup never sees half a removal.
 pub const GRACE: Duration = Duration::from_secs(30);
 
-/// How long a reserved id may stay unpublished before its postings count as left behind
-/// by a crashed writer and are purged; far longer than writing one track takes.
+/// Default of how long a reserved id may stay unpublished before its postings count as
+/// left behind by a crashed writer and are purged; far longer than writing a track takes.
 pub const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// How long one `WAIT` for replicas may take before the write counts as failed.
@@ -109,6 +110,10 @@ pub struct RedisOptions {
     pub durable_replicas: usize,
     /// How long an operation retries through failovers and redirections.
     pub timeout: Duration,
+    /// How long a removed track's postings stay readable ([`GRACE`]).
+    pub grace: Duration,
+    /// How long an unpublished put may take before it counts as crashed ([`PENDING_TTL`]).
+    pub pending_ttl: Duration,
 }
 
 impl RedisOptions {
@@ -138,6 +143,8 @@ impl RedisOptions {
             bucket_bits: DEFAULT_BUCKET_BITS,
             durable_replicas: 1,
             timeout: Duration::from_secs(30),
+            grace: GRACE,
+            pending_ttl: PENDING_TTL,
         };
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -166,6 +173,8 @@ impl RedisOptions {
                 }
                 "durable" => options.durable_replicas = number()? as usize,
                 "timeout_s" => options.timeout = Duration::from_secs(number()?),
+                "grace_s" => options.grace = Duration::from_secs(number()?),
+                "pending_ttl_s" => options.pending_ttl = Duration::from_secs(number()?),
                 other => return Err(invalid(format!("unknown option {other:?}"))),
             }
         }
@@ -173,7 +182,7 @@ impl RedisOptions {
     }
 
     /// The URL without passwords, for messages.
-    fn display(&self) -> String {
+    pub fn display_name(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
@@ -546,6 +555,8 @@ pub struct RedisStore {
     catalogue_slot: u16,
     /// SHA1 names of the scripts, by [`Script::index`].
     shas: Vec<String>,
+    grace: Duration,
+    pending_ttl: Duration,
     link: Link,
 }
 
@@ -578,7 +589,7 @@ impl RedisStore {
         fingerprint_params: &str,
         create: bool,
     ) -> Result<Self, IndexError> {
-        let name = PathBuf::from(options.display());
+        let name = PathBuf::from(options.display_name());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("cratedigger-redis")
@@ -632,6 +643,8 @@ impl RedisStore {
             catalogue_key,
             catalogue_slot,
             shas,
+            grace: options.grace,
+            pending_ttl: options.pending_ttl,
             link,
         };
         store.check_meta(create)?;
@@ -705,9 +718,203 @@ impl RedisStore {
             command.arg(&dead_key).arg(0).arg(-1);
             self.catalogue_call_owned(command, false)
         })?;
-        let ids = id_list(&value);
-        self.purge(&ids, true)?;
-        Ok(ids.len())
+        let members = member_list(&value);
+        self.purge(&members)?;
+        Ok(members.len())
+    }
+
+    /// Steps 1-5 of a put (see the crate docs); without `publish`, stops after writing
+    /// the postings, as a writer that crashed there would.
+    fn put(
+        &self,
+        info: &TrackInfo,
+        entries: &[Entry],
+        replaces: Option<TrackId>,
+        publish: bool,
+    ) -> Result<TrackId, IndexError> {
+        validate_track_info(info)?;
+        let replaces_arg = replaces.map(|id| id.to_string()).unwrap_or_default();
+        let conflict = |code: &[u8], detail: Option<&Value>| -> IndexError {
+            let existing = detail.and_then(as_id).unwrap_or_default();
+            match code {
+                b"path" => IndexError::PathTaken {
+                    path: info.path.clone(),
+                    existing,
+                },
+                b"content" => IndexError::ContentTaken {
+                    content_hash: info.content_hash.clone(),
+                    existing,
+                },
+                b"unknown" => IndexError::UnknownTrack {
+                    id: replaces.unwrap_or(existing),
+                },
+                b"exhausted" => IndexError::IdsExhausted,
+                other => self.corrupt(format!(
+                    "a catalogue script answered {:?}",
+                    String::from_utf8_lossy(other)
+                )),
+            }
+        };
+
+        // 1. Reserve an id. Durable, so a failover cannot hand the same id out twice.
+        let now = now_ms();
+        let mut command = self.catalogue_command(Script::Reserve);
+        command
+            .arg(&info.path)
+            .arg(&info.content_hash)
+            .arg(&replaces_arg)
+            .arg(now)
+            .arg(now.saturating_sub(self.grace.as_millis() as u64))
+            .arg(now.saturating_sub(self.pending_ttl.as_millis() as u64));
+        let reply = self.link.run("reserving a track id", || {
+            self.catalogue_call(&command, true)
+        })?;
+        let (code, detail) =
+            status(&reply).ok_or_else(|| self.corrupt("reserve answered oddly"))?;
+        if code != b"ok" {
+            return Err(conflict(code, detail));
+        }
+        let id = detail
+            .and_then(as_id)
+            .ok_or_else(|| self.corrupt("reserve returned no id"))?;
+        let due = match &reply {
+            Value::Array(items) => items.get(2).map(member_list).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+
+        // 2. The manifest, before any posting, so a crash leaves nothing unfindable.
+        let prepared = prepare_entries(id, entries);
+        let mut keys: Vec<u32> = prepared.iter().map(|&(key, _)| key).collect();
+        keys.dedup();
+        let manifest_key = self.keys.manifest(id);
+        let manifest = layout::encode_manifest(&keys);
+        self.link.run("writing a track manifest", || {
+            let mut command = redis::cmd("SET");
+            command.arg(&manifest_key).arg(&manifest);
+            let slot = slot_of(manifest_key.as_bytes());
+            async move { self.link.exec(slot, &[command], true).await }
+        })?;
+
+        // 3. Postings: one append script per bucket, one pipeline per node.
+        let mut by_bucket: BTreeMap<u32, Cmd> = BTreeMap::new();
+        let mut chunk = Vec::new();
+        let mut postings = Vec::new();
+        for group in prepared.chunk_by(|a, b| a.0 == b.0) {
+            let key = group[0].0;
+            postings.clear();
+            postings.extend(group.iter().map(|&(_, posting)| posting));
+            chunk.clear();
+            encode_chunks(id, &postings, &mut chunk);
+            let bucket = bucket_of(key, self.bucket_bits);
+            by_bucket
+                .entry(bucket)
+                .or_insert_with(|| {
+                    let mut command = redis::cmd("EVALSHA");
+                    command
+                        .arg(&self.shas[Script::Append.index()])
+                        .arg(1)
+                        .arg(self.keys.bucket(bucket));
+                    command
+                })
+                .arg(&field_of(key)[..])
+                .arg(&chunk[..]);
+        }
+        let commands: Vec<(u16, Cmd)> = by_bucket
+            .into_iter()
+            .map(|(bucket, command)| (self.bucket_slots[bucket as usize], command))
+            .collect();
+        let values = self.link.run("writing postings", || {
+            self.link.exec_spread(&commands, true)
+        })?;
+        let new_keys: i64 = values.iter().filter_map(as_int).sum();
+        if !publish {
+            return Ok(id);
+        }
+
+        // 4. Publish: the track becomes visible whole, in one script.
+        let mut stored = info.clone();
+        stored.n_postings = prepared.len() as u64;
+        let json = serde_json::to_string(&stored).map_err(|e| IndexError::InvalidTrack {
+            reason: format!("cannot be serialised: {e}"),
+        })?;
+        let idx = format!(
+            "{} {} {} {}{}",
+            stored.n_postings,
+            duration_us(stored.duration_s),
+            stored.path.len(),
+            stored.path,
+            stored.content_hash
+        );
+        let mut command = self.catalogue_command(Script::Publish);
+        command
+            .arg(id)
+            .arg(&info.path)
+            .arg(&info.content_hash)
+            .arg(&replaces_arg)
+            .arg(&json)
+            .arg(&idx)
+            .arg(stored.n_postings)
+            .arg(duration_us(stored.duration_s))
+            .arg(new_keys)
+            .arg(now_ms());
+        let reply = self
+            .link
+            .run("publishing a track", || self.catalogue_call(&command, true))?;
+        let (code, detail) =
+            status(&reply).ok_or_else(|| self.corrupt("publish answered oddly"))?;
+        match code {
+            b"ok" => {}
+            b"stale" => {
+                return Err(IndexError::Backend {
+                    dir: self.link.name.clone(),
+                    doing: "publishing a track",
+                    source: format!(
+                        "writing track {id} took longer than {} s, so its postings were \
+                         purged as a crashed writer's; index the file again",
+                        self.pending_ttl.as_secs()
+                    )
+                    .into(),
+                });
+            }
+            other => return Err(conflict(other, detail)),
+        }
+
+        // 5. Housekeeping the reservation found due; the track is stored whatever happens
+        // here, and whatever fails is found due again by a later put.
+        let _ = self.purge(&due);
+        Ok(id)
+    }
+
+    /// Test hook: a put that stops before publishing, as a crashed writer's would.
+    #[doc(hidden)]
+    pub fn put_unpublished(
+        &self,
+        info: &TrackInfo,
+        entries: &[Entry],
+    ) -> Result<TrackId, IndexError> {
+        self.put(info, entries, None, false)
+    }
+
+    /// Test hook: every posting stored under `key`, catalogued or not, in stored order.
+    #[doc(hidden)]
+    pub fn raw_postings(&self, key: u32) -> Result<Vec<Posting>, IndexError> {
+        let bucket = bucket_of(key, self.bucket_bits);
+        let bucket_key = self.keys.bucket(bucket);
+        let value = self.link.run("reading raw postings", || {
+            let mut command = redis::cmd("HGET");
+            command.arg(&bucket_key).arg(&field_of(key)[..]);
+            let slot = self.bucket_slots[bucket as usize];
+            async move {
+                let mut values = self.link.exec(slot, &[command], false).await?;
+                Ok(values.pop().unwrap_or_default())
+            }
+        })?;
+        let mut out = Vec::new();
+        if let Some(bytes) = as_bytes(&value) {
+            decode_chunks(bytes, |posting| out.push(posting))
+                .map_err(|what| self.corrupt(format!("postings of key {key}: {what}")))?;
+        }
+        Ok(out)
     }
 
     fn corrupt(&self, what: impl Into<String>) -> IndexError {
@@ -757,10 +964,13 @@ impl RedisStore {
             .map_err(|e| self.corrupt(format!("the catalogue entry of track {id}: {e}")))
     }
 
-    /// Deletes the postings and manifests of `ids` (published tracks if `published`, else
-    /// abandoned or crashed puts) and forgets the ids.
-    fn purge(&self, ids: &[TrackId], published: bool) -> Result<(), IndexError> {
-        for &id in ids {
+    /// Deletes the postings and manifests of `dead` members (`ID` for a removed track,
+    /// `uID` for a put that never published) and forgets them.
+    fn purge(&self, members: &[String]) -> Result<(), IndexError> {
+        for member in members {
+            let Ok(id) = member.trim_start_matches('u').parse::<TrackId>() else {
+                return Err(self.corrupt(format!("a dead id {member:?} is not a number")));
+            };
             let manifest_key = self.keys.manifest(id);
             let manifest = self.link.run("reading a track manifest", || {
                 let mut command = redis::cmd("GET");
@@ -809,10 +1019,7 @@ impl RedisStore {
                 })?;
             }
             let mut command = self.catalogue_command(Script::Forget);
-            command
-                .arg(id)
-                .arg(if published { "1" } else { "0" })
-                .arg(emptied);
+            command.arg(member).arg(emptied);
             self.link.run("forgetting a purged track", || {
                 self.catalogue_call(&command, false)
             })?;
@@ -821,10 +1028,14 @@ impl RedisStore {
     }
 }
 
-/// The ids of an array reply, skipping anything that is not one.
-fn id_list(value: &Value) -> Vec<TrackId> {
+/// The strings of an array reply.
+fn member_list(value: &Value) -> Vec<String> {
     match value {
-        Value::Array(items) => items.iter().filter_map(as_id).collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(as_bytes)
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -848,158 +1059,7 @@ impl Store for RedisStore {
         entries: &[Entry],
         replaces: Option<TrackId>,
     ) -> Result<TrackId, IndexError> {
-        validate_track_info(info)?;
-        let replaces_arg = replaces.map(|id| id.to_string()).unwrap_or_default();
-        let conflict = |code: &[u8], detail: Option<&Value>| -> IndexError {
-            let existing = detail.and_then(as_id).unwrap_or_default();
-            match code {
-                b"path" => IndexError::PathTaken {
-                    path: info.path.clone(),
-                    existing,
-                },
-                b"content" => IndexError::ContentTaken {
-                    content_hash: info.content_hash.clone(),
-                    existing,
-                },
-                b"unknown" => IndexError::UnknownTrack {
-                    id: replaces.unwrap_or(existing),
-                },
-                b"exhausted" => IndexError::IdsExhausted,
-                other => self.corrupt(format!(
-                    "a catalogue script answered {:?}",
-                    String::from_utf8_lossy(other)
-                )),
-            }
-        };
-
-        // 1. Reserve an id. Durable, so a failover cannot hand the same id out twice.
-        let now = now_ms();
-        let mut command = self.catalogue_command(Script::Reserve);
-        command
-            .arg(&info.path)
-            .arg(&info.content_hash)
-            .arg(&replaces_arg)
-            .arg(now)
-            .arg(now.saturating_sub(GRACE.as_millis() as u64))
-            .arg(now.saturating_sub(PENDING_TTL.as_millis() as u64));
-        let reply = self.link.run("reserving a track id", || {
-            self.catalogue_call(&command, true)
-        })?;
-        let (code, detail) =
-            status(&reply).ok_or_else(|| self.corrupt("reserve answered oddly"))?;
-        if code != b"ok" {
-            return Err(conflict(code, detail));
-        }
-        let id = detail
-            .and_then(as_id)
-            .ok_or_else(|| self.corrupt("reserve returned no id"))?;
-        let (due_dead, due_stale) = match &reply {
-            Value::Array(items) => (
-                items.get(2).map(id_list).unwrap_or_default(),
-                items.get(3).map(id_list).unwrap_or_default(),
-            ),
-            _ => (Vec::new(), Vec::new()),
-        };
-
-        // 2. The manifest, before any posting, so a crash leaves nothing unfindable.
-        let prepared = prepare_entries(id, entries);
-        let mut keys: Vec<u32> = prepared.iter().map(|&(key, _)| key).collect();
-        keys.dedup();
-        let manifest_key = self.keys.manifest(id);
-        let manifest = layout::encode_manifest(&keys);
-        self.link.run("writing a track manifest", || {
-            let mut command = redis::cmd("SET");
-            command.arg(&manifest_key).arg(&manifest);
-            let slot = slot_of(manifest_key.as_bytes());
-            async move { self.link.exec(slot, &[command], true).await }
-        })?;
-
-        // 3. Postings: one append script per bucket, one pipeline per node.
-        let mut by_bucket: BTreeMap<u32, Cmd> = BTreeMap::new();
-        let mut chunk = Vec::new();
-        let mut postings = Vec::new();
-        for group in prepared.chunk_by(|a, b| a.0 == b.0) {
-            let key = group[0].0;
-            postings.clear();
-            postings.extend(group.iter().map(|&(_, posting)| posting));
-            chunk.clear();
-            encode_chunks(id, &postings, &mut chunk);
-            let bucket = bucket_of(key, self.bucket_bits);
-            by_bucket
-                .entry(bucket)
-                .or_insert_with(|| {
-                    let mut command = redis::cmd("EVALSHA");
-                    command
-                        .arg(&self.shas[Script::Append.index()])
-                        .arg(1)
-                        .arg(self.keys.bucket(bucket));
-                    command
-                })
-                .arg(&field_of(key)[..])
-                .arg(&chunk[..]);
-        }
-        let commands: Vec<(u16, Cmd)> = by_bucket
-            .into_iter()
-            .map(|(bucket, command)| (self.bucket_slots[bucket as usize], command))
-            .collect();
-        let values = self.link.run("writing postings", || {
-            self.link.exec_spread(&commands, true)
-        })?;
-        let new_keys: i64 = values.iter().filter_map(as_int).sum();
-
-        // 4. Publish: the track becomes visible whole, in one script.
-        let mut stored = info.clone();
-        stored.n_postings = prepared.len() as u64;
-        let json = serde_json::to_string(&stored).map_err(|e| IndexError::InvalidTrack {
-            reason: format!("cannot be serialised: {e}"),
-        })?;
-        let idx = format!(
-            "{} {} {} {}{}",
-            stored.n_postings,
-            duration_us(stored.duration_s),
-            stored.path.len(),
-            stored.path,
-            stored.content_hash
-        );
-        let mut command = self.catalogue_command(Script::Publish);
-        command
-            .arg(id)
-            .arg(&info.path)
-            .arg(&info.content_hash)
-            .arg(&replaces_arg)
-            .arg(&json)
-            .arg(&idx)
-            .arg(stored.n_postings)
-            .arg(duration_us(stored.duration_s))
-            .arg(new_keys)
-            .arg(now_ms());
-        let reply = self
-            .link
-            .run("publishing a track", || self.catalogue_call(&command, true))?;
-        let (code, detail) =
-            status(&reply).ok_or_else(|| self.corrupt("publish answered oddly"))?;
-        match code {
-            b"ok" => {}
-            b"stale" => {
-                return Err(IndexError::Backend {
-                    dir: self.link.name.clone(),
-                    doing: "publishing a track",
-                    source: format!(
-                        "writing track {id} took longer than {} s, so its postings were \
-                         purged as a crashed writer's; index the file again",
-                        PENDING_TTL.as_secs()
-                    )
-                    .into(),
-                });
-            }
-            other => return Err(conflict(other, detail)),
-        }
-
-        // 5. Housekeeping the reservation found due; the track is stored whatever happens
-        // here, and whatever fails is found due again by a later put.
-        let _ = self.purge(&due_dead, true);
-        let _ = self.purge(&due_stale, false);
-        Ok(id)
+        self.put(info, entries, replaces, true)
     }
 
     fn remove_track(&self, id: TrackId) -> Result<bool, IndexError> {
@@ -1286,7 +1346,7 @@ mod tests {
     fn messages_never_show_passwords() {
         let options = RedisOptions::from_url("redis://me:secret@h:1,h:2").expect("ok");
         assert_eq!(options.nodes[0], "redis://me:secret@h:1");
-        assert!(!options.display().contains("secret"));
+        assert!(!options.display_name().contains("secret"));
         let error = RedisOptions::from_url("redis://me:secret@h:1?bad").expect_err("bad");
         assert!(!error.to_string().contains("secret"), "{error}");
     }

@@ -67,9 +67,10 @@ end
 return redis.call('HMGET', m, 'format_version', 'fingerprint_params', 'bucket_bits')
 "#;
 
-/// Checks a new track's identity, hands out its id and marks it pending; also returns up
-/// to 8 ids whose postings are due for purging (removed past the grace period, or pending
-/// past the time-to-live).
+/// Checks a new track's identity, hands out its id and marks it pending. Also moves up to
+/// 8 ids pending past the time-to-live (crashed writers) to `dead` as `u<id>` ("never
+/// published"), so a late publish of theirs fails, and returns up to 8 `dead` members due
+/// for purging (removed past the grace period, or never published).
 /// ARGV: tag, path, content, replaces or '', now ms, dead cutoff ms, pending cutoff ms.
 const RESERVE: &str = r#"
 local path, content, replaces, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -82,12 +83,14 @@ o = owner('contents', content, replaces)
 if o then return {'content', o} end
 local id = tonumber(redis.call('HGET', key('counters'), 'next_id') or '1')
 if id > 4294967295 then return {'exhausted', ''} end
+for _, stale in ipairs(redis.call('ZRANGEBYSCORE', key('pending'), '-inf', ARGV[7], 'LIMIT', 0, 8)) do
+  redis.call('ZREM', key('pending'), stale)
+  redis.call('ZADD', key('dead'), 0, 'u' .. stale)
+end
 local sid = string.format('%d', id)
 redis.call('HSET', key('counters'), 'next_id', string.format('%d', id + 1))
 redis.call('ZADD', key('pending'), now, sid)
-local dead = redis.call('ZRANGEBYSCORE', key('dead'), '-inf', ARGV[6], 'LIMIT', 0, 8)
-local stale = redis.call('ZRANGEBYSCORE', key('pending'), '-inf', ARGV[7], 'LIMIT', 0, 8)
-return {'ok', sid, dead, stale}
+return {'ok', sid, redis.call('ZRANGEBYSCORE', key('dead'), '-inf', ARGV[6], 'LIMIT', 0, 8)}
 "#;
 
 /// Publishes a reserved track whose postings are all written: the catalogue entry, its
@@ -103,7 +106,8 @@ if not redis.call('ZSCORE', key('pending'), id) then
   return {'stale', ''}
 end
 local function abandon(code, other)
-  redis.call('ZADD', key('pending'), 0, id)
+  redis.call('ZREM', key('pending'), id)
+  redis.call('ZADD', key('dead'), 0, 'u' .. id)
   return {code, other}
 end
 if replaces ~= '' and redis.call('HEXISTS', key('idx'), replaces) == 0 then
@@ -206,15 +210,14 @@ local c = redis.call('HMGET', key('counters'), 'live_postings', 'duration_us', '
 return {redis.call('HLEN', key('tracks')), c[1], c[2], c[3]}
 "#;
 
-/// Forgets a purged id, and takes the keys its purge emptied off `n_keys` if the track
-/// had been published (a never-published track's keys were never counted). Two processes
-/// purging one id split the emptied keys between them, so both subtract their share.
-/// ARGV: tag, id, was published ('1' or '0'), emptied keys.
+/// Forgets a purged `dead` member, and takes the keys its purge emptied off `n_keys` if the
+/// track had been published (a never-published track's keys, `u<id>`, were never counted).
+/// Two processes purging one id split the emptied keys, so both subtract their share.
+/// ARGV: tag, dead member, emptied keys.
 const FORGET: &str = r#"
 redis.call('ZREM', key('dead'), ARGV[2])
-redis.call('ZREM', key('pending'), ARGV[2])
-if ARGV[3] == '1' and ARGV[4] ~= '0' then
-  local n = redis.call('HINCRBY', key('counters'), 'n_keys', '-' .. ARGV[4])
+if string.sub(ARGV[2], 1, 1) ~= 'u' and ARGV[3] ~= '0' then
+  local n = redis.call('HINCRBY', key('counters'), 'n_keys', '-' .. ARGV[3])
   if n < 0 then redis.call('HSET', key('counters'), 'n_keys', 0) end
 end
 return 1
