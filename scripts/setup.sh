@@ -5,7 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 need=()
-for tool in sox:sox rubberband:rubberband-cli ffmpeg:ffmpeg pkg-config:pkg-config; do
+# redis-server and redis-cli run the throwaway Redis Clusters of the cluster store's tests.
+for tool in sox:sox rubberband:rubberband-cli ffmpeg:ffmpeg pkg-config:pkg-config \
+  redis-server:redis-server redis-cli:redis-tools; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 # libopus decodes the Opus files (symphonia has no Opus decoder of its own).
