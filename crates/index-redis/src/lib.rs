@@ -43,9 +43,10 @@
 //! only postings of live tracks, so a track appears whole or not at all. A removal clears
 //! the catalogue entry at once and files the id as dead; its postings are purged after a
 //! grace period ([`GRACE`]) so a lookup that read the bitmap just before cannot see half of
-//! them. A crash mid-put leaves a pending id with some postings nobody can see; puts purge
-//! pending ids older than [`PENDING_TTL`] and dead ids past the grace period, using the
-//! manifest written before any posting. Two processes adding the same file both write
+//! them. A crash mid-put leaves a pending id with some postings nobody can see; a put
+//! moves pending ids older than [`PENDING_TTL`] to `dead` as `u<id>` (so their late
+//! publish fails) and purges dead ids past the grace period, using the manifest written
+//! before any posting. Two processes adding the same file both write
 //! postings, and the second publish finds the identity taken and abandons its id, whose
 //! postings are purged like a crash's. Every write waits (`WAIT`) until a replica has it,
 //! so a failover loses nothing acknowledged.

@@ -57,8 +57,22 @@ pub struct TestCluster {
 
 impl TestCluster {
     /// Starts `masters` masters with `replicas` replicas each and waits until the cluster
-    /// serves every slot (and every replica is in sync).
+    /// serves every slot (and every replica is in sync). Tries three times, since another
+    /// process may take a port between the check that it is free and the server's bind.
     pub fn start(masters: usize, replicas: usize) -> io::Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(masters, replicas) {
+                Err(error) if attempt < 3 => {
+                    eprintln!("testcluster: starting failed ({error}); trying other ports");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(masters: usize, replicas: usize) -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "cratedigger-redis-{}-{:08x}",
             std::process::id(),
