@@ -21,7 +21,7 @@
 //! | `{P}:paths`, `:contents` | hash   | path / content hash -> id                         |
 //! | `{P}:live`               | bitmap | bit ID set while track ID is catalogued           |
 //! | `{P}:counters`           | hash   | next_id, live_postings, duration_us, n_keys       |
-//! | `{P}:pending`, `:dead`   | zset   | ids being written / removed, scored by time (ms)  |
+//! | `{P}:pending`, `:dead`   | zset   | ids being written / to purge, by server time (ms) |
 //! | `{P}:rel:Q`, `:relrev:R` | hash / set | relation payloads by reference; queries of R  |
 //! | `{P}:marks`              | hash   | query id -> scan mark                             |
 //!
@@ -61,7 +61,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use index::backend::{
     duration_us, merged_metadata, prepare_entries, query_groups, query_index, query_key,
@@ -536,12 +536,6 @@ fn as_id(value: &Value) -> Option<TrackId> {
     as_int(value).and_then(|n| TrackId::try_from(n).ok())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
 /// A [`Store`] on a Redis Cluster; see the crate docs for the layout and its guarantees.
 ///
 /// Methods block the calling thread on an internal runtime, so they must not be called
@@ -758,15 +752,13 @@ impl RedisStore {
         };
 
         // 1. Reserve an id. Durable, so a failover cannot hand the same id out twice.
-        let now = now_ms();
         let mut command = self.catalogue_command(Script::Reserve);
         command
             .arg(&info.path)
             .arg(&info.content_hash)
             .arg(&replaces_arg)
-            .arg(now)
-            .arg(now.saturating_sub(self.grace.as_millis() as u64))
-            .arg(now.saturating_sub(self.pending_ttl.as_millis() as u64));
+            .arg(self.grace.as_millis() as u64)
+            .arg(self.pending_ttl.as_millis() as u64);
         let reply = self.link.run("reserving a track id", || {
             self.catalogue_call(&command, true)
         })?;
@@ -856,8 +848,7 @@ impl RedisStore {
             .arg(&idx)
             .arg(stored.n_postings)
             .arg(duration_us(stored.duration_s))
-            .arg(new_keys)
-            .arg(now_ms());
+            .arg(new_keys);
         let reply = self
             .link
             .run("publishing a track", || self.catalogue_call(&command, true))?;
@@ -1065,7 +1056,7 @@ impl Store for RedisStore {
 
     fn remove_track(&self, id: TrackId) -> Result<bool, IndexError> {
         let mut command = self.catalogue_command(Script::Remove);
-        command.arg(id).arg(now_ms());
+        command.arg(id);
         let reply = self
             .link
             .run("removing a track", || self.catalogue_call(&command, true))?;

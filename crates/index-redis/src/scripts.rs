@@ -11,6 +11,11 @@
 const CATALOGUE_PRELUDE: &str = r#"
 local T = ARGV[1]
 local function key(name) return T .. ':' .. name end
+-- The server's clock, so clients on machines whose clocks disagree share one timeline.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function owner(map, value, replaces)
   if value == '' then return false end
   local id = redis.call('HGET', key(map), value)
@@ -71,9 +76,9 @@ return redis.call('HMGET', m, 'format_version', 'fingerprint_params', 'bucket_bi
 /// 8 ids pending past the time-to-live (crashed writers) to `dead` as `u<id>` ("never
 /// published"), so a late publish of theirs fails, and returns up to 8 `dead` members due
 /// for purging (removed past the grace period, or never published).
-/// ARGV: tag, path, content, replaces or '', now ms, dead cutoff ms, pending cutoff ms.
+/// ARGV: tag, path, content, replaces or '', grace ms, pending time-to-live ms.
 const RESERVE: &str = r#"
-local path, content, replaces, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local path, content, replaces, now = ARGV[2], ARGV[3], ARGV[4], now_ms()
 if replaces ~= '' and redis.call('HEXISTS', key('idx'), replaces) == 0 then
   return {'unknown', replaces}
 end
@@ -83,14 +88,15 @@ o = owner('contents', content, replaces)
 if o then return {'content', o} end
 local id = tonumber(redis.call('HGET', key('counters'), 'next_id') or '1')
 if id > 4294967295 then return {'exhausted', ''} end
-for _, stale in ipairs(redis.call('ZRANGEBYSCORE', key('pending'), '-inf', ARGV[7], 'LIMIT', 0, 8)) do
+local stale_before = now - tonumber(ARGV[6])
+for _, stale in ipairs(redis.call('ZRANGEBYSCORE', key('pending'), '-inf', stale_before, 'LIMIT', 0, 8)) do
   redis.call('ZREM', key('pending'), stale)
   redis.call('ZADD', key('dead'), 0, 'u' .. stale)
 end
 local sid = string.format('%d', id)
 redis.call('HSET', key('counters'), 'next_id', string.format('%d', id + 1))
 redis.call('ZADD', key('pending'), now, sid)
-return {'ok', sid, redis.call('ZRANGEBYSCORE', key('dead'), '-inf', ARGV[6], 'LIMIT', 0, 8)}
+return {'ok', sid, redis.call('ZRANGEBYSCORE', key('dead'), '-inf', now - tonumber(ARGV[5]), 'LIMIT', 0, 8)}
 "#;
 
 /// Publishes a reserved track whose postings are all written: the catalogue entry, its
@@ -98,9 +104,9 @@ return {'ok', sid, redis.call('ZRANGEBYSCORE', key('dead'), '-inf', ARGV[6], 'LI
 /// same step. A conflict found now (another process won a race) abandons the id, whose
 /// postings are then purged like a crashed put's.
 /// ARGV: tag, id, path, content, replaces or '', track JSON, idx value, n_postings,
-/// duration us, new keys, now ms.
+/// duration us, new keys.
 const PUBLISH: &str = r#"
-local id, path, content, replaces, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
+local id, path, content, replaces, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], now_ms()
 if not redis.call('ZSCORE', key('pending'), id) then
   if redis.call('HEXISTS', key('tracks'), id) == 1 then return {'ok', ''} end
   return {'stale', ''}
@@ -131,9 +137,9 @@ return {'ok', ''}
 "#;
 
 /// Removes a track from the catalogue; its postings are purged after the grace period.
-/// ARGV: tag, id, now ms.
+/// ARGV: tag, id.
 const REMOVE: &str = r#"
-if remove_track(ARGV[2], ARGV[3]) then return 1 end
+if remove_track(ARGV[2], now_ms()) then return 1 end
 return 0
 "#;
 
