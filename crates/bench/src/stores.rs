@@ -34,6 +34,7 @@ struct BackendRun {
     /// Bytes the store takes: the LMDB folder, or the cluster's used_memory growth.
     store_bytes: Option<u64>,
     postings: u64,
+    keys: u64,
     identify_wall_s: f64,
     lookup_median_s: f64,
     lookup_p90_s: f64,
@@ -176,6 +177,7 @@ fn run_backend(
     let stats = run(Command::new(bin).args(store_args).args(["stats", "--json"]))?;
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout)?;
     let postings = stats["postings"].as_u64().unwrap_or(0);
+    let keys = stats["keys"].as_u64().unwrap_or(0);
 
     eprintln!("stores: {name}: identifying {} queries", queries.len());
     let mut cmd = Command::new(bin);
@@ -195,7 +197,11 @@ fn run_backend(
                 .as_array()
                 .map(|ms| {
                     ms.iter()
-                        .map(|m| format!("{} @{:.2}", m["path"], m["query_start_s"]))
+                        .map(|m| {
+                            // Rounded: float sums may differ in the last bits between runs.
+                            let start = m["query_start_s"].as_f64().unwrap_or(f64::NAN);
+                            format!("{} @{start:.2}", m["path"])
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -216,6 +222,7 @@ fn run_backend(
         index_cpu_s,
         store_bytes,
         postings,
+        keys,
         identify_wall_s,
         lookup_median_s: median(&lookups).unwrap_or(f64::NAN),
         lookup_p90_s: percentile(&lookups, 90.0).unwrap_or(f64::NAN),
@@ -267,6 +274,9 @@ fn print_report(r: &StoresReport) {
         "{} references, {:.2} h of audio; {} queries (identical answers from both: {}); load average {}\n",
         r.refs, r.audio_h, r.queries, r.agreeing_queries, r.load_average
     );
+    for b in &r.backends {
+        println!("{}: {} postings on {} keys", b.name, b.postings, b.keys);
+    }
     for d in &r.disagreements {
         println!("answers differ: {d}");
     }
