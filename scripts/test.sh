@@ -10,6 +10,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The Redis Cluster tests (crates/index-redis, the CLI's cluster tests) start their own
+# clusters on free loopback ports and stop them when they end, even when they fail.
 cargo test --workspace --release 2>&1 | tee "$log"
 # cargo prints one "test result" line per test binary, the last often a doc-test section
 # with nothing in it; close with the totals over all of them.
