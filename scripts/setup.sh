@@ -5,9 +5,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 need=()
-# chromium runs the web page's end-to-end tests (web-tests/), driven from Node.js.
+# chromium runs the web page's end-to-end tests (web-tests/), driven from Node.js;
+# redis-server and redis-cli run the throwaway Redis Clusters of the cluster store's tests.
 for tool in sox:sox rubberband:rubberband-cli ffmpeg:ffmpeg pkg-config:pkg-config chromium:chromium \
-    node:nodejs npm:npm; do
+    node:nodejs npm:npm redis-server:redis-server redis-cli:redis-tools; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 # libopus decodes the Opus files (symphonia has no Opus decoder of its own).

@@ -11,6 +11,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 log=$(mktemp)
 weblog=$(mktemp)
 trap 'rm -f "$log" "$weblog"' EXIT
+# The Redis Cluster tests (crates/index-redis, the CLI's cluster tests) start their own
+# clusters on free loopback ports and stop them when they end, even when they fail.
 cargo test --workspace --release 2>&1 | tee "$log"
 # The fuzz targets already ran on stable above (crates/fuzzing/tests/smoke.rs). Where
 # nightly and cargo-fuzz are installed, CRATEDIGGER_FUZZ_S=30 also runs each under libFuzzer.

@@ -7,6 +7,7 @@ mod dedup;
 mod queries;
 mod run;
 mod score;
+mod stores;
 mod sweep;
 mod types;
 mod util;
@@ -162,6 +163,24 @@ enum Cmd {
         #[arg(long, value_parser = parse_thresholds)]
         score_threshold: Option<Thresholds>,
     },
+    /// Index the first references and identify the first queries with the LMDB store and
+    /// with a Redis Cluster store in one run; report the cost of each and whether they
+    /// answer the same.
+    Stores {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// How many references to index (the first of OUT/refs.txt).
+        #[arg(long, default_value_t = 12)]
+        refs: usize,
+        /// How many queries to identify (the first of OUT/truth.json).
+        #[arg(long, default_value_t = 20)]
+        queries: usize,
+        /// A running cluster (redis://HOST:PORT,...); default: start a 3-master one.
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Score saved results offline.
     Score {
         #[arg(long)]
@@ -250,6 +269,19 @@ fn main() -> Result<()> {
             min_score,
             thresholds: score_threshold.map(|t| t.0),
             score_field,
+        }),
+        Cmd::Stores {
+            bin,
+            out,
+            refs,
+            queries,
+            store,
+        } => stores::run_stores(&stores::StoresArgs {
+            bin,
+            out,
+            refs,
+            queries,
+            store,
         }),
         Cmd::Score {
             truth,

@@ -22,6 +22,10 @@ struct Cli {
     /// The store folder [default: $CRATEDIGGER_DB, else ~/.local/share/cratedigger/db].
     #[arg(long, global = true)]
     db: Option<PathBuf>,
+    /// A Redis Cluster store instead of a folder: redis://HOST:PORT[,HOST:PORT...][?prefix=P]
+    /// [default: $CRATEDIGGER_STORE when --db is not given].
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "db")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -144,23 +148,113 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the store lives: an LMDB folder or a Redis Cluster.
+enum Location {
+    Folder(PathBuf),
+    Cluster(String),
+}
+
+impl Location {
+    /// `--store`, else `--db`, else `$CRATEDIGGER_STORE`, else the default folder.
+    fn from_args(db: Option<PathBuf>, store: Option<String>) -> anyhow::Result<Self> {
+        let store = store.or_else(|| {
+            db.is_none()
+                .then(|| std::env::var("CRATEDIGGER_STORE").ok())
+                .flatten()
+                .filter(|url| !url.is_empty())
+        });
+        match (store, db) {
+            (Some(url), _) if index_redis::is_store_url(&url) => Ok(Self::Cluster(url)),
+            (Some(url), _) => anyhow::bail!(
+                "--store takes a redis://HOST:PORT,... URL, not {url:?} (use --db for a folder)"
+            ),
+            (None, db) => Ok(Self::Folder(db.unwrap_or_else(index::default_store_dir))),
+        }
+    }
+
+    /// What to call the store in messages (a cluster URL without passwords).
+    fn name(&self) -> PathBuf {
+        match self {
+            Self::Folder(dir) => dir.clone(),
+            Self::Cluster(url) => index_redis::RedisOptions::from_url(url)
+                .map(|options| options.display_name())
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+
+    /// Opens the store for writing, creating it if needed.
+    fn open(&self) -> anyhow::Result<Engine> {
+        let engine = match self {
+            Self::Folder(db) => {
+                std::fs::create_dir_all(db)
+                    .with_context(|| format!("creating the store folder {}", db.display()))?;
+                Engine::open(db)
+            }
+            Self::Cluster(url) => Engine::open_with(|params| {
+                Ok(Box::new(index_redis::RedisStore::open(url, params)?))
+            }),
+        };
+        engine.with_context(|| format!("opening the store {}", self.name().display()))
+    }
+
+    /// Opens a store that must already exist, for writing (tags, scans).
+    fn open_writable(&self) -> anyhow::Result<Engine> {
+        match self {
+            Self::Folder(db) => {
+                if !db.exists() {
+                    anyhow::bail!(
+                        "no store at {} (index some tracks first: cratedigger --db {} index FOLDER)",
+                        db.display(),
+                        db.display()
+                    );
+                }
+                Engine::open(db)
+            }
+            Self::Cluster(url) => Engine::open_with(|params| {
+                Ok(Box::new(index_redis::RedisStore::open_existing(
+                    url, params,
+                )?))
+            }),
+        }
+        .with_context(|| format!("opening the store {}", self.name().display()))
+    }
+
+    /// Opens a store that must already exist: a query against a missing store is a
+    /// mistake worth a clear message, not an empty answer.
+    fn open_existing(&self) -> anyhow::Result<Engine> {
+        match self {
+            Self::Folder(db) => {
+                if !db.exists() {
+                    anyhow::bail!(
+                        "no store at {} (index some references first: cratedigger --db {} index FOLDER)",
+                        db.display(),
+                        db.display()
+                    );
+                }
+                Engine::open_read_only(db)
+            }
+            Self::Cluster(url) => Engine::open_with(|params| {
+                Ok(Box::new(index_redis::RedisStore::open_existing(
+                    url, params,
+                )?))
+            }),
+        }
+        .with_context(|| format!("opening the store {}", self.name().display()))
+    }
+}
+
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let db = cli.db.unwrap_or_else(index::default_store_dir);
+    let location = Location::from_args(cli.db, cli.store)?;
     match cli.command {
-        Command::Index { paths, quiet } => {
-            std::fs::create_dir_all(&db)
-                .with_context(|| format!("creating the store folder {}", db.display()))?;
-            let engine =
-                Engine::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
-            index(&engine, &paths, quiet)
-        }
+        Command::Index { paths, quiet } => index(&location.open()?, &paths, quiet),
         Command::Identify {
             queries,
             json,
             min_significance,
         } => {
-            let mut engine = open_existing(&db)?;
+            let mut engine = location.open_existing()?;
             if let Some(s) = min_significance {
                 let mut p = engine.match_params().clone();
                 p.min_significance = s;
@@ -186,8 +280,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(exit_code(failed))
         }
         Command::Remove { tracks } => {
-            let engine =
-                Engine::open(&db).with_context(|| format!("opening the store {}", db.display()))?;
+            let engine = location.open()?;
             let mut failed = false;
             for t in &tracks {
                 match engine.remove(t) {
@@ -201,52 +294,47 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(exit_code(failed))
         }
         Command::List { json } => {
-            let engine = open_existing(&db)?;
+            let engine = location.open_existing()?;
             let tracks = engine.store().tracks()?;
             output::print_tracks(&tracks, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { json } => {
-            let engine = open_existing(&db)?;
+            let engine = location.open_existing()?;
             let stats = engine.store().stats()?;
-            output::print_stats(&db, &stats, engine.store().meta(), json)?;
+            output::print_stats(&location.name(), &stats, engine.store().meta(), json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Find { name, json } => catalogue::find(&open_existing(&db)?, &name, json),
-        Command::Tag(args) => catalogue::tag(&open_writable(&db)?, &args),
+        Command::Find { name, json } => catalogue::find(&location.open_existing()?, &name, json),
+        Command::Tag(args) => catalogue::tag(&location.open_writable()?, &args),
         Command::ImportTags { file, format } => {
-            catalogue::import_tags(&open_writable(&db)?, &file, format)
+            catalogue::import_tags(&location.open_writable()?, &file, format)
         }
-        Command::Scan { quiet, json } => catalogue::scan(&open_writable(&db)?, quiet, json),
+        Command::Scan { quiet, json } => catalogue::scan(&location.open_writable()?, quiet, json),
         Command::Samples(which) => {
-            catalogue::relations(&open_existing(&db)?, &which, catalogue::Ask::Samples)
+            catalogue::relations(&location.open_existing()?, &which, catalogue::Ask::Samples)
         }
-        Command::SampledBy(which) => {
-            catalogue::relations(&open_existing(&db)?, &which, catalogue::Ask::SampledBy)
-        }
-        Command::Graph { command } => catalogue::graph(&open_existing(&db)?, &command),
-        Command::Serve(args) => serve(&db, args),
+        Command::SampledBy(which) => catalogue::relations(
+            &location.open_existing()?,
+            &which,
+            catalogue::Ask::SampledBy,
+        ),
+        Command::Graph { command } => catalogue::graph(&location.open_existing()?, &command),
+        Command::Serve(args) => serve(&location, args),
     }
 }
 
-/// Opens an existing store for writing.
-fn open_writable(db: &std::path::Path) -> anyhow::Result<Engine> {
-    if !db.exists() {
-        anyhow::bail!(
-            "no store at {} (index some tracks first: cratedigger --db {} index FOLDER)",
-            db.display(),
-            db.display()
-        );
-    }
-    Engine::open(db).with_context(|| format!("opening the store {}", db.display()))
-}
-
-fn serve(db: &std::path::Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(db)
-        .with_context(|| format!("creating the store folder {}", db.display()))?;
-    let engine = Engine::open(db).with_context(|| format!("opening the store {}", db.display()))?;
-    let mut config =
-        server::ServerConfig::new(args.upload_dir.unwrap_or_else(|| db.join("uploads")));
+fn serve(location: &Location, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let upload_dir = match (args.upload_dir, location) {
+        (Some(dir), _) => dir,
+        (None, Location::Folder(db)) => db.join("uploads"),
+        (None, Location::Cluster(_)) => anyhow::bail!(
+            "a server on a cluster store needs --upload-dir: uploaded references are kept \
+             as files on this machine"
+        ),
+    };
+    let engine = location.open()?;
+    let mut config = server::ServerConfig::new(upload_dir);
     config.bind = args.bind;
     config.token = args.token;
     config.max_upload_bytes = args.max_upload_mb.saturating_mul(1024 * 1024);
@@ -265,19 +353,6 @@ fn serve(db: &std::path::Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
     .context("serving")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Opens a store that must already exist: a query against a missing store is a mistake
-/// worth a clear message, not an empty answer.
-fn open_existing(db: &std::path::Path) -> anyhow::Result<Engine> {
-    if !db.exists() {
-        anyhow::bail!(
-            "no store at {} (index some references first: cratedigger --db {} index FOLDER)",
-            db.display(),
-            db.display()
-        );
-    }
-    Engine::open_read_only(db).with_context(|| format!("opening the store {}", db.display()))
 }
 
 fn index(engine: &Engine, paths: &[PathBuf], quiet: bool) -> anyhow::Result<ExitCode> {

@@ -243,6 +243,16 @@ impl Engine {
         Self::with_store(Box::new(store), params)
     }
 
+    /// An engine with the default parameters over a store that `open_store` opens from
+    /// their description (`Params::describe`), e.g. a Redis Cluster store.
+    pub fn open_with(
+        open_store: impl FnOnce(&str) -> Result<Box<dyn Store>, index::IndexError>,
+    ) -> Result<Self, EngineError> {
+        let params = Params::default();
+        let store = open_store(&params.describe())?;
+        Self::with_store(store, params)
+    }
+
     /// An engine over any store, with the given fingerprint parameters. The store must
     /// have been created for `params.describe()`.
     pub fn with_store(store: Box<dyn Store>, params: Params) -> Result<Self, EngineError> {

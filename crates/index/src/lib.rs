@@ -7,6 +7,8 @@
 //! * [`LmdbStore`], the persistent on-disk store (one LMDB environment per directory);
 //! * [`MemStore`], an in-memory store for tests and synthetic benchmarks.
 //!
+//! The `index-redis` crate adds a third, on a Redis Cluster, through the [`backend`] helpers.
+//!
 //! Every backend must pass the shared behavioural suite in the `testsuite` module (enabled
 //! by the `testsuite` cargo feature), so a new backend only has to call it to be checked.
 
@@ -28,6 +30,15 @@ pub use error::IndexError;
 pub use lmdb::test_hooks;
 pub use lmdb::{LmdbOptions, LmdbStore};
 pub use mem::MemStore;
+
+/// Helpers for [`Store`] implementations in other crates (the Redis Cluster store), so
+/// every backend validates and normalises its input exactly as the ones here do.
+pub mod backend {
+    pub use crate::codec::{
+        duration_us, merged_metadata, prepare_entries, query_groups, query_index, query_key,
+        sort_queries, validate_scan, validate_side_data, validate_track_info,
+    };
+}
 
 /// Identifies a track in one store. Ids are assigned by the store and never reused.
 pub type TrackId = u32;

@@ -7,6 +7,7 @@
 mod util;
 
 mod catalogue;
+mod cluster;
 mod concurrent;
 mod crash;
 mod errors;
