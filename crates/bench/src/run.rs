@@ -99,6 +99,7 @@ fn index(a: &RunArgs, refs: &[String], out: &Path) -> Result<IndexStats> {
     }
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu_s = (children_cpu() - cpu0).as_secs_f64();
+    let stages_s = stage_seconds(&log_text);
     std::fs::write(&log, log_text)?;
     // Durations from split.json when known, else ffprobe.
     let known: HashMap<String, f64> = read_json::<Split>(&out.join("split.json"))
@@ -123,7 +124,33 @@ fn index(a: &RunArgs, refs: &[String], out: &Path) -> Result<IndexStats> {
         wall_s,
         cpu_s,
         db_bytes: dir_size(&a.db),
+        stages_s,
     })
+}
+
+/// Sums the per-stage thread-seconds of every `stages (thread-seconds): read+hash X s
+/// (..), decode X s (..), fingerprint X s (..), store X s (..)` line the CLI printed.
+fn stage_seconds(log: &str) -> Option<[f64; 4]> {
+    let mut total = [0.0; 4];
+    let mut seen = false;
+    for line in log.lines() {
+        let Some(rest) = line.strip_prefix("stages (thread-seconds): ") else {
+            continue;
+        };
+        for (slot, name) in ["read+hash ", "decode ", "fingerprint ", "store "]
+            .iter()
+            .enumerate()
+        {
+            let value = rest
+                .split(", ")
+                .find_map(|part| part.strip_prefix(name))
+                .and_then(|v| v.split(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())?;
+            total[slot] += value;
+        }
+        seen = true;
+    }
+    seen.then_some(total)
 }
 
 fn identify(a: &RunArgs, q: &TruthQuery, results: &Path) -> IdentifyTiming {

@@ -232,6 +232,9 @@ pub struct Timing {
     pub index_x_realtime_wall: Option<f64>,
     pub index_x_realtime_per_core: Option<f64>,
     pub index_x_realtime_per_cpu_s: Option<f64>,
+    /// Per stage (read+hash, decode, fingerprint, store): thread-seconds and x real time
+    /// per thread-second.
+    pub index_stages: Option<[(f64, f64); 4]>,
     pub db_mb: Option<f64>,
     pub decode_floor_wall_s: Option<f64>,
     pub index_wall_over_decode_floor: Option<f64>,
@@ -414,6 +417,9 @@ fn timing(scored: &[Scored], run: &RunStats) -> Timing {
         if ix.cpu_s > 0.0 {
             t.index_x_realtime_per_cpu_s = Some(ix.audio_s / ix.cpu_s);
         }
+        t.index_stages = ix
+            .stages_s
+            .map(|st| st.map(|s| (s, ix.audio_s / s.max(1e-9))));
         t.db_mb = Some(ix.db_bytes as f64 / 1e6);
         if let Some(d) = &run.decode_floor {
             t.decode_floor_wall_s = Some(d.wall_s);
@@ -659,6 +665,21 @@ pub fn render(r: &Report) -> String {
                 "index speed per CPU second".into(),
                 format!("{}× real time", num(t.index_x_realtime_per_cpu_s, 0)),
             ),
+        ];
+        let mut rows = rows;
+        if let Some(stages) = t.index_stages {
+            for ((seconds, x), name) in
+                stages
+                    .iter()
+                    .zip(["read+hash", "decode", "fingerprint", "store"])
+            {
+                rows.push((
+                    format!("index stage {name}: thread-seconds (x real time per thread)"),
+                    format!("{} s ({}×)", num(Some(*seconds), 1), num(Some(*x), 0)),
+                ));
+            }
+        }
+        rows.extend([
             ("database size".into(), format!("{} MB", num(t.db_mb, 1))),
             (
                 "decode floor (ffmpeg -f null, sequential)".into(),
@@ -685,7 +706,7 @@ pub fn render(r: &Report) -> String {
                 "identify ok / failed".into(),
                 format!("{} / {}", t.identify_ok, t.identify_failed),
             ),
-        ];
+        ]);
         for (k, v) in rows {
             let _ = writeln!(s, "| {k} | {v} |");
         }

@@ -164,6 +164,10 @@ pub struct IndexStats {
     /// CPU time of the index processes (user + system).
     pub cpu_s: f64,
     pub db_bytes: u64,
+    /// Thread-seconds per stage as the CLI reports them (read+hash, decode, fingerprint,
+    /// store), summed over the index runs; absent for binaries that do not report them.
+    #[serde(default)]
+    pub stages_s: Option<[f64; 4]>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]

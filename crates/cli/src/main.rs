@@ -404,6 +404,22 @@ fn index(engine: &Engine, paths: &[PathBuf], quiet: bool) -> anyhow::Result<Exit
         secs,
         summary.audio_s / secs.max(1e-3)
     );
+    let st = &summary.stages;
+    if summary.audio_s > 0.0 {
+        // Thread-seconds per stage, as x real time per core: what each stage alone costs.
+        let x = |s: f64| summary.audio_s / s.max(1e-6);
+        println!(
+            "stages (thread-seconds): read+hash {:.1} s ({:.0}x), decode {:.1} s ({:.0}x), fingerprint {:.1} s ({:.0}x), store {:.1} s ({:.0}x)",
+            st.hash_s,
+            x(st.hash_s),
+            st.decode_s,
+            x(st.decode_s),
+            st.fingerprint_s,
+            x(st.fingerprint_s),
+            st.store_s,
+            x(st.store_s)
+        );
+    }
     Ok(exit_code(summary.failed > 0))
 }
 

@@ -170,6 +170,27 @@ pub struct IndexSummary {
     pub failed: usize,
     /// Seconds of audio decoded and fingerprinted.
     pub audio_s: f64,
+    /// Thread-seconds spent in each stage, summed over the workers.
+    pub stages: StageTimes,
+}
+
+/// Thread-seconds spent in each indexing stage: reading and hashing files, decoding to
+/// mono 16 kHz, fingerprinting, and writing to the store (one writer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StageTimes {
+    pub hash_s: f64,
+    pub decode_s: f64,
+    pub fingerprint_s: f64,
+    pub store_s: f64,
+}
+
+impl StageTimes {
+    fn add(&mut self, other: &StageTimes) {
+        self.hash_s += other.hash_s;
+        self.decode_s += other.decode_s;
+        self.fingerprint_s += other.fingerprint_s;
+        self.store_s += other.store_s;
+    }
 }
 
 impl IndexSummary {
@@ -195,6 +216,8 @@ struct Prepared {
     entries: Vec<(u32, u32, u16, u16)>,
     /// The reference's peaks in stored form, for verification.
     peaks: Vec<u8>,
+    /// Time spent on this file so far.
+    stages: StageTimes,
     replaces: Option<TrackId>,
 }
 
@@ -218,6 +241,8 @@ struct Pending {
     key: String,
     hash_hex: String,
     replaces: Option<TrackId>,
+    /// Seconds spent reading and hashing it.
+    hash_s: f64,
 }
 
 /// The cratedigger engine over one store.
@@ -336,12 +361,13 @@ impl Engine {
             for (i, step) in rx {
                 let path = files[i].as_path();
                 let result = step.and_then(|s| match s {
-                    Step::Outcome(outcome) => Ok(outcome),
+                    Step::Outcome(outcome) => Ok((outcome, StageTimes::default())),
                     Step::Ready(prepared) => self.commit(*prepared),
                 });
                 match result {
-                    Ok(outcome) => {
+                    Ok((outcome, stages)) => {
                         summary.count(&outcome);
+                        summary.stages.add(&stages);
                         on_event(IndexEvent::Done {
                             path,
                             outcome: &outcome,
@@ -364,13 +390,15 @@ impl Engine {
     pub fn index_file(&self, path: &Path) -> Result<IndexOutcome, EngineError> {
         match self.plan(path)? {
             Plan::Skip(outcome) => Ok(outcome),
-            Plan::Index(pending) => self.commit(self.prepare(path, pending)?),
+            Plan::Index(pending) => Ok(self.commit(self.prepare(path, pending)?)?.0),
         }
     }
 
     /// Decides from the content hash alone whether a file needs decoding.
     fn plan(&self, path: &Path) -> Result<Plan, EngineError> {
+        let started = Instant::now();
         let hash_hex = hex(&audio::content_hash(path).map_err(audio_error(path))?);
+        let hash_s = started.elapsed().as_secs_f64();
         let key = path_key(path);
         let by_path = self.store.find_by_path(&key)?;
         if let Some(id) = self.store.find_by_content(&hash_hex)? {
@@ -384,6 +412,7 @@ impl Engine {
             key,
             hash_hex,
             replaces: by_path,
+            hash_s,
         }))
     }
 
@@ -392,8 +421,11 @@ impl Engine {
             key,
             hash_hex,
             replaces,
+            hash_s,
         } = pending;
+        let started = Instant::now();
         let (decoded, tags) = audio::decode_file(path, &self.decode).map_err(audio_error(path))?;
+        let decode_s = started.elapsed().as_secs_f64();
         let print = self.fingerprinter.reference_print(&decoded.samples);
         let quads = print.quads;
         if quads.is_empty() && decoded.duration_s < 1.0 {
@@ -421,21 +453,43 @@ impl Engine {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
+        let peaks = fingerprint::peak_list::encode(&print.peaks);
         Ok(Prepared {
             info,
             entries,
-            peaks: fingerprint::peak_list::encode(&print.peaks),
+            peaks,
+            stages: StageTimes {
+                hash_s,
+                decode_s,
+                fingerprint_s: started.elapsed().as_secs_f64() - decode_s,
+                store_s: 0.0,
+            },
             replaces,
         })
     }
 
-    fn commit(&self, p: Prepared) -> Result<IndexOutcome, EngineError> {
+    /// Stores a prepared file; also returns the time spent on it, storing included.
+    fn commit(&self, p: Prepared) -> Result<(IndexOutcome, StageTimes), EngineError> {
+        let started = Instant::now();
         let Prepared {
             info,
             entries,
             peaks,
+            mut stages,
             mut replaces,
         } = p;
+        let outcome = self.store_prepared(info, &entries, &peaks, &mut replaces)?;
+        stages.store_s = started.elapsed().as_secs_f64();
+        Ok((outcome, stages))
+    }
+
+    fn store_prepared(
+        &self,
+        info: TrackInfo,
+        entries: &[(u32, u32, u16, u16)],
+        peaks: &[u8],
+        replaces: &mut Option<TrackId>,
+    ) -> Result<IndexOutcome, EngineError> {
         let duration_s = info.duration_s;
         // `plan` looked at the store before decoding; since then this process (two files
         // with the same bytes) or another one (a second indexer on the store) may have
@@ -451,10 +505,10 @@ impl Engine {
             }
             match self
                 .store
-                .put_track_with_side_data(&info, &entries, &peaks, replaces)
+                .put_track_with_side_data(&info, entries, peaks, *replaces)
             {
                 Ok(id) => {
-                    return Ok(match replaces {
+                    return Ok(match *replaces {
                         Some(old) => IndexOutcome::Replaced {
                             old,
                             id,
@@ -467,7 +521,7 @@ impl Engine {
                     index::IndexError::PathTaken { .. }
                     | index::IndexError::ContentTaken { .. }
                     | index::IndexError::UnknownTrack { .. },
-                ) => replaces = self.store.find_by_path(&info.path)?,
+                ) => *replaces = self.store.find_by_path(&info.path)?,
                 Err(error) => return Err(error.into()),
             }
         }
