@@ -6,6 +6,10 @@
 //! splits. Fingerprint parameters are set with environment variables (`REF_K`, `Q_K`,
 //! `REF_PPS`, `Q_PPS`, `PRT`, `PRB`, `QPRT`, `QPRB`, `MAXDT`, `MINDT`, `DFR`, `DF_STEP`,
 //! `RL`, `MAXEXP`, `SUB`: see `fingerprint::Params`), so a sweep is a shell loop.
+//! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
+//! `V_DT`, `V_DB`, `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` override its settings
+//! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums (see
+//! `matcher::MatchParams`); `SWEEP_DEBUG` prints every accepted wrong match.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -108,6 +112,10 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     match_params.min_candidate_significance =
         env_or("V_SMIN", match_params.min_candidate_significance);
     match_params.min_verification = env_or("V_THR", match_params.min_verification);
+    match_params.min_match_hits = env_or("M_MIN_HITS", match_params.min_match_hits as f64) as usize;
+    match_params.min_occurrence_hits =
+        env_or("M_MIN_OCC", match_params.min_occurrence_hits as f64) as usize;
+    match_params.min_ref_extent_frames = env_or("M_MIN_EXT", match_params.min_ref_extent_frames);
     let fp = Fingerprinter::new(Params {
         verify_peaks_per_s: env_or("V_Q_PPS", fp.params().verify_peaks_per_s as f64) as f32,
         verify_radius_frames: env_or("V_Q_PRT", fp.params().verify_radius_frames as f64) as usize,
