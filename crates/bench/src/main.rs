@@ -211,6 +211,10 @@ enum Cmd {
         /// No request is started after this many seconds.
         #[arg(long, default_value_t = 600.0)]
         max_seconds: f64,
+        /// After a 503, wait this many ms and send the same song again (0: count it and
+        /// move on to the next request).
+        #[arg(long, default_value_t = 0)]
+        retry_ms: u64,
         /// Write the report here as JSON too.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -327,6 +331,7 @@ fn main() -> Result<()> {
             concurrency,
             max_concurrent_identify,
             max_seconds,
+            retry_ms,
             json,
         } => load::run_load_test(&load::LoadArgs {
             bin,
@@ -338,6 +343,7 @@ fn main() -> Result<()> {
             concurrency,
             max_concurrent_identify,
             max_seconds,
+            retry_ms,
             json,
         }),
         Cmd::Score {

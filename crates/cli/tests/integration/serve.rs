@@ -486,6 +486,7 @@ fn identify_under_load_answers_200_or_503_with_retry_after_and_the_server_surviv
         concurrency: 4,
         max_duration: Duration::from_secs(60),
         timeout: Duration::from_secs(60),
+        retry_503_after: None,
     };
     let report = run_load(server.addr, &queries, &plan);
     eprintln!("{report:?}");
