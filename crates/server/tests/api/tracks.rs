@@ -331,7 +331,7 @@ async fn identify_during_an_upload_job_sees_tracks_whole_or_not_at_all() {
     );
 
     let mut form = reqwest::multipart::Form::new();
-    for seed in 0..40 {
+    for seed in 0..100 {
         form = form.part(
             "file",
             reqwest::multipart::Part::bytes(synthetic_wav(100 + seed, 4.0))
