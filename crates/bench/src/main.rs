@@ -4,6 +4,8 @@
 
 mod corpus;
 mod dedup;
+mod load;
+mod loadgen;
 mod queries;
 mod run;
 mod score;
@@ -181,6 +183,42 @@ enum Cmd {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Load-test `cratedigger serve` on loopback: a fixed number of identify requests at a
+    /// fixed concurrency for at most a fixed time; answers by status, latency
+    /// percentiles, throughput. Fails on any answer but 200 or 503 with Retry-After.
+    Load {
+        #[arg(long)]
+        bin: PathBuf,
+        /// The store to serve; created from the first --refs references of OUT/refs.txt
+        /// when it does not exist.
+        #[arg(long)]
+        db: PathBuf,
+        /// Benchmark folder (queries in OUT/queries, references in OUT/refs.txt).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Folder of query songs (default OUT/queries); the first --requests are used.
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        #[arg(long, default_value_t = 12)]
+        refs: usize,
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// The server's --max-concurrent-identify.
+        #[arg(long, default_value_t = 2)]
+        max_concurrent_identify: usize,
+        /// No request is started after this many seconds.
+        #[arg(long, default_value_t = 600.0)]
+        max_seconds: f64,
+        /// After a 503, wait this many ms and send the same song again (0: count it and
+        /// move on to the next request).
+        #[arg(long, default_value_t = 0)]
+        retry_ms: u64,
+        /// Write the report here as JSON too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Score saved results offline.
     Score {
         #[arg(long)]
@@ -282,6 +320,31 @@ fn main() -> Result<()> {
             refs,
             queries,
             store,
+        }),
+        Cmd::Load {
+            bin,
+            db,
+            out,
+            queries,
+            refs,
+            requests,
+            concurrency,
+            max_concurrent_identify,
+            max_seconds,
+            retry_ms,
+            json,
+        } => load::run_load_test(&load::LoadArgs {
+            bin,
+            db,
+            queries,
+            out,
+            refs,
+            requests,
+            concurrency,
+            max_concurrent_identify,
+            max_seconds,
+            retry_ms,
+            json,
         }),
         Cmd::Score {
             truth,

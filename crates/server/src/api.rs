@@ -48,6 +48,8 @@ pub struct AppState {
     pub(crate) jobs: Arc<Jobs>,
     /// One permit per request decoding audio (identify, waveforms).
     decode_slots: Arc<Semaphore>,
+    /// One permit per byte of identify bodies held in memory (see `body_budget_bytes`).
+    body_budget: Arc<Semaphore>,
     /// Held by the job under way (indexing, scanning): jobs write one after another.
     pub(crate) writer: tokio::sync::Mutex<()>,
     waveforms: Mutex<HashMap<(TrackId, usize), Arc<Waveform>>>,
@@ -59,6 +61,7 @@ impl AppState {
     pub fn new(config: ServerConfig, engine: Arc<Engine>, uploads: Uploads) -> Shared {
         Arc::new(Self {
             decode_slots: Arc::new(Semaphore::new(config.max_concurrent_identify)),
+            body_budget: Arc::new(Semaphore::new(body_budget_bytes(&config))),
             config,
             engine,
             uploads: Arc::new(uploads),
@@ -98,10 +101,12 @@ impl AppState {
 
     /// Takes a decode slot, or answers 503 at once when all are taken.
     fn decode_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        self.decode_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::busy(self.config.max_concurrent_identify))
+        self.decode_slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::busy(&format!(
+                "decodes {} song(s), its limit (--max-concurrent-identify)",
+                self.config.max_concurrent_identify
+            ))
+        })
     }
 
     /// Runs blocking engine work on tokio's blocking threads.
@@ -112,6 +117,20 @@ impl AppState {
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || work(&engine)).await?
     }
+}
+
+/// Bytes of identify bodies held in memory at once: as many full-size uploads as songs
+/// decoded at once, so memory is bounded as when every decoding request held a whole
+/// upload. Taken as bytes arrive, so slow clients hold only what they sent, never a
+/// decode slot.
+fn body_budget_bytes(config: &ServerConfig) -> usize {
+    let bytes = config
+        .max_upload_bytes
+        .saturating_add(uploads::MULTIPART_SLACK_BYTES)
+        .saturating_mul(config.max_concurrent_identify as u64);
+    usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
 }
 
 /// One route: its method and path (OpenAPI path syntax, as axum takes it).
@@ -224,6 +243,8 @@ struct Slots {
     /// Requests decoding audio now.
     in_flight: usize,
     limit: usize,
+    /// Bytes of identify uploads held in memory now (received, or waiting to decode).
+    buffered_bytes: usize,
 }
 
 async fn status(State(s): State<Shared>) -> Result<Json<Status>, ApiError> {
@@ -238,6 +259,7 @@ async fn status(State(s): State<Shared>) -> Result<Json<Status>, ApiError> {
         identify: Slots {
             in_flight: limit - s.decode_slots.available_permits(),
             limit,
+            buffered_bytes: body_budget_bytes(&s.config) - s.body_budget.available_permits(),
         },
         unfinished_jobs: s.jobs.n_unfinished(),
     }))
@@ -255,14 +277,18 @@ async fn identify(
     State(s): State<Shared>,
     req: Request,
 ) -> Result<Json<IdentifyResponse>, ApiError> {
-    // The slot is taken before the body is read, so it also bounds the uploads held in
-    // memory at once.
+    // The body is read first, under the memory budget, and the decode slot taken only
+    // once it is whole: a client sending slowly holds no slot (nor a thread) meanwhile.
+    let budget = uploads::Budget::new(s.body_budget.clone());
+    let upload = uploads::receive_in_memory(req, s.body_limit(), budget).await?;
     let slot = s.decode_slot()?;
-    let upload = uploads::receive_in_memory(req, s.body_limit()).await?;
     let label = upload.label.unwrap_or_else(|| "upload".to_string());
+    let held = upload.budget;
     let answer = s
         .blocking(move |engine| {
             let _slot = slot;
+            // The bytes stay counted until decoded and dropped.
+            let _held = held;
             let samples = engine
                 .decode_bytes(&label, upload.bytes, upload.ext)
                 .map_err(|e| ApiError::from_engine(&e))?;

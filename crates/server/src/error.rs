@@ -51,16 +51,13 @@ impl ApiError {
         )
     }
 
-    /// 503 with `Retry-After`: every slot for decoding audio is taken.
-    pub fn busy(limit: usize) -> Self {
+    /// 503 with `Retry-After`: the server already `what` (e.g. "decodes 2 songs").
+    pub fn busy(what: &str) -> Self {
         Self {
             retry_after_s: Some(RETRY_AFTER_S),
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the server is already decoding {limit} song(s), its limit \
-                     (--max-concurrent-identify); retry in {RETRY_AFTER_S} s"
-                ),
+                format!("the server already {what}; retry in {RETRY_AFTER_S} s"),
             )
         }
     }

@@ -126,6 +126,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The store could not be read at startup.
+    #[error("store: {0}")]
+    Store(String),
     /// The server failed while running, or the async runtime could not start.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -144,12 +147,22 @@ impl Server {
     pub async fn bind(config: ServerConfig, mut engine: Engine) -> Result<Self, ServerError> {
         config.validate()?;
         engine.set_max_duration_s(config.max_audio_s);
-        let uploads = uploads::Uploads::open(&config.upload_dir).map_err(|source| {
-            ServerError::UploadDir {
-                path: config.upload_dir.clone(),
-                source,
-            }
-        })?;
+        let upload_dir_error = |source| ServerError::UploadDir {
+            path: config.upload_dir.clone(),
+            source,
+        };
+        let uploads = uploads::Uploads::open(&config.upload_dir).map_err(upload_dir_error)?;
+        // Uploads a crash stored but never indexed would otherwise stay forever.
+        let catalogued: std::collections::HashSet<PathBuf> = engine
+            .store()
+            .tracks()
+            .map_err(|e| ServerError::Store(e.to_string()))?
+            .into_iter()
+            .map(|(_, info)| PathBuf::from(info.path))
+            .collect();
+        uploads
+            .remove_orphans(|path| catalogued.contains(path))
+            .map_err(upload_dir_error)?;
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
             .map_err(|source| ServerError::Bind {

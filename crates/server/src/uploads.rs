@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::error::Error as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -18,6 +19,11 @@ use crate::error::ApiError;
 const LABELS_FILE: &str = "labels.json";
 /// Longest label kept, in characters.
 const MAX_LABEL_CHARS: usize = 120;
+/// Name prefix of an upload being received: renamed to its content hash once whole, so a
+/// file under an upload name is always complete. One left behind was cut off by a crash.
+const INCOMING_PREFIX: &str = ".incoming-";
+/// Name prefix of a new `labels.json` being written (renamed over the old one when whole).
+const LABELS_TMP_PREFIX: &str = ".labels-";
 
 /// One uploaded song held in memory.
 pub struct InMemory {
@@ -26,6 +32,38 @@ pub struct InMemory {
     /// Its format's file extension, when the name or content type tells.
     pub ext: Option<&'static str>,
     pub bytes: Vec<u8>,
+    /// The share of the server's memory budget for bodies that `bytes` takes; given back
+    /// when dropped.
+    pub budget: Budget,
+}
+
+/// Bytes of request bodies held in memory, taken from a semaphore of one permit per byte
+/// as they arrive: a client that sends its body slowly holds only what it has sent.
+pub struct Budget {
+    pool: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Budget {
+    pub fn new(pool: Arc<Semaphore>) -> Self {
+        Self { pool, held: None }
+    }
+
+    /// Takes `n` more bytes of the budget, or says the server is full (503).
+    fn take(&mut self, n: usize) -> Result<(), ApiError> {
+        let full = || ApiError::busy("holds as many songs to identify as its memory allows");
+        let n = u32::try_from(n).map_err(|_| full())?;
+        let permit = self
+            .pool
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| full())?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
+    }
 }
 
 /// One uploaded song stored in the upload folder.
@@ -49,11 +87,25 @@ pub struct Uploads {
 }
 
 impl Uploads {
-    /// Creates the folder if needed and reads its labels.
+    /// Creates the folder if needed, removes what a crash left half-written, and reads
+    /// the labels.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         // Canonical, so that a stored track's path can be recognised as an upload.
         let dir = std::fs::canonicalize(dir)?;
+        // Only a running server writes these, and this one is not running yet.
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(INCOMING_PREFIX) || name.starts_with(LABELS_TMP_PREFIX) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let labels = match std::fs::read(dir.join(LABELS_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 std::io::Error::new(
@@ -95,7 +147,9 @@ impl Uploads {
         }
         // Written whole, then renamed over the old file: a crash keeps one or the other.
         let json = serde_json::to_vec_pretty(&*labels).map_err(std::io::Error::other)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(LABELS_TMP_PREFIX)
+            .tempfile_in(&self.dir)?;
         std::io::Write::write_all(&mut tmp, &json)?;
         tmp.persist(self.dir.join(LABELS_FILE))
             .map_err(|e| e.error)?;
@@ -110,6 +164,32 @@ impl Uploads {
             Err(e) => return Err(e),
         }
         self.set_label(name, None)
+    }
+
+    /// Deletes the uploads (and labels) that no catalogued track points at: files a crash
+    /// stored before their indexing job committed them. Blocking; run at startup only,
+    /// while no job is under way (one server per upload folder).
+    pub fn remove_orphans(&self, is_catalogued: impl Fn(&Path) -> bool) -> std::io::Result<()> {
+        let mut orphans = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if is_upload_name(&name) && !is_catalogued(&self.dir.join(&name)) {
+                orphans.push(name);
+            }
+        }
+        let labelled: Vec<String> = self.lock().keys().cloned().collect();
+        for name in labelled {
+            if !self.dir.join(&name).exists() {
+                orphans.push(name);
+            }
+        }
+        for name in orphans {
+            self.remove(&name)?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
@@ -163,8 +243,20 @@ impl Uploads {
     }
 }
 
-/// Reads the first uploaded file of `req` (as [`Uploads::receive`] finds it) into memory.
-pub async fn receive_in_memory(req: Request, limit_bytes: u64) -> Result<InMemory, ApiError> {
+/// True for names the server gives uploads: 64 hex digits of BLAKE3, then maybe an
+/// extension.
+fn is_upload_name(name: &str) -> bool {
+    let hash = name.split_once('.').map_or(name, |(hash, _)| hash);
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Reads the first uploaded file of `req` (as [`Uploads::receive`] finds it) into memory,
+/// taking each chunk from `budget` as it arrives.
+pub async fn receive_in_memory(
+    req: Request,
+    limit_bytes: u64,
+    mut budget: Budget,
+) -> Result<InMemory, ApiError> {
     let none = || {
         ApiError::bad_request(
             "no audio in the request: send the song as the raw body, or as the multipart \
@@ -176,7 +268,7 @@ pub async fn receive_in_memory(req: Request, limit_bytes: u64) -> Result<InMemor
         let mut form = Multipart::from_request(req, &())
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        while let Some(field) = form
+        while let Some(mut field) = form
             .next_field()
             .await
             .map_err(|e| multipart_error(&e, limit_bytes))?
@@ -184,35 +276,45 @@ pub async fn receive_in_memory(req: Request, limit_bytes: u64) -> Result<InMemor
             let Some(described) = describe_field(&field) else {
                 continue;
             };
-            let bytes = field
-                .bytes()
+            let mut bytes = Vec::new();
+            while let Some(chunk) = field
+                .chunk()
                 .await
-                .map_err(|e| multipart_error(&e, limit_bytes))?;
+                .map_err(|e| multipart_error(&e, limit_bytes))?
+            {
+                budget.take(chunk.len())?;
+                bytes.extend_from_slice(&chunk);
+            }
             if bytes.is_empty() {
                 return Err(none());
             }
             return Ok(InMemory {
                 label: described.label,
                 ext: described.ext,
-                bytes: bytes.to_vec(),
+                bytes,
+                budget,
             });
         }
         Err(none())
     } else {
         let described = describe_raw(&req);
-        let bytes = req
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| body_error(&e, limit_bytes))?
-            .to_bytes();
+        let mut body = req.into_body();
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| body_error(&e, limit_bytes))?;
+            if let Ok(chunk) = frame.into_data() {
+                budget.take(chunk.len())?;
+                bytes.extend_from_slice(&chunk);
+            }
+        }
         if bytes.is_empty() {
             return Err(none());
         }
         Ok(InMemory {
             label: described.label,
             ext: described.ext,
-            bytes: bytes.to_vec(),
+            bytes,
+            budget,
         })
     }
 }
@@ -229,7 +331,7 @@ impl Sink {
     fn new(dir: &Path) -> Result<Self, ApiError> {
         let io = |e: std::io::Error| ApiError::internal(format!("storing the upload: {e}"));
         let tmp = tempfile::Builder::new()
-            .prefix(".incoming-")
+            .prefix(INCOMING_PREFIX)
             .tempfile_in(dir)
             .map_err(io)?;
         let file = tokio::fs::File::from_std(tmp.reopen().map_err(io)?);
@@ -280,7 +382,7 @@ impl Sink {
 }
 
 /// Multipart framing allowed on top of the upload limit (the headers of a few parts).
-const MULTIPART_SLACK_BYTES: u64 = 64 * 1024;
+pub const MULTIPART_SLACK_BYTES: u64 = 64 * 1024;
 
 /// Refuses a request whose declared length is over the limit before reading any of it,
 /// and makes its body fail once it grows past the limit (for bodies sent without a

@@ -4,6 +4,12 @@
 //! `~/.cache/cratedigger-corpus`, fetched by `scripts/setup.sh`) and sox, rubberband and
 //! ffmpeg; without them they fail, unless `CRATEDIGGER_SKIP_CORPUS_TESTS=1`.
 
+/// The HTTP client and load generator of `cratedigger-bench load`, shared by path so that
+/// the tests drive the server with the same code (parts only the benchmark uses are unused
+/// here).
+#[allow(dead_code)]
+#[path = "../../../bench/src/loadgen.rs"]
+mod loadgen;
 mod util;
 
 mod catalogue;
@@ -14,4 +20,5 @@ mod errors;
 mod fixture;
 mod hostile;
 mod identify;
+mod serve;
 mod store;

@@ -285,3 +285,113 @@ async fn requests_without_audio_are_client_errors() {
         .expect("GET");
     assert_eq!(missing.status(), 404);
 }
+
+/// What an identify answer says about one track: (query start, hits) of its matches. The
+/// start is rounded to the millisecond: the last bits of a float vary between answers.
+fn matches_of(answer: &serde_json::Value, track_id: u64) -> Vec<(String, u64)> {
+    answer["matches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["track_id"] == track_id)
+        .map(|m| {
+            let start = m["query_start_s"].as_f64().unwrap_or(f64::NAN);
+            (format!("{start:.3}"), m["hits"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// identify runs again and again while an upload job indexes a library that ends with the
+/// sampled reference `late`: every answer finds the already-indexed `early` exactly as
+/// before, and `late` either not at all or exactly as the finished store does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_during_an_upload_job_sees_tracks_whole_or_not_at_all() {
+    let s = TestServer::start(|c| c.max_concurrent_identify = 4).await;
+    let early = synthetic_wav(40, 12.0);
+    let late = synthetic_wav(41, 12.0);
+    let q_early = wav_excerpt(&early, 3.0, 6.0);
+    let q_late = wav_excerpt(&late, 3.0, 6.0);
+    let job = s.upload(&[("early.wav", early)]).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let early_id = job["result"][0]["track_id"].as_u64().expect("early's id");
+    let ask = |q: Vec<u8>| {
+        let s = &s;
+        async move {
+            let res = s.identify("q.wav", q).await;
+            assert_eq!(res.status(), 200);
+            res.json::<serde_json::Value>().await.expect("JSON")
+        }
+    };
+    let early_found = matches_of(&ask(q_early.clone()).await, early_id);
+    assert_eq!(early_found.len(), 1, "the early reference is not found");
+    let before = ask(q_late.clone()).await;
+    assert!(
+        before["matches"].as_array().is_some_and(Vec::is_empty),
+        "{before}"
+    );
+
+    let mut form = reqwest::multipart::Form::new();
+    for seed in 0..100 {
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(synthetic_wav(100 + seed, 4.0))
+                .file_name(format!("filler-{seed}.wav")),
+        );
+    }
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(late).file_name("late.wav"),
+    );
+    let res = s
+        .client
+        .post(s.url("/api/tracks"))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 202);
+    let id = res.json::<serde_json::Value>().await.expect("JSON")["id"]
+        .as_u64()
+        .expect("job id");
+    let mut during = Vec::new();
+    loop {
+        let job = s.get_json(&format!("/api/jobs/{id}")).await;
+        if job["state"] == "done" {
+            break;
+        }
+        assert_ne!(job["state"], "failed", "{job}");
+        during.push((ask(q_early.clone()).await, ask(q_late.clone()).await));
+    }
+    let job = s.get_json(&format!("/api/jobs/{id}")).await;
+    let late_id = job["result"]
+        .as_array()
+        .and_then(|files| files.iter().find(|f| f["label"] == "late.wav"))
+        .and_then(|f| f["track_id"].as_u64())
+        .expect("late's id");
+    let late_found = matches_of(&ask(q_late.clone()).await, late_id);
+    assert_eq!(late_found.len(), 1, "late is not found after the job");
+    let mut saw_late = 0;
+    for (i, (e, l)) in during.iter().enumerate() {
+        assert_eq!(
+            matches_of(e, early_id),
+            early_found,
+            "answer {i}: early changed"
+        );
+        let late_now = matches_of(l, late_id);
+        saw_late += usize::from(!late_now.is_empty());
+        assert!(
+            late_now.is_empty() || late_now == late_found,
+            "answer {i}: late half there: {late_now:?} vs {late_found:?}"
+        );
+    }
+    eprintln!(
+        "{} answers during the job, {saw_late} with late",
+        during.len()
+    );
+    assert!(
+        during.len() >= 2,
+        "only {} answers overlapped the job; the test proves little",
+        during.len()
+    );
+}

@@ -37,6 +37,15 @@ impl TestServer {
             .prefix("cratedigger-server-test-")
             .tempdir()
             .expect("temp dir");
+        Self::start_in(dir, fill, change).await
+    }
+
+    /// Like [`TestServer::start_with`], in a folder the test prepared (`db/`, `uploads/`).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        fill: impl FnOnce(&Engine),
+        change: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let db = dir.path().join("db");
         std::fs::create_dir_all(&db).expect("create store folder");
         let engine = Engine::open(&db).expect("open store");
@@ -230,6 +239,19 @@ pub async fn read_status_line(stream: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+/// Reads the rest of an answer's head (after [`read_status_line`]), up to the blank line.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") && !buf.starts_with(b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await {
+            Ok(Ok(1)) => buf.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// A 16-bit mono WAV file, 16 kHz, of `seconds` of synthetic music: a new chord of
