@@ -152,10 +152,15 @@ impl Server {
             source,
         };
         let uploads = uploads::Uploads::open(&config.upload_dir).map_err(upload_dir_error)?;
-        // Uploads a crash stored but never indexed would otherwise stay forever.
-        let catalogued: std::collections::HashSet<PathBuf> = engine
-            .store()
-            .tracks()
+        // Uploads a crash stored but never indexed would otherwise stay forever. Store calls
+        // block (a cluster store runs its own runtime), so they go to a blocking thread.
+        let (engine, tracks) = tokio::task::spawn_blocking(move || {
+            let tracks = engine.store().tracks();
+            (engine, tracks)
+        })
+        .await
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+        let catalogued: std::collections::HashSet<PathBuf> = tracks
             .map_err(|e| ServerError::Store(e.to_string()))?
             .into_iter()
             .map(|(_, info)| PathBuf::from(info.path))

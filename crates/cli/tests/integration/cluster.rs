@@ -127,3 +127,78 @@ fn a_store_url_must_be_redis_and_conflicts_with_db() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "--db and --store together");
 }
+
+/// Sends one HTTP/1.1 GET to `addr` and returns the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the server");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("set a read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send a request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
+}
+
+#[test]
+fn serve_on_a_cluster_store_starts_and_answers() {
+    use std::io::BufRead;
+    let Some(corpus) = corpus() else { return };
+    let cluster = TestCluster::start(3, 0).expect("start a 3-master cluster");
+    let url = cluster.url("prefix=serve");
+    let dir = TestDir::new();
+    run(&url, &["index", "-q"], &[corpus.refs[0].as_path()]).expect_code(0);
+
+    // Without an upload folder the server says what it needs instead of guessing one.
+    let refused = run(&url, &["serve", "--bind", "127.0.0.1:0"], &[]);
+    refused.expect_code(2);
+    assert!(refused.stderr.contains("--upload-dir"), "{refused:?}");
+
+    // Startup reads the catalogue (to clear orphaned uploads) from inside the server's
+    // runtime; the cluster store must be called from a blocking thread there.
+    let uploads = dir.join("uploads");
+    let mut server = spawn(
+        &url,
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--upload-dir",
+            &uploads.to_string_lossy(),
+        ],
+        &[],
+    );
+    let stdout = server.stdout.take().expect("server stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the server's first line");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned);
+    let Some(addr) = addr else {
+        let _ = server.kill();
+        let out = server.wait_with_output().expect("wait for the server");
+        panic!(
+            "serve did not start: {line:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let status = http_get(&addr, "/api/status");
+    let tracks = http_get(&addr, "/api/tracks");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(tracks.starts_with("HTTP/1.1 200"), "{tracks}");
+    assert!(tracks.contains("\"total\":1"), "{tracks}");
+    drop(cluster);
+}
