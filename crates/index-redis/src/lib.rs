@@ -322,7 +322,8 @@ impl Topology {
 struct Link {
     /// Dropped before the runtime that drives it.
     conn: ClusterConnection,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped; see the `Drop` impl.
+    runtime: Option<tokio::runtime::Runtime>,
     topology: RwLock<Arc<Topology>>,
     /// Script sources by [`Script::index`], loaded into a node when it says NOSCRIPT.
     sources: Vec<String>,
@@ -357,23 +358,33 @@ impl Link {
         Ok(())
     }
 
+    fn block_on<T: Send>(&self, future: impl Future<Output = T> + Send) -> T {
+        wait(
+            self.runtime
+                .as_ref()
+                .expect("the runtime lives until the link is dropped"),
+            future,
+        )
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or transient failures have gone on
     /// for the timeout; between attempts it re-reads the topology.
     fn run<T, F, Fut>(&self, doing: &'static str, mut attempt: F) -> Result<T, IndexError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
+        Fut: Future<Output = Result<T, Failure>> + Send,
+        T: Send,
     {
         let started = Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.runtime.block_on(attempt()) {
+            match self.block_on(attempt()) {
                 Ok(value) => return Ok(value),
                 Err(failure) if failure.is_transient() && started.elapsed() < self.timeout => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(1));
                     // A failed refresh keeps the old map; the next attempt tells.
-                    let _ = self.runtime.block_on(self.refresh_topology());
+                    let _ = self.block_on(self.refresh_topology());
                 }
                 Err(failure) => return Err(self.error(doing, failure)),
             }
@@ -538,8 +549,9 @@ fn as_id(value: &Value) -> Option<TrackId> {
 
 /// A [`Store`] on a Redis Cluster; see the crate docs for the layout and its guarantees.
 ///
-/// Methods block the calling thread on an internal runtime, so they must not be called
-/// from inside an async task (use `spawn_blocking`).
+/// Methods block the calling thread on an internal runtime. Async code should call them
+/// through `spawn_blocking`; called from inside an async task they still work (the wait
+/// moves to a scoped thread) but hold up that task's executor thread.
 pub struct RedisStore {
     meta: StoreMeta,
     keys: Keys,
@@ -604,12 +616,10 @@ impl RedisStore {
             .response_timeout(Duration::from_secs(10))
             .build()
             .map_err(connect_error)?;
-        let conn = runtime
-            .block_on(client.get_async_connection())
-            .map_err(connect_error)?;
+        let conn = wait(&runtime, client.get_async_connection()).map_err(connect_error)?;
         let link = Link {
             conn,
-            runtime,
+            runtime: Some(runtime),
             topology: RwLock::new(Arc::new(Topology::default())),
             sources: Script::ALL.iter().map(|script| script.source()).collect(),
             durable_replicas: options.durable_replicas,
@@ -1333,6 +1343,35 @@ impl Store for RedisStore {
         out.sort_unstable();
         Ok(out)
     }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its blocking threads, which tokio forbids inside
+        // another runtime (a store dropped by async code); there it is let go in the
+        // background instead.
+        // Elsewhere the fields drop in order, the connection before its runtime.
+        if tokio::runtime::Handle::try_current().is_ok()
+            && let Some(runtime) = self.runtime.take()
+        {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Waits for `future` on the store's own `runtime`. From inside another tokio runtime (an
+/// async caller that did not move the call to a blocking thread) a direct `block_on` would
+/// panic, so there the wait happens on a scoped thread outside any runtime instead.
+fn wait<T: Send>(runtime: &tokio::runtime::Runtime, future: impl Future<Output = T> + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return runtime.block_on(future);
+    }
+    std::thread::scope(
+        |scope| match scope.spawn(|| runtime.block_on(future)).join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        },
+    )
 }
 
 #[cfg(test)]

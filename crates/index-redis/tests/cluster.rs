@@ -209,3 +209,31 @@ fn other_parameters_are_incompatible_and_a_missing_store_is_not_found() {
     let reopened = RedisStore::open(&url.replace("buckets=3", "buckets=12"), "p").expect("reopen");
     assert_eq!(reopened.bucket_bits(), 3);
 }
+
+#[test]
+fn the_store_works_when_called_from_inside_an_async_runtime() {
+    // An async caller that forgets spawn_blocking must get answers, not a panic about
+    // starting a runtime within a runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let url = fresh_url("");
+    let (tracks, found) = runtime.block_on(async {
+        let store = RedisStore::open(&url, "p").expect("open inside a runtime");
+        let id = store
+            .put_track(
+                &track_info("/async", "async", 1.0),
+                &spread_entries(9, 50),
+                None,
+            )
+            .expect("put inside a runtime");
+        let found = lookup_all(&store, &[spread_entries(9, 50)[0].0]);
+        (
+            store.tracks().expect("tracks inside a runtime"),
+            (id, found.len()),
+        )
+    });
+    assert_eq!(tracks.len(), 1);
+    assert_eq!(found.1, 1);
+}
