@@ -21,7 +21,6 @@ use fingerprint::{Fingerprinter, Params};
 use index::{Entry, LmdbOptions, LmdbStore, Store, TrackInfo};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -441,28 +440,36 @@ fn measure_query(a: &ScaleArgs, q: &Path, reference: Option<&str>) -> Result<Que
     Ok(stats)
 }
 
-/// Runs `BIN --db DB identify --json Q` and reads its wall time and peak RSS (from the
-/// child's own rusage, so nothing else is counted).
+/// Runs `BIN --db DB identify --json Q` under `/usr/bin/time` and reads its wall time
+/// and peak RSS. Not the child's rusage as seen from here: Linux starts a child's peak RSS
+/// at its parent's RSS at fork, so a child of this (large) writer would report the
+/// writer's size; `time` is small, so its child's figure is the identify process's own.
 fn identify_once(bin: &Path, db: &Path, q: &Path, reference: Option<&str>) -> Result<IdentifyRun> {
+    let rss_file = std::env::temp_dir().join(format!("cd-scale-rss-{}", std::process::id()));
     let started = Instant::now();
-    let mut child = Command::new(bin)
+    let output = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss_file)
+        .arg(bin)
         .arg("--db")
         .arg(db)
         .args(["identify", "--json"])
         .arg(q)
-        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut out)?;
-    }
-    let (status, max_rss_kb) = wait_with_rusage(child.id())?;
+        .output()
+        .with_context(|| format!("running /usr/bin/time {}", bin.display()))?;
     let wall_s = started.elapsed().as_secs_f64();
-    if status != 0 {
-        bail!("identify {} exited with status {status}", q.display());
+    if !output.status.success() {
+        bail!("identify {} failed: {}", q.display(), output.status);
     }
+    let max_rss_kb: f64 = std::fs::read_to_string(&rss_file)
+        .with_context(|| format!("reading {}", rss_file.display()))?
+        .trim()
+        .parse()
+        .context("peak RSS from /usr/bin/time")?;
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
     let parsed = parse_identify(&out)?;
     let value: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let synthetic_matches = parsed
@@ -482,7 +489,7 @@ fn identify_once(bin: &Path, db: &Path, q: &Path, reference: Option<&str>) -> Re
         planted.and_then(|m| m.extra.get("significance").and_then(|v| v.as_f64()));
     Ok(IdentifyRun {
         wall_s,
-        max_rss_mb: max_rss_kb as f64 / 1024.0,
+        max_rss_mb: max_rss_kb / 1024.0,
         matches: parsed.matches.len(),
         synthetic_matches,
         planted_score,
@@ -490,23 +497,6 @@ fn identify_once(bin: &Path, db: &Path, q: &Path, reference: Option<&str>) -> Re
         lookup_s: value["timings"]["lookup_s"].as_f64(),
         n_hits: value["n_hits"].as_u64(),
     })
-}
-
-/// Waits for child `pid` and returns (exit status, peak RSS in KiB).
-fn wait_with_rusage(pid: u32) -> Result<(i32, i64)> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: wait4 writes only into the zeroed rusage and the status we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) };
-    if rc < 0 {
-        bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    Ok((code, ru.ru_maxrss))
 }
 
 fn self_peak_rss_mb() -> f64 {
