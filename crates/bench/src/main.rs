@@ -6,8 +6,10 @@ mod corpus;
 mod dedup;
 mod load;
 mod loadgen;
+mod plot;
 mod queries;
 mod run;
+mod scale;
 mod score;
 mod stores;
 mod sweep;
@@ -219,6 +221,75 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Grow an LMDB store with synthetic postings (real references first, then their
+    /// postings with shuffled times under new track ids) and measure store size and
+    /// identify latency / peak memory at each size; writes a JSON report.
+    Scale {
+        /// The cratedigger binary used for identify.
+        #[arg(long)]
+        bin: PathBuf,
+        /// Folder of the store to build (must not hold one); removed at the end unless --keep.
+        #[arg(long)]
+        db: PathBuf,
+        /// File listing the real references, one path a line (e.g. OUT/refs.txt).
+        #[arg(long)]
+        base: PathBuf,
+        /// Comma-separated checkpoints in hours of audio (real included).
+        #[arg(long, value_parser = parse_thresholds, default_value = "10,100,1000")]
+        hours: Thresholds,
+        /// Comma-separated queries timed at each checkpoint.
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<PathBuf>,
+        /// Comma-separated queries whose sample's reference is a real track (see --truth).
+        #[arg(long, value_delimiter = ',')]
+        planted: Vec<PathBuf>,
+        /// truth.json naming the planted queries' references.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// identify runs per query and checkpoint.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the JSON report goes (rewritten after every checkpoint).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The store's merge policy (LmdbOptions::delta_fraction; the store's default is 0.25).
+        #[arg(long, default_value_t = 0.25)]
+        delta_fraction: f64,
+        /// Stop growing after this many seconds of growing (merges included).
+        #[arg(long, default_value_t = 2700.0)]
+        max_grow_s: f64,
+        /// Stop growing when less than this many GB would stay free on the store's disk.
+        #[arg(long, default_value_t = 10.0)]
+        min_free_gb: f64,
+        /// Keep the store at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Continue growing the store an earlier run left in --db, appending to --out.
+        #[arg(long)]
+        resume: bool,
+        /// Skip a query whose peak RSS, extrapolated from the previous checkpoint, exceeds this.
+        #[arg(long, default_value_t = 6.0)]
+        max_identify_gb: f64,
+        /// Skip a query whose median time, extrapolated likewise, exceeds this.
+        #[arg(long, default_value_t = 120.0)]
+        max_identify_s: f64,
+    },
+    /// Draw PNG plots: recall against speed factor, SNR and excerpt length (from a scored
+    /// full-suite report.json) and identify latency / store size against store hours (from
+    /// a `scale` report).
+    Plot {
+        /// report.json of a scored `full`-suite run.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// JSON report written by `scale`.
+        #[arg(long)]
+        scale: Option<PathBuf>,
+        /// Folder for the PNG files (e.g. docs/plots).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Score saved results offline.
     Score {
         #[arg(long)]
@@ -346,6 +417,44 @@ fn main() -> Result<()> {
             retry_ms,
             json,
         }),
+        Cmd::Scale {
+            bin,
+            db,
+            base,
+            hours,
+            queries,
+            planted,
+            truth,
+            runs,
+            out,
+            seed,
+            delta_fraction,
+            max_grow_s,
+            min_free_gb,
+            keep,
+            resume,
+            max_identify_gb,
+            max_identify_s,
+        } => scale::run_scale(&scale::ScaleArgs {
+            bin,
+            db,
+            base,
+            hours: hours.0,
+            queries,
+            planted,
+            truth,
+            runs,
+            out,
+            seed,
+            delta_fraction,
+            max_grow_s,
+            min_free_gb,
+            keep,
+            resume,
+            max_identify_gb,
+            max_identify_s,
+        }),
+        Cmd::Plot { report, scale, out } => plot::run_plot(&plot::PlotArgs { report, scale, out }),
         Cmd::Score {
             truth,
             results,
