@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::util::{IndexCounts, StoreContent, TestDir, have_tools, index, noise_library};
+use crate::util::{
+    IndexCounts, Rng, StoreContent, TestDir, have_tools, index, noise_library, seed_from_env,
+};
 
 /// Tracks in the library: more than the 64 unmerged runs after which the store merges
 /// (`LmdbOptions::max_delta_tracks`), so kills also land in a merge.
@@ -18,63 +20,16 @@ const MIN_KILLS: usize = 24;
 /// Set to reproduce a run: the seed of the kill moments (printed by every run).
 const SEED_ENV: &str = "CRATEDIGGER_CRASH_SEED";
 
-/// xorshift64*, seeded; enough to spread kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var(SEED_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        })
-}
-
 /// Checks that `db` holds only whole tracks of `reference`: every catalogued track has
 /// exactly the postings and catalogue entry it has in the store built without crashes,
 /// no posting belongs to a track outside the catalogue (`StoreContent::read` checks that),
 /// and the counters add up. Returns how many tracks it holds.
 #[track_caller]
 fn check_whole_tracks(db: &Path, reference: &StoreContent, moment: &str) -> usize {
-    let Some(content) = StoreContent::read_if_created(db) else {
-        return 0;
-    };
-    let mut postings = 0;
-    let mut duration_us = 0;
-    for track in &content.tracks {
-        let expected = reference
-            .tracks
-            .iter()
-            .find(|t| t.0 == track.0)
-            .unwrap_or_else(|| panic!("{moment}: a track that was never indexed: {track:?}"));
-        assert_eq!(track, expected, "{moment}: a catalogue entry differs");
-        assert_eq!(
-            content.postings_of(&track.0),
-            reference.postings_of(&track.0),
-            "{moment}: {} does not hold exactly its postings",
-            track.0
-        );
-        postings += track.2;
-        duration_us += track.1;
+    match StoreContent::read_if_created(db) {
+        None => 0,
+        Some(content) => content.assert_whole_tracks(reference, moment, |_| {}),
     }
-    assert_eq!(
-        content.counters,
-        (content.tracks.len() as u64, postings, duration_us),
-        "{moment}: the counters do not add up over the tracks"
-    );
-    content.tracks.len()
 }
 
 #[test]
@@ -82,7 +37,7 @@ fn index_killed_at_random_moments_leaves_whole_tracks_and_a_rerun_completes() {
     if !have_tools(&["ffmpeg"]) {
         return;
     }
-    let seed = seed();
+    let seed = seed_from_env(SEED_ENV);
     eprintln!("kill moments from seed {seed} (set {SEED_ENV}={seed} to repeat them)");
     let mut rng = Rng(seed);
     let dir = TestDir::new();

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::loadgen::{LoadPlan, Pace, ServerProcess, request, run_load};
-use crate::util::{StoreContent, TestDir, cratedigger, have_tools, index, noise_library, sox};
+use crate::util::{
+    Rng, StoreContent, TestDir, cratedigger, have_tools, index, noise_library, seed_from_env, sox,
+};
 
 /// Uploads in the job, one per request.
 const N_FILES: usize = 24;
@@ -34,30 +36,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cratedigger"))
-}
-
-/// xorshift64*, seeded; enough to spread kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var(SEED_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        })
 }
 
 /// Where the uploading client was when the server died.
@@ -234,37 +212,13 @@ fn check_whole(db: &Path, uploads: &Path, reference: &Reference, moment: &str) -
     let Some(content) = StoreContent::read_if_created(db) else {
         return 0;
     };
-    let content = by_name(content);
-    let mut postings = 0;
-    let mut duration_us = 0;
-    for track in &content.tracks {
-        let expected = reference
-            .content
-            .tracks
-            .iter()
-            .find(|t| t.0 == track.0)
-            .unwrap_or_else(|| panic!("{moment}: a track that was never uploaded: {track:?}"));
-        assert_eq!(track, expected, "{moment}: a catalogue entry differs");
+    by_name(content).assert_whole_tracks(&reference.content, moment, |track| {
         assert!(
             files.contains_key(&track.0),
             "{moment}: track {} has no whole upload behind it",
             track.0
         );
-        assert_eq!(
-            content.postings_of(&track.0),
-            reference.content.postings_of(&track.0),
-            "{moment}: {} does not hold exactly its postings",
-            track.0
-        );
-        postings += track.2;
-        duration_us += track.1;
-    }
-    assert_eq!(
-        content.counters,
-        (content.tracks.len() as u64, postings, duration_us),
-        "{moment}: the counters do not add up over the tracks"
-    );
-    content.tracks.len()
+    })
 }
 
 fn start_server(db: &Path, uploads: &Path) -> ServerProcess {
@@ -329,7 +283,7 @@ fn serve_killed_at_random_moments_while_receiving_and_indexing_uploads_loses_not
     if !have_tools(&["ffmpeg"]) {
         return;
     }
-    let seed = seed();
+    let seed = seed_from_env(SEED_ENV);
     eprintln!("kill moments from seed {seed} (set {SEED_ENV}={seed} to repeat them)");
     let mut rng = Rng(seed);
     let dir = TestDir::new();

@@ -610,6 +610,45 @@ fn store_params(db: &Path) -> String {
 }
 
 impl StoreContent {
+    /// Asserts that every track here is whole: it is in `reference` (the store a run
+    /// without crashes built) with the same catalogue entry and exactly its postings,
+    /// `each` accepts it, and the counters add up over the tracks. Returns how many.
+    #[track_caller]
+    pub fn assert_whole_tracks(
+        &self,
+        reference: &StoreContent,
+        moment: &str,
+        mut each: impl FnMut(&(String, u64, u64)),
+    ) -> usize {
+        let mut postings = 0;
+        let mut duration_us = 0;
+        for track in &self.tracks {
+            let expected = reference
+                .tracks
+                .iter()
+                .find(|t| t.0 == track.0)
+                .unwrap_or_else(|| {
+                    panic!("{moment}: a track the crash-free run does not have: {track:?}")
+                });
+            assert_eq!(track, expected, "{moment}: a catalogue entry differs");
+            each(track);
+            assert_eq!(
+                self.postings_of(&track.0),
+                reference.postings_of(&track.0),
+                "{moment}: {} does not hold exactly its postings",
+                track.0
+            );
+            postings += track.2;
+            duration_us += track.1;
+        }
+        assert_eq!(
+            self.counters,
+            (self.tracks.len() as u64, postings, duration_us),
+            "{moment}: the counters do not add up over the tracks"
+        );
+        self.tracks.len()
+    }
+
     /// Like [`StoreContent::read`], but None when no store was ever committed at `db` (a
     /// process killed before its first commit leaves at most an empty LMDB file).
     #[track_caller]
@@ -624,6 +663,33 @@ impl StoreContent {
             }
         }
     }
+}
+
+/// xorshift64*, seeded: enough to spread the kill moments of the crash tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A uniform number in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The seed in the environment variable `name` (to replay a run), else one from the clock;
+/// never zero, which would stall [`Rng`].
+pub fn seed_from_env(name: &str) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        })
 }
 
 /// `n` files of `seconds` of pink noise (ffmpeg's `anoisesrc`, seeds `first_seed`,
