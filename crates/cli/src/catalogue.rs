@@ -13,7 +13,6 @@ use engine::{
     parse_metadata_json,
 };
 use index::TrackId;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit_code;
 
@@ -227,16 +226,7 @@ pub fn import_tags(
 
 pub fn scan(engine: &Engine, quiet: bool, json: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} tracks {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = crate::progress_bar(quiet, "tracks");
     let mut found = 0;
     let summary = engine.scan(&mut |event| match event {
         ScanEvent::Started { n_tracks, .. } => bar.set_length(n_tracks as u64),

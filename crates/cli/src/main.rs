@@ -200,29 +200,16 @@ impl Location {
 
     /// Opens a store that must already exist, for writing (tags, scans).
     fn open_writable(&self) -> anyhow::Result<Engine> {
-        match self {
-            Self::Folder(db) => {
-                if !db.exists() {
-                    anyhow::bail!(
-                        "no store at {} (index some tracks first: cratedigger --db {} index FOLDER)",
-                        db.display(),
-                        db.display()
-                    );
-                }
-                Engine::open(db)
-            }
-            Self::Cluster(url) => Engine::open_with(|params| {
-                Ok(Box::new(index_redis::RedisStore::open_existing(
-                    url, params,
-                )?))
-            }),
-        }
-        .with_context(|| format!("opening the store {}", self.name().display()))
+        self.open_if_exists(true)
     }
 
-    /// Opens a store that must already exist: a query against a missing store is a
-    /// mistake worth a clear message, not an empty answer.
+    /// Opens a store that must already exist, for reading: a query against a missing store
+    /// is a mistake worth a clear message, not an empty answer.
     fn open_existing(&self) -> anyhow::Result<Engine> {
+        self.open_if_exists(false)
+    }
+
+    fn open_if_exists(&self, writable: bool) -> anyhow::Result<Engine> {
         match self {
             Self::Folder(db) => {
                 if !db.exists() {
@@ -232,8 +219,13 @@ impl Location {
                         db.display()
                     );
                 }
-                Engine::open_read_only(db)
+                if writable {
+                    Engine::open(db)
+                } else {
+                    Engine::open_read_only(db)
+                }
             }
+            // A cluster store has no read-only mode; opening it checks that it exists.
             Self::Cluster(url) => Engine::open_with(|params| {
                 Ok(Box::new(index_redis::RedisStore::open_existing(
                     url, params,
@@ -357,16 +349,7 @@ fn serve(location: &Location, args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn index(engine: &Engine, paths: &[PathBuf], quiet: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} files {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(quiet, "files");
     let mut audio_s = 0.0;
     let mut failures = Vec::new();
     let summary = engine.index_paths(paths, &mut |event| match event {
@@ -421,6 +404,23 @@ fn index(engine: &Engine, paths: &[PathBuf], quiet: bool) -> anyhow::Result<Exit
         );
     }
     Ok(exit_code(summary.failed > 0))
+}
+
+/// A progress bar counting `unit` (its length set later), hidden when `quiet`.
+pub(crate) fn progress_bar(quiet: bool, unit: &str) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
 }
 
 /// Exit code 1 when some item (a file, a query, a track) failed and the others went on;
