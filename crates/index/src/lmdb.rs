@@ -933,12 +933,15 @@ impl LmdbStore {
             .map_err(self.err("reading relations"))?
         {
             let (key, _) = item.map_err(self.err("reading relations"))?;
-            let key: [u8; 8] = key
-                .try_into()
-                .map_err(|_| self.corrupt(format!("a relation key has {} bytes", key.len())))?;
-            keys.push(key);
+            keys.push(self.pair_key_of(key)?);
         }
         Ok(keys)
+    }
+
+    /// A stored relation key as the fixed-size pair key it must be.
+    fn pair_key_of(&self, key: &[u8]) -> Result<[u8; 8], IndexError> {
+        key.try_into()
+            .map_err(|_| self.corrupt(format!("a relation key has {} bytes", key.len())))
     }
 
     /// Drops every relation `id` takes part in, and its scan mark.
@@ -1601,9 +1604,7 @@ impl Store for LmdbStore {
                     .map_err(self.err("reading relations"))?
                 {
                     let (key, _) = item.map_err(self.err("reading relations"))?;
-                    keys.push(key.try_into().map_err(|_| {
-                        self.corrupt(format!("a relation key has {} bytes", key.len()))
-                    })?);
+                    keys.push(self.pair_key_of(key)?);
                 }
                 keys
             }
