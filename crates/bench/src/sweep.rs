@@ -159,15 +159,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             let samples = decode(query)?;
             let print = fp.query_print(&samples);
             let quads = &print.quads;
-            let points: Vec<(f32, f32)> =
-                print.verify_peaks.iter().map(|p| (p.time, p.bin)).collect();
-            let grid = matcher::verify::PeakGrid::new(
-                &points,
-                print.n_frames,
-                print.n_bins,
-                match_params.verify.tolerance_frames,
-                match_params.verify.tolerance_bins,
-            );
+            let grid = engine::verification_grid(&print, &match_params);
             let mut hits = Vec::new();
             for x in quads {
                 let Some(list) = index.get(&x.hash) else {

@@ -639,14 +639,7 @@ impl Engine {
         print: &QueryPrint,
     ) -> Result<Vec<SampleMatch>, EngineError> {
         let mp = &self.match_params;
-        let points: Vec<(f32, f32)> = print.verify_peaks.iter().map(|p| (p.time, p.bin)).collect();
-        let grid = matcher::verify::PeakGrid::new(
-            &points,
-            print.n_frames,
-            print.n_bins,
-            mp.verify.tolerance_frames,
-            mp.verify.tolerance_bins,
-        );
+        let grid = verification_grid(print, mp);
         let mut kept = Vec::with_capacity(candidates.len());
         for mut m in candidates {
             // A store written without peaks (or a damaged list) leaves the candidate
@@ -710,6 +703,19 @@ impl Engine {
             .map(|(decoded, _)| decoded.samples)
             .map_err(audio_error(path))
     }
+}
+
+/// The query's verification peaks as the grid `matcher::verify` looks them up in, with
+/// the tolerances of `p`.
+pub fn verification_grid(print: &QueryPrint, p: &MatchParams) -> matcher::verify::PeakGrid {
+    let points: Vec<(f32, f32)> = print.verify_peaks.iter().map(|p| (p.time, p.bin)).collect();
+    matcher::verify::PeakGrid::new(
+        &points,
+        print.n_frames,
+        print.n_bins,
+        p.verify.tolerance_frames,
+        p.verify.tolerance_bins,
+    )
 }
 
 /// Turns an audio error into the engine's, naming the file.
