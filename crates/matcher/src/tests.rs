@@ -285,6 +285,57 @@ mod verification {
     }
 
     #[test]
+    fn a_slope_off_by_a_percent_is_refined() {
+        // A candidate fitted from a few sparse hits may have its tempo 1-2% off: over an
+        // 8 s sample that moves the far end by 10-20 frames, far beyond the tolerance, so
+        // without refining the tempo only a short stretch verifies.
+        let p = VerifyParams {
+            refine_tempo: 0.02,
+            ..VerifyParams::default()
+        };
+        let no_tempo = VerifyParams::default();
+        for (seed, tempo, error) in [(4u64, 1.0, 0.014), (5, 0.8, -0.016), (6, 1.25, 0.012)] {
+            let mut rng = Lcg(seed);
+            let reference = reference_peaks(&mut rng, 20_000.0);
+            let line = Line {
+                tempo,
+                r0: 9_000.0,
+                q0: 2_000.0,
+                shift_bins: 0.0,
+            };
+            let r1 = 9_000.0 + 1_000.0 * tempo;
+            let grid = query_grid(
+                &mut rng,
+                5_000,
+                1.2,
+                Some((&reference, line, 9_000.0, r1, 0.5)),
+            );
+            let guess = Line {
+                tempo: tempo * (1.0 + error),
+                ..line
+            };
+            let v = verify_line(guess, &reference, &grid, &p).expect("verified");
+            let unrefined = verify_line(guess, &reference, &grid, &no_tempo).map_or(0.0, |v| v.llr);
+            assert!(
+                (v.line.tempo / tempo - 1.0).abs() < 0.004,
+                "seed {seed}: tempo {} vs {tempo}",
+                v.line.tempo
+            );
+            assert!(
+                v.llr > 60.0 && v.llr > unrefined + 20.0,
+                "seed {seed}: llr {} (without tempo refinement {unrefined})",
+                v.llr
+            );
+            assert!(
+                (v.r_start - 9_000.0).abs() < 60.0 && (v.r_end - r1).abs() < 60.0,
+                "seed {seed}: stretch {}..{} vs 9000..{r1}",
+                v.r_start,
+                v.r_end
+            );
+        }
+    }
+
+    #[test]
     fn unrelated_lines_score_low() {
         let p = VerifyParams::default();
         let mut worst = 0.0f64;

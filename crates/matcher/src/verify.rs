@@ -92,6 +92,18 @@ pub struct VerifyParams {
     pub refine_step_frames: f32,
     /// Pitch refinements searched, in bins either way (step 1 bin).
     pub refine_bins: i32,
+    /// Relative tempo refinements searched either way around the best stretch's middle,
+    /// and their step: a candidate's slope from a few sparse hits can be off by a percent
+    /// or two, which over an 8 s sample moves its far end by more than the tolerance.
+    /// Off (0) by default: on the benchmark's tune split, 0.02 found 2 more of 124 samples
+    /// but also lifted one chance line over drums from 48 to 96 nats, because a free
+    /// tempo lets two rhythmic recordings line up their beats (BENCHMARKS.md).
+    pub refine_tempo: f64,
+    pub refine_tempo_step: f64,
+    /// The tempo is searched only when the candidate's own line already scores this many
+    /// nats somewhere (a true sample with a slightly wrong slope still matches around the
+    /// place its hits came from; most chance candidates score far less).
+    pub refine_tempo_from: f64,
     /// A verified stretch must hold at least this many matched peaks.
     pub min_matched: usize,
     /// Neighbouring peaks on each side whose controls also estimate a peak's chance rate.
@@ -119,6 +131,9 @@ impl Default for VerifyParams {
             refine_frames: 4.0,
             refine_step_frames: 1.0,
             refine_bins: 1,
+            refine_tempo: 0.0,
+            refine_tempo_step: 0.004,
+            refine_tempo_from: 20.0,
             min_matched: 8,
             chance_window: 12,
             tolerance_frames: 2,
@@ -162,7 +177,8 @@ pub fn verify_line(
 ) -> Option<Verified> {
     // Peaks whose image falls inside the query, with their local chance rates, which
     // refinements barely move and are therefore computed once.
-    let mut on_line: Vec<(f32, f32, f64)> = Vec::new();
+    // (reference time, bin, score if matched, score if not) per peak.
+    let mut on_line: Vec<(f32, f32, f64, f64)> = Vec::new();
     let mut control_hits: Vec<usize> = Vec::new();
     let max_q = grid.n_frames() as f64;
     for &(rt, rb) in peaks {
@@ -177,7 +193,7 @@ pub fn verify_line(
             .filter(|(dt, db)| grid.get(qt as f32 + dt, qb as f32 + db))
             .count();
         control_hits.push(hits);
-        on_line.push((rt, rb, 0.0));
+        on_line.push((rt, rb, 0.0, 0.0));
     }
     // The chance rate of one peak is estimated from the controls of its neighbours along
     // the line too: a handful of control spots per peak is too noisy on its own, and a
@@ -191,13 +207,15 @@ pub fn verify_line(
         let lo = i.saturating_sub(p.chance_window);
         let hi = (i + p.chance_window + 1).min(control_hits.len());
         let rate = (prefix[hi] - prefix[lo]) as f64 / ((hi - lo) * n_controls) as f64;
-        entry.2 = rate.clamp(p.min_chance, p.max_chance);
+        let chance = rate.clamp(p.min_chance, p.max_chance);
+        entry.2 = (p.hit_rate / chance).ln();
+        entry.3 = ((1.0 - p.hit_rate) / (1.0 - chance)).ln();
     }
     if on_line.len() < p.min_matched {
         return None;
     }
-    let h = p.hit_rate;
     let mut best: Option<Verified> = None;
+    // First the intercept and pitch at the candidate's tempo...
     let steps = (p.refine_frames / p.refine_step_frames).round() as i32;
     for db in -p.refine_bins..=p.refine_bins {
         for ds in -steps..=steps {
@@ -206,42 +224,95 @@ pub fn verify_line(
                 shift_bins: line.shift_bins + db as f64,
                 ..line
             };
-            // Maximum-sum stretch (Kadane) of per-peak log-likelihood ratios.
-            let (mut run, mut run_start, mut run_matched, mut run_n) =
-                (0.0f64, 0usize, 0usize, 0usize);
-            for (i, &(rt, rb, chance)) in on_line.iter().enumerate() {
-                let qt = refined.q0 + (rt as f64 - refined.r0) / refined.tempo;
-                let qb = rb as f64 + refined.shift_bins;
-                let matched = grid.get(qt as f32, qb as f32);
-                let step = if matched {
-                    (h / chance).ln()
-                } else {
-                    ((1.0 - h) / (1.0 - chance)).ln()
-                };
-                if run <= 0.0 {
-                    run = 0.0;
-                    run_start = i;
-                    run_matched = 0;
-                    run_n = 0;
-                }
-                run += step;
-                run_n += 1;
-                run_matched += usize::from(matched);
-                if matched && run_matched >= p.min_matched && best.is_none_or(|b| run > b.llr) {
-                    best = Some(Verified {
-                        line: refined,
-                        llr: run,
-                        r_start: on_line[run_start].0 as f64,
-                        r_end: rt as f64,
-                        n_peaks: run_n,
-                        n_matched: run_matched,
-                    });
-                }
-            }
+            keep_better(
+                &mut best,
+                best_stretch(refined, &on_line, grid, p.min_matched),
+            );
+        }
+    }
+    // ...then the tempo, turning the best line about the middle of its stretch, with a
+    // small intercept search again.
+    let Some(base) = best.filter(|b| b.llr >= p.refine_tempo_from) else {
+        return best;
+    };
+    let pivot_r = 0.5 * (base.r_start + base.r_end);
+    let base = base.line;
+    let pivot_q = base.q0 + (pivot_r - base.r0) / base.tempo;
+    let tempo_steps = if p.refine_tempo_step > 0.0 {
+        (p.refine_tempo / p.refine_tempo_step).round() as i32
+    } else {
+        0
+    };
+    for k in -tempo_steps..=tempo_steps {
+        if k == 0 {
+            continue;
+        }
+        let tempo = base.tempo * (1.0 + k as f64 * p.refine_tempo_step);
+        for ds in -2..=2 {
+            let refined = Line {
+                tempo,
+                r0: pivot_r,
+                q0: pivot_q + ds as f64 * p.refine_step_frames as f64,
+                shift_bins: base.shift_bins,
+            };
+            keep_better(
+                &mut best,
+                best_stretch(refined, &on_line, grid, p.min_matched),
+            );
         }
     }
     best
 }
+
+fn keep_better(best: &mut Option<Verified>, v: Option<Verified>) {
+    if let Some(v) = v
+        && best.is_none_or(|b| v.llr > b.llr)
+    {
+        *best = Some(v);
+    }
+}
+
+/// The maximum-sum stretch (Kadane) of per-peak log-likelihood ratios along `line`, if it
+/// holds at least `min_matched` matched peaks. `on_line` holds (reference time, bin, score
+/// if matched, score if not) per peak, in time order.
+fn best_stretch(
+    line: Line,
+    on_line: &[(f32, f32, f64, f64)],
+    grid: &PeakGrid,
+    min_matched: usize,
+) -> Option<Verified> {
+    let mut best: Option<Verified> = None;
+    let (mut run, mut run_start, mut run_matched, mut run_n) = (0.0f64, 0usize, 0usize, 0usize);
+    for (i, &(rt, rb, if_matched, if_not)) in on_line.iter().enumerate() {
+        let qt = line.q0 + (rt as f64 - line.r0) / line.tempo;
+        let qb = rb as f64 + line.shift_bins;
+        let matched = grid.get(qt as f32, qb as f32);
+        let step = if matched { if_matched } else { if_not };
+        if run <= 0.0 {
+            run = 0.0;
+            run_start = i;
+            run_matched = 0;
+            run_n = 0;
+        }
+        run += step;
+        run_n += 1;
+        run_matched += usize::from(matched);
+        if matched && run_matched >= min_matched && best.is_none_or(|b| run > b.llr) {
+            best = Some(Verified {
+                line,
+                llr: run,
+                r_start: on_line[run_start].0 as f64,
+                r_end: rt as f64,
+                n_peaks: run_n,
+                n_matched: run_matched,
+            });
+        }
+    }
+    best
+}
+
+/// Least reference margin (seconds) verified either side of an occurrence.
+const VERIFY_MARGIN_S: f64 = 15.0;
 
 /// Verifies every occurrence of `m` against the query's peak grid, sets
 /// `m.verification` to the best occurrence's score, and widens each occurrence to the
@@ -249,6 +320,17 @@ pub fn verify_line(
 pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: &MatchParams) {
     let bins_per_semitone = p.bins_per_semitone;
     let mut best = 0.0f64;
+    let mut best_tempo = m.tempo;
+    // A match with hits enough to stand on its own has a slope fitted over many of them;
+    // only the weak ones need the tempo searched.
+    let settings = if m.significance >= p.min_significance {
+        VerifyParams {
+            refine_tempo: 0.0,
+            ..p.verify.clone()
+        }
+    } else {
+        p.verify.clone()
+    };
     for o in &mut m.occurrences {
         let line = Line {
             tempo: m.tempo,
@@ -256,10 +338,21 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
             q0: o.query_start_s / p.frame_s,
             shift_bins: m.pitch_semitones * bins_per_semitone,
         };
-        let Some(v) = verify_line(line, peaks, grid, &p.verify) else {
+        // Only the reference around the occurrence can extend it: the hits cover part of
+        // the sample, rarely less than a third, so a margin of the occurrence's own length
+        // (at least VERIFY_MARGIN_S) either side holds the whole sample. Without it a long
+        // query would map a whole reference onto itself for every candidate.
+        let margin = (o.ref_end_s - o.ref_start_s).max(VERIFY_MARGIN_S) / p.frame_s;
+        let (lo, hi) = (line.r0 - margin, o.ref_end_s / p.frame_s + margin);
+        let first = peaks.partition_point(|&(t, _)| (t as f64) < lo);
+        let last = peaks.partition_point(|&(t, _)| (t as f64) <= hi);
+        let Some(v) = verify_line(line, &peaks[first..last.max(first)], grid, &settings) else {
             continue;
         };
-        best = best.max(v.llr);
+        if v.llr > best {
+            best = v.llr;
+            best_tempo = v.line.tempo;
+        }
         let q_of = |r: f64| (v.line.q0 + (r - v.line.r0) / v.line.tempo) * p.frame_s;
         let (r_start, r_end) = (v.r_start * p.frame_s, v.r_end * p.frame_s);
         let (q_start, q_end) = (q_of(v.r_start), q_of(v.r_end));
@@ -276,4 +369,9 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
         }
     }
     m.verification = best;
+    // A match that rests on the verification (too few hits to be sure on their own) has
+    // its slope from those few hits; the peaks fix it better.
+    if m.significance < p.min_significance {
+        m.tempo = best_tempo;
+    }
 }
