@@ -99,7 +99,7 @@ impl Default for MatchParams {
             min_match_hits: 6,
             min_ref_extent_frames: 125.0,
             min_significance: score::CONFIDENCE_MIDPOINT,
-            min_candidate_significance: 10.0,
+            min_candidate_significance: 7.0,
             min_verification: verify::VERIFICATION_MIDPOINT,
             verify: verify::VerifyParams::default(),
         }
@@ -222,8 +222,8 @@ pub fn find_matches(mut hits: Vec<Hit>, p: &MatchParams) -> Vec<SampleMatch> {
     suppress_alternate_locations(out)
 }
 
-/// Drops a match that covers the same stretch of the query as a stronger match of the
-/// same track: the reference contains that material twice (a repeated chorus), and the
+/// Drops a match that shares most of its stretch of the query with a stronger match of
+/// the same track: the reference contains that material twice (a repeated chorus), and the
 /// weaker line is the same sample seen at the other place, not a second sample.
 fn suppress_alternate_locations(matches: Vec<SampleMatch>) -> Vec<SampleMatch> {
     let mut kept: Vec<SampleMatch> = Vec::with_capacity(matches.len());
@@ -243,12 +243,15 @@ fn suppress_alternate_locations(matches: Vec<SampleMatch>) -> Vec<SampleMatch> {
                         .sum::<f64>()
                 })
                 .sum();
-            let total: f64 = m
-                .occurrences
-                .iter()
-                .map(|o| o.query_end_s - o.query_start_s)
-                .sum();
-            covered > 0.5 * total
+            let length = |x: &SampleMatch| -> f64 {
+                x.occurrences
+                    .iter()
+                    .map(|o| o.query_end_s - o.query_start_s)
+                    .sum()
+            };
+            // Half of the shorter of the two: verification may widen a weak line over
+            // more of the query than the sample holds.
+            covered > 0.5 * length(&m).min(length(k))
         });
         if !shadowed {
             kept.push(m);
@@ -428,7 +431,7 @@ fn match_track(
 const CLUSTER_SCALE_FRAMES: f64 = 8.0;
 /// At most this many histogram cells are examined per track (strong real samples have
 /// one or two; the rest are chance).
-const MAX_CELLS_PER_TRACK: usize = 8;
+const MAX_CELLS_PER_TRACK: usize = 32;
 
 /// The (log time factor, pitch, reference block) histogram geometry.
 struct Grid {
