@@ -640,19 +640,31 @@ impl Engine {
     ) -> Result<Vec<SampleMatch>, EngineError> {
         let mp = &self.match_params;
         let grid = verification_grid(print, mp);
-        let mut kept = Vec::with_capacity(candidates.len());
-        for mut m in candidates {
-            // A store written without peaks (or a damaged list) leaves the candidate
-            // unverified, so only its hits can carry it.
-            let peaks = self
-                .store
-                .side_data(m.track)?
-                .and_then(|bytes| fingerprint::peak_list::decode(&bytes).ok());
-            if let Some(peaks) = peaks {
-                matcher::verify::verify_match(&mut m, &peaks, &grid, mp);
-            }
-            kept.push(m);
-        }
+        let mut candidates = candidates;
+        candidates.sort_by_key(|m| m.track);
+        // One read and decode of a reference's peaks serves all its candidates; tracks
+        // are verified in parallel.
+        let per_track: Vec<Vec<SampleMatch>> = candidates
+            .chunk_by(|a, b| a.track == b.track)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|group| {
+                // A store written without peaks (or a damaged list) leaves the candidates
+                // unverified, so only their hits can carry them.
+                let peaks = self
+                    .store
+                    .side_data(group[0].track)?
+                    .and_then(|bytes| fingerprint::peak_list::decode(&bytes).ok());
+                let mut group = group.to_vec();
+                if let Some(peaks) = peaks {
+                    for m in &mut group {
+                        matcher::verify::verify_match(m, &peaks, &grid, mp);
+                    }
+                }
+                Ok(group)
+            })
+            .collect::<Result<_, EngineError>>()?;
+        let kept = per_track.into_iter().flatten().collect();
         Ok(matcher::finish_verified(kept, mp, true))
     }
 
