@@ -6,6 +6,7 @@ mod corpus;
 mod dedup;
 mod load;
 mod loadgen;
+mod oracle;
 mod plot;
 mod queries;
 mod run;

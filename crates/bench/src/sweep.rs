@@ -7,9 +7,10 @@
 //! `REF_PPS`, `Q_PPS`, `PRT`, `PRB`, `QPRT`, `QPRB`, `MAXDT`, `MINDT`, `DFR`, `DF_STEP`,
 //! `RL`, `MAXEXP`, `SUB`: see `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
-//! `V_DT`, `V_DB`, `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` override its settings
+//! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` override its settings
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums (see
-//! `matcher::MatchParams`); `SWEEP_DEBUG` prints every accepted wrong match.
+//! `matcher::MatchParams`); `SWEEP_DEBUG` prints every accepted wrong match; `ORACLE`
+//! prints, per true sample, where its evidence is lost (see [`crate::oracle`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -100,6 +101,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     // Verification is on, as in the engine, unless NOVERIFY is set; V_* variables
     // override its settings.
     let verify = std::env::var("NOVERIFY").is_err();
+    let oracle = std::env::var("ORACLE").is_ok();
     let mut match_params = MatchParams::default();
     match_params.verify.hit_rate = env_or("V_H", match_params.verify.hit_rate);
     match_params.verify.chance_window =
@@ -109,6 +111,8 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         env_or("V_DT", match_params.verify.tolerance_frames as f64) as usize;
     match_params.verify.tolerance_bins =
         env_or("V_DB", match_params.verify.tolerance_bins as f64) as usize;
+    match_params.verify.refine_tempo = env_or("V_RT", match_params.verify.refine_tempo);
+    match_params.verify.refine_tempo_from = env_or("V_RTF", match_params.verify.refine_tempo_from);
     match_params.min_candidate_significance =
         env_or("V_SMIN", match_params.min_candidate_significance);
     match_params.min_verification = env_or("V_THR", match_params.min_verification);
@@ -185,6 +189,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 min_candidate_significance: 0.0,
                 ..match_params.clone()
             };
+            let oracle_hits = if oracle { hits.clone() } else { Vec::new() };
             let mut matches = matcher::find_matches(hits, &all);
             for m in &mut matches {
                 if verify && m.significance >= match_params.min_candidate_significance {
@@ -204,6 +209,23 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                     m.evidence(&match_params).min(m.significance)
                 }
             };
+            if oracle {
+                let fpp = fp.params();
+                let query_peaks = fp.peaks(
+                    &samples,
+                    fpp.query_peaks_per_s,
+                    (fpp.query_peak_radius_frames, fpp.query_peak_radius_bins),
+                );
+                let seen = crate::oracle::Seen {
+                    hits: &oracle_hits,
+                    matches: &matches,
+                    query_peaks: &query_peaks,
+                    grid: &grid,
+                };
+                for line in crate::oracle::report(t, &refs, &ref_peaks, &seen, &match_params, fpp) {
+                    eprintln!("{line}");
+                }
+            }
             let mut used = vec![false; matches.len()];
             let mut found = Vec::new();
             for s in t["samples"].as_array().into_iter().flatten() {
