@@ -274,6 +274,12 @@ impl Section<'_> {
         self.records.is_empty()
     }
 
+    /// The bytes of records `from..to` (`from <= to <= len()`), for a reader that accounts
+    /// for what it touched.
+    pub fn records_bytes(&self, from: usize, to: usize) -> &[u8] {
+        &self.records[from * RUN_RECORD_BYTES..to * RUN_RECORD_BYTES]
+    }
+
     #[inline]
     fn record(&self, index: usize) -> &[u8; RUN_RECORD_BYTES] {
         let start = index * RUN_RECORD_BYTES;
