@@ -84,8 +84,8 @@ use heed::{
 use crate::codec::{
     ALL_PARTITIONS, N_PARTITIONS, Run, Section, catalogue_key, catalogue_key_is_exact,
     decode_posting_list, duration_us, encode_posting_list, encode_run, merged_metadata,
-    partition_of, posting_list_len, prepare_entries, query_groups, query_index, query_key,
-    run_order, sort_queries, validate_scan, validate_side_data, validate_track_info,
+    partition_of, posting_list_len, prepare_entries, run_order, sort_queries, validate_scan,
+    validate_side_data, validate_track_info,
 };
 use crate::{
     Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
@@ -1567,8 +1567,8 @@ impl Store for LmdbStore {
         // One key's postings, main first: runs are newer and in track order, so this is
         // sorted.
         let mut list: Vec<Posting> = Vec::new();
-        for group in query_groups(&queries) {
-            let key = query_key(group[0]);
+        for group in queries.groups() {
+            let key = group.key();
             let partition = partition_of(key);
             list.clear();
             let head = walkers[partition].seek(key)?;
@@ -1614,8 +1614,8 @@ impl Store for LmdbStore {
                 continue;
             }
             for &posting in &list {
-                for &query in group {
-                    visit(query_index(query), posting);
+                for query in group.indices() {
+                    visit(query, posting);
                 }
             }
         }
