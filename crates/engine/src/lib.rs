@@ -580,7 +580,11 @@ impl Engine {
         let max_log_factor = mp.max_time_factor.ln() as f32;
         let max_pitch_bins = (mp.max_pitch_semitones * mp.bins_per_semitone) as f32;
         let cap = self.max_postings_per_key()?;
-        let mut hits: Vec<Hit> = Vec::new();
+        // About a hit per key is typical (1.8 for a 3-minute query against 12 hours), so the
+        // vector starts there rather than doubling up from nothing: the smaller buffers a
+        // doubling leaves behind stay resident (16 MB of them for that query). Reserved but
+        // unused capacity is address space only.
+        let mut hits: Vec<Hit> = Vec::with_capacity(keys.len());
         self.store.lookup(&keys, cap, &mut |i, posting| {
             if !filter.admits(posting.track) {
                 return;
