@@ -547,7 +547,14 @@ impl Engine {
     /// Finds every sample of stored references in the audio file at `path`.
     pub fn identify_file(&self, path: &Path) -> Result<Identification, EngineError> {
         let (decoded, _) = audio::decode_file(path, &self.decode).map_err(audio_error(path))?;
-        self.identify_samples(&path.display().to_string(), &decoded.samples)
+        let started = Instant::now();
+        let print = self.fingerprinter.query_print(&decoded.samples);
+        let n_samples = decoded.samples.len();
+        // The samples (64 KB a second) are not needed past the fingerprint, so they are not
+        // held through the lookup, when memory peaks.
+        drop(decoded);
+        let name = path.display().to_string();
+        self.identify_print(&name, started, print, n_samples, &ReferenceFilter::all())
     }
 
     /// Finds every sample in mono audio at the engine rate ([`Self::sample_rate_hz`]).
@@ -568,8 +575,21 @@ impl Engine {
         filter: &ReferenceFilter,
     ) -> Result<Identification, EngineError> {
         let started = Instant::now();
+        let print = self.fingerprinter.query_print(samples);
+        self.identify_print(name, started, print, samples.len(), filter)
+    }
+
+    /// Identifies a query fingerprinted from `n_samples` samples; `started` is when the
+    /// fingerprint was begun.
+    fn identify_print(
+        &self,
+        name: &str,
+        started: Instant,
+        mut print: QueryPrint,
+        n_samples: usize,
+        filter: &ReferenceFilter,
+    ) -> Result<Identification, EngineError> {
         let rate = self.fingerprinter.params().sample_rate_hz as f64;
-        let mut print = self.fingerprinter.query_print(samples);
         let (keys, query) = lookup_order(std::mem::take(&mut print.quads))?;
         let fingerprint_s = started.elapsed().as_secs_f64();
 
@@ -622,7 +642,7 @@ impl Engine {
         }
         Ok(Identification {
             query: name.to_string(),
-            duration_s: samples.len() as f64 / rate,
+            duration_s: n_samples as f64 / rate,
             n_lookups,
             n_hits,
             timings: report::Timings {
