@@ -590,8 +590,8 @@ impl Engine {
         filter: &ReferenceFilter,
     ) -> Result<Identification, EngineError> {
         let rate = self.fingerprinter.params().sample_rate_hz as f64;
-        let (keys, query) = lookup_order(std::mem::take(&mut print.quads))?;
         let fingerprint_s = started.elapsed().as_secs_f64();
+        let (keys, query) = lookup_order(std::mem::take(&mut print.quads))?;
 
         // Hits that no searched transform can explain are dropped as they arrive, so
         // memory follows the plausible hits only. Keys with more postings than the
