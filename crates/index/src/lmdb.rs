@@ -104,8 +104,10 @@ const MAP_SIZE_BYTES: usize = 1 << 30;
 /// Posting data a lookup may hold mapped into the process before it hands the pages back
 /// (see `MapResidency`). A lookup of a long query reads nearly every page of a large store
 /// once, in key order, and would otherwise keep all of them resident: 138 MB of a 151 MB
-/// store for a 3-minute query (MEMORY_NOTES.md). Releasing costs one `madvise` per budget.
-const DEFAULT_LOOKUP_RESIDENT_BYTES: usize = 16 << 20;
+/// store for a 3-minute query. With 4, 8, 16 and 64 MB that query's identify peaked at
+/// 157, 159, 164 and 192 MB with its lookup time unchanged (0.57-0.63 s, 22 releases at
+/// 8 MB; MEMORY_NOTES.md).
+const DEFAULT_LOOKUP_RESIDENT_BYTES: usize = 8 << 20;
 
 /// Named databases (8 plus two per partition) with headroom for later format versions.
 const MAX_DBS: u32 = 64;
@@ -338,7 +340,8 @@ impl LmdbOptions {
 
     /// A lookup hands the store's pages it has read back to the kernel whenever it has read
     /// about this many bytes since it last did (0: after every read, which tests use), so
-    /// the map adds at most about this much to the process's resident memory.
+    /// the map adds at most this much to the process's resident memory, plus 64 KiB for
+    /// each place it reads at once (16 partitions, and 16 per unmerged run).
     pub fn lookup_resident_bytes(mut self, bytes: usize) -> Self {
         self.lookup_resident_bytes = bytes;
         self
@@ -1257,33 +1260,36 @@ impl<'t> Walker<'t> {
 /// Pages an LMDB reader touches stay mapped, and so count in the process's resident set,
 /// until the map goes away. A lookup walks each partition's postings in key order and never
 /// returns to a page it has left, so once the posting data it has read since the last
-/// release exceeds its budget ([`LmdbOptions::lookup_resident_bytes`]), it drops its mappings of the pages it read
-/// with `MADV_DONTNEED`. The pages stay in the kernel's page cache: one it reads again (an
-/// inner B-tree page, the page it stands on) comes back with a minor fault, and the data
-/// cannot change under the read transaction, since LMDB never rewrites a page a reader
-/// may still see.
+/// release exceeds its budget ([`LmdbOptions::lookup_resident_bytes`]), it drops its
+/// mappings of the pages it read with `MADV_DONTNEED`. The pages stay in the kernel's page
+/// cache: one it reads again (an inner B-tree page, the page it stands on) comes back with
+/// a minor fault, and the data cannot change under the read transaction, since LMDB never
+/// rewrites a page a reader may still see.
 ///
 /// Read data is counted in windows of [`RESIDENCY_WINDOW_BYTES`]: on a fault the kernel
 /// maps in the cached neighbours of the page as well (fault-around, 64 KiB by default), so
-/// a sparse lookup holds a window per entry it reads, not a page.
+/// a sparse lookup holds a window per entry it reads, not a page. Each reader (a
+/// partition's main database, a run's section) counts a window once, when it enters it,
+/// also across a release: the window every reader stands in comes back after a release
+/// uncounted, so the map may hold the budget plus one window per reader, but a release
+/// never forces the next one (counting them again thrashed: 146 releases instead of 11
+/// for a 3-minute query at 16 MB, and at 4 MB its lookup took 5.3 s instead of 0.6 s).
 struct MapResidency {
     /// Lowest and highest address read since the last release. Both lie in LMDB's map: a
     /// read transaction hands out values as pointers into it.
     lo: usize,
     hi: usize,
-    /// Windows read since the last release.
+    /// Windows entered since the last release.
     windows: usize,
     /// Bytes read after which to release.
     budget: usize,
-    /// Bumped by every release, so that each reader's last window counts afresh.
-    epoch: usize,
 }
 
 /// The unit of [`MapResidency`]'s count: Linux's default `fault_around_bytes`.
 const RESIDENCY_WINDOW_BYTES: usize = 64 << 10;
 
 /// A reader's last window (see [`MapResidency::touch`]) before it has read anything.
-const NOTHING_READ: (usize, usize) = (usize::MAX, 0);
+const NOTHING_READ: usize = usize::MAX;
 
 impl MapResidency {
     fn new(budget: usize) -> Self {
@@ -1292,14 +1298,13 @@ impl MapResidency {
             hi: 0,
             windows: 0,
             budget,
-            epoch: 0,
         }
     }
 
-    /// Counts `bytes`, read through the map by one reader that moves forward through it (a
-    /// partition's main database, a run's section); `last` is that reader's last window.
-    /// Releases what was read once the count exceeds the budget.
-    fn touch(&mut self, last: &mut (usize, usize), bytes: &[u8]) {
+    /// Counts `bytes`, read through the map by one reader that moves forward through it;
+    /// `last` is the last window that reader read. Releases what was read once the count
+    /// exceeds the budget.
+    fn touch(&mut self, last: &mut usize, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -1311,9 +1316,8 @@ impl MapResidency {
             start / RESIDENCY_WINDOW_BYTES,
             (end - 1) / RESIDENCY_WINDOW_BYTES,
         );
-        let continues = *last == (first, self.epoch);
-        self.windows += final_window - first + usize::from(!continues);
-        *last = (final_window, self.epoch);
+        self.windows += final_window - first + usize::from(first != *last);
+        *last = final_window;
         if self.windows * RESIDENCY_WINDOW_BYTES >= self.budget {
             self.release();
         }
@@ -1340,10 +1344,7 @@ impl MapResidency {
                 }
             }
         }
-        *self = Self {
-            epoch: self.epoch + 1,
-            ..Self::new(self.budget)
-        };
+        *self = Self::new(self.budget);
     }
 }
 
@@ -1560,7 +1561,7 @@ impl Store for LmdbStore {
         // What the lookup has read through the map, per main partition and per section.
         let mut residency = MapResidency::new(self.options.lookup_resident_bytes);
         let mut main_read = [NOTHING_READ; N_PARTITIONS];
-        let mut sections_read: Vec<Vec<(usize, usize)>> = sections
+        let mut sections_read: Vec<Vec<usize>> = sections
             .iter()
             .map(|s| vec![NOTHING_READ; s.len()])
             .collect();
