@@ -13,11 +13,13 @@
 
 use fingerprint::{Params, Peak};
 use matcher::verify::{Line, PeakGrid, RefPeak, verify_line};
-use matcher::{Hit, MatchParams, SampleMatch};
+use matcher::{Hit, MatchParams, QueryQuad, SampleMatch};
 
 /// What the sweep saw for one query.
 pub struct Seen<'a> {
     pub hits: &'a [Hit],
+    /// The query quads the hits index.
+    pub quads: &'a [QueryQuad],
     pub matches: &'a [SampleMatch],
     pub query_peaks: &'a [Peak],
     pub grid: &'a PeakGrid,
@@ -64,7 +66,9 @@ pub fn report(
         let agreeing = seen
             .hits
             .iter()
-            .filter(|h| h.track as usize == track && agrees(h, &line))
+            .filter(|h| {
+                h.track as usize == track && agrees(h, &seen.quads[h.query as usize], &line)
+            })
             .count();
         let ideal = verify_line(line, &ref_peaks[track], seen.grid, &p.verify);
         let found = seen
@@ -86,13 +90,13 @@ pub fn report(
 }
 
 /// Whether a hit's transform and place agree with the true line.
-fn agrees(h: &Hit, line: &Line) -> bool {
-    let tempo = (h.r_span / h.q_span) as f64;
-    let shift = (h.q_bin - h.r_bin) as f64;
-    let expected_q = line.q0 + (h.r_time as f64 - line.r0) / line.tempo;
+fn agrees(h: &Hit, q: &QueryQuad, line: &Line) -> bool {
+    let tempo = (h.r_span_frames() / q.span) as f64;
+    let shift = (q.bin - h.r_bin_bins()) as f64;
+    let expected_q = line.q0 + (h.r_time_frames() as f64 - line.r0) / line.tempo;
     (tempo / line.tempo).ln().abs() < 0.04
         && (shift - line.shift_bins).abs() <= 1.5
-        && (h.q_time as f64 - expected_q).abs() < 12.0
+        && (q.time as f64 - expected_q).abs() < 12.0
 }
 
 #[derive(Default)]

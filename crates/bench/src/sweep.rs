@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
-use fingerprint::{FREQ_SCALE, Fingerprinter, Params, RefQuad, SPAN_SCALE};
+use fingerprint::{Fingerprinter, Params, RefQuad};
 use matcher::verify::RefPeak;
-use matcher::{Hit, MatchParams};
+use matcher::{Hit, MatchParams, QueryQuad};
 use rayon::prelude::*;
 
 /// What `sweep` needs.
@@ -164,8 +164,16 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             let print = fp.query_print(&samples);
             let quads = &print.quads;
             let grid = engine::verification_grid(&print, &match_params);
+            let query_quads: Vec<QueryQuad> = quads
+                .iter()
+                .map(|x| QueryQuad {
+                    time: x.time,
+                    bin: x.bin,
+                    span: x.span,
+                })
+                .collect();
             let mut hits = Vec::new();
-            for x in quads {
+            for (i, x) in quads.iter().enumerate() {
                 let Some(list) = index.get(&x.hash) else {
                     continue;
                 };
@@ -174,12 +182,10 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 }
                 hits.extend(list.iter().map(|(track, r)| Hit {
                     track: *track,
-                    q_time: x.time,
-                    q_bin: x.bin,
-                    q_span: x.span,
-                    r_time: r.time as f32,
-                    r_bin: r.freq as f32 / FREQ_SCALE,
-                    r_span: r.span as f32 / SPAN_SCALE,
+                    query: i as u32,
+                    r_time: r.time,
+                    r_bin: r.freq,
+                    r_span: r.span,
                 }));
             }
             // Every candidate down to significance 0 is kept with its evidence, so that
@@ -190,7 +196,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 ..match_params.clone()
             };
             let oracle_hits = if oracle { hits.clone() } else { Vec::new() };
-            let mut matches = matcher::find_matches(hits, &all);
+            let mut matches = matcher::find_matches(hits, &query_quads, &all);
             for m in &mut matches {
                 if verify && m.significance >= match_params.min_candidate_significance {
                     matcher::verify::verify_match(
@@ -218,6 +224,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 );
                 let seen = crate::oracle::Seen {
                     hits: &oracle_hits,
+                    quads: &query_quads,
                     matches: &matches,
                     query_peaks: &query_peaks,
                     grid: &grid,

@@ -547,7 +547,14 @@ impl Engine {
     /// Finds every sample of stored references in the audio file at `path`.
     pub fn identify_file(&self, path: &Path) -> Result<Identification, EngineError> {
         let (decoded, _) = audio::decode_file(path, &self.decode).map_err(audio_error(path))?;
-        self.identify_samples(&path.display().to_string(), &decoded.samples)
+        let started = Instant::now();
+        let print = self.fingerprinter.query_print(&decoded.samples);
+        let n_samples = decoded.samples.len();
+        // The samples (64 KB a second) are not needed past the fingerprint, so they are not
+        // held through the lookup, when memory peaks.
+        drop(decoded);
+        let name = path.display().to_string();
+        self.identify_print(&name, started, print, n_samples, &ReferenceFilter::all())
     }
 
     /// Finds every sample in mono audio at the engine rate ([`Self::sample_rate_hz`]).
@@ -568,11 +575,23 @@ impl Engine {
         filter: &ReferenceFilter,
     ) -> Result<Identification, EngineError> {
         let started = Instant::now();
-        let rate = self.fingerprinter.params().sample_rate_hz as f64;
         let print = self.fingerprinter.query_print(samples);
-        let quads = &print.quads;
-        let keys: Vec<u32> = quads.iter().map(|q| q.hash).collect();
+        self.identify_print(name, started, print, samples.len(), filter)
+    }
+
+    /// Identifies a query fingerprinted from `n_samples` samples; `started` is when the
+    /// fingerprint was begun.
+    fn identify_print(
+        &self,
+        name: &str,
+        started: Instant,
+        mut print: QueryPrint,
+        n_samples: usize,
+        filter: &ReferenceFilter,
+    ) -> Result<Identification, EngineError> {
+        let rate = self.fingerprinter.params().sample_rate_hz as f64;
         let fingerprint_s = started.elapsed().as_secs_f64();
+        let (keys, query) = lookup_order(std::mem::take(&mut print.quads))?;
 
         // Hits that no searched transform can explain are dropped as they arrive, so
         // memory follows the plausible hits only. Keys with more postings than the
@@ -581,12 +600,16 @@ impl Engine {
         let max_log_factor = mp.max_time_factor.ln() as f32;
         let max_pitch_bins = (mp.max_pitch_semitones * mp.bins_per_semitone) as f32;
         let cap = self.max_postings_per_key()?;
-        let mut hits: Vec<Hit> = Vec::new();
+        // About a hit per key is typical (1.8 for a 3-minute query against 12 hours), so the
+        // vector starts there rather than doubling up from nothing: the smaller buffers a
+        // doubling leaves behind stay resident (16 MB of them for that query). Reserved but
+        // unused capacity is address space only.
+        let mut hits: Vec<Hit> = Vec::with_capacity(keys.len());
         self.store.lookup(&keys, cap, &mut |i, posting| {
             if !filter.admits(posting.track) {
                 return;
             }
-            let q = &quads[i];
+            let q = &query[i];
             let r_span = posting.span as f32 / SPAN_SCALE;
             let r_bin = posting.freq as f32 / FREQ_SCALE;
             if r_span <= 0.0
@@ -597,17 +620,18 @@ impl Engine {
             }
             hits.push(Hit {
                 track: posting.track,
-                q_time: q.time,
-                q_bin: q.bin,
-                q_span: q.span,
-                r_time: posting.time as f32,
-                r_bin,
-                r_span,
+                query: i as u32,
+                r_time: posting.time,
+                r_bin: posting.freq,
+                r_span: posting.span,
             });
         })?;
+        let n_lookups = keys.len();
+        drop(keys);
         let lookup_s = started.elapsed().as_secs_f64() - fingerprint_s;
         let n_hits = hits.len();
-        let candidates = matcher::find_candidates(hits, mp);
+        let candidates = matcher::find_candidates(hits, &query, mp);
+        drop(query);
         let match_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s;
         let found = self.verify(candidates, &print)?;
         let verify_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s - match_s;
@@ -618,8 +642,8 @@ impl Engine {
         }
         Ok(Identification {
             query: name.to_string(),
-            duration_s: samples.len() as f64 / rate,
-            n_lookups: keys.len(),
+            duration_s: n_samples as f64 / rate,
+            n_lookups,
             n_hits,
             timings: report::Timings {
                 fingerprint_s,
@@ -715,6 +739,45 @@ impl Engine {
             .map(|(decoded, _)| decoded.samples)
             .map_err(audio_error(path))
     }
+}
+
+// Hits keep the reference side in the store's fixed point, so the matcher must read it
+// with the scales the fingerprint wrote it with.
+const _: () =
+    assert!(matcher::REF_BIN_SCALE == FREQ_SCALE && matcher::REF_SPAN_SCALE == SPAN_SCALE);
+
+/// The query quads' hash keys in ascending order, and the quads in the same order as the
+/// matcher takes them. A store visits postings in key order anyway, so sorted keys cost it
+/// no sorted copy of its own (23 MB for a 3-minute query), and a stable order keeps the
+/// hits, and so every result, exactly as they were in the fingerprint's order.
+fn lookup_order(
+    quads: Vec<fingerprint::QueryQuad>,
+) -> Result<(Vec<u32>, Vec<matcher::QueryQuad>), index::IndexError> {
+    // Positions are packed in 32 bits, as hits keep them.
+    if u32::try_from(quads.len()).is_err() {
+        return Err(index::IndexError::TooManyKeys {
+            n_keys: quads.len(),
+        });
+    }
+    let mut order: Vec<u64> = quads
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (u64::from(q.hash) << 32) | i as u64)
+        .collect();
+    order.sort_unstable();
+    let keys = order.iter().map(|&o| (o >> 32) as u32).collect();
+    let query = order
+        .iter()
+        .map(|&o| {
+            let q = &quads[(o & 0xffff_ffff) as usize];
+            matcher::QueryQuad {
+                time: q.time,
+                bin: q.bin,
+                span: q.span,
+            }
+        })
+        .collect();
+    Ok((keys, query))
 }
 
 /// The query's verification peaks as the grid `matcher::verify` looks them up in, with

@@ -64,8 +64,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use index::backend::{
-    duration_us, merged_metadata, prepare_entries, query_groups, query_index, query_key,
-    sort_queries, validate_scan, validate_side_data, validate_track_info,
+    duration_us, merged_metadata, prepare_entries, sort_queries, validate_scan, validate_side_data,
+    validate_track_info,
 };
 use index::{
     Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
@@ -1169,9 +1169,7 @@ impl Store for RedisStore {
         if queries.is_empty() {
             return Ok(());
         }
-        let distinct: Vec<u32> = query_groups(&queries)
-            .map(|group| query_key(group[0]))
-            .collect();
+        let distinct: Vec<u32> = queries.groups().map(|group| group.key()).collect();
         // One HMGET per bucket, remembering which distinct keys (by position) it asks for.
         let mut by_bucket: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (position, &key) in distinct.iter().enumerate() {
@@ -1229,7 +1227,7 @@ impl Store for RedisStore {
                 lists[position] = Some(list);
             }
         }
-        for (group, list) in query_groups(&queries).zip(&lists) {
+        for (group, list) in queries.groups().zip(&lists) {
             let Some(list) = list else {
                 continue;
             };
@@ -1237,8 +1235,8 @@ impl Store for RedisStore {
                 continue;
             }
             for &posting in list {
-                for &query in group {
-                    visit(query_index(query), posting);
+                for query in group.indices() {
+                    visit(query, posting);
                 }
             }
         }

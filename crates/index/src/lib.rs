@@ -35,7 +35,7 @@ pub use mem::MemStore;
 /// every backend validates and normalises its input exactly as the ones here do.
 pub mod backend {
     pub use crate::codec::{
-        duration_us, merged_metadata, prepare_entries, query_groups, query_index, query_key,
+        QueryGroup, QueryGroups, SortedQueries, duration_us, merged_metadata, prepare_entries,
         sort_queries, validate_scan, validate_side_data, validate_track_info,
     };
 }

@@ -84,8 +84,8 @@ use heed::{
 use crate::codec::{
     ALL_PARTITIONS, N_PARTITIONS, Run, Section, catalogue_key, catalogue_key_is_exact,
     decode_posting_list, duration_us, encode_posting_list, encode_run, merged_metadata,
-    partition_of, posting_list_len, prepare_entries, query_groups, query_index, query_key,
-    run_order, sort_queries, validate_scan, validate_side_data, validate_track_info,
+    partition_of, posting_list_len, prepare_entries, run_order, sort_queries, validate_scan,
+    validate_side_data, validate_track_info,
 };
 use crate::{
     Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
@@ -100,6 +100,14 @@ const MAP_SIZE_BYTES: usize = 1 << 40;
 /// 32-bit address spaces cannot map more than a fraction of 4 GiB.
 #[cfg(not(target_pointer_width = "64"))]
 const MAP_SIZE_BYTES: usize = 1 << 30;
+
+/// Posting data a lookup may hold mapped into the process before it hands the pages back
+/// (see `MapResidency`). A lookup of a long query reads nearly every page of a large store
+/// once, in key order, and would otherwise keep all of them resident: 138 MB of a 151 MB
+/// store for a 3-minute query. With 4, 8, 16 and 64 MB that query's identify peaked at
+/// 157, 159, 164 and 192 MB with its lookup time unchanged (0.57-0.63 s, 22 releases at
+/// 8 MB; MEMORY_NOTES.md).
+const DEFAULT_LOOKUP_RESIDENT_BYTES: usize = 8 << 20;
 
 /// Named databases (8 plus two per partition) with headroom for later format versions.
 const MAX_DBS: u32 = 64;
@@ -268,7 +276,8 @@ impl Counters {
     }
 }
 
-/// When a store merges its delta into main; see the module docs for the two tiers.
+/// When a store merges its delta into main (see the module docs for the two tiers), and
+/// how much of its memory map a lookup keeps resident.
 ///
 /// A sweep (a merge of every partition) runs after a `put_track` once the unmerged run
 /// postings plus the removed tracks' postings still in main exceed
@@ -293,6 +302,7 @@ pub struct LmdbOptions {
     min_delta_postings: u64,
     delta_fraction: f64,
     max_delta_tracks: u64,
+    lookup_resident_bytes: usize,
 }
 
 impl Default for LmdbOptions {
@@ -301,6 +311,7 @@ impl Default for LmdbOptions {
             min_delta_postings: DEFAULT_MIN_DELTA_POSTINGS,
             delta_fraction: DEFAULT_DELTA_FRACTION,
             max_delta_tracks: DEFAULT_MAX_DELTA_TRACKS,
+            lookup_resident_bytes: DEFAULT_LOOKUP_RESIDENT_BYTES,
         }
     }
 }
@@ -324,6 +335,15 @@ impl LmdbOptions {
     /// their size.
     pub fn max_delta_tracks(mut self, tracks: u64) -> Self {
         self.max_delta_tracks = tracks;
+        self
+    }
+
+    /// A lookup hands the store's pages it has read back to the kernel whenever it has read
+    /// about this many bytes since it last did (0: after every read, which tests use), so
+    /// the map adds at most this much to the process's resident memory, plus 64 KiB for
+    /// each place it reads at once (16 partitions, and 16 per unmerged run).
+    pub fn lookup_resident_bytes(mut self, bytes: usize) -> Self {
+        self.lookup_resident_bytes = bytes;
         self
     }
 
@@ -1235,6 +1255,99 @@ impl<'t> Walker<'t> {
     }
 }
 
+/// Bounds how much of the memory map one lookup keeps resident in this process.
+///
+/// Pages an LMDB reader touches stay mapped, and so count in the process's resident set,
+/// until the map goes away. A lookup walks each partition's postings in key order and never
+/// returns to a page it has left, so once the posting data it has read since the last
+/// release exceeds its budget ([`LmdbOptions::lookup_resident_bytes`]), it drops its
+/// mappings of the pages it read with `MADV_DONTNEED`. The pages stay in the kernel's page
+/// cache: one it reads again (an inner B-tree page, the page it stands on) comes back with
+/// a minor fault, and the data cannot change under the read transaction, since LMDB never
+/// rewrites a page a reader may still see.
+///
+/// Read data is counted in windows of [`RESIDENCY_WINDOW_BYTES`]: on a fault the kernel
+/// maps in the cached neighbours of the page as well (fault-around, 64 KiB by default), so
+/// a sparse lookup holds a window per entry it reads, not a page. Each reader (a
+/// partition's main database, a run's section) counts a window once, when it enters it,
+/// also across a release: the window every reader stands in comes back after a release
+/// uncounted, so the map may hold the budget plus one window per reader, but a release
+/// never forces the next one (counting them again thrashed: 146 releases instead of 11
+/// for a 3-minute query at 16 MB, and at 4 MB its lookup took 5.3 s instead of 0.6 s).
+struct MapResidency {
+    /// Lowest and highest address read since the last release. Both lie in LMDB's map: a
+    /// read transaction hands out values as pointers into it.
+    lo: usize,
+    hi: usize,
+    /// Windows entered since the last release.
+    windows: usize,
+    /// Bytes read after which to release.
+    budget: usize,
+}
+
+/// The unit of [`MapResidency`]'s count: Linux's default `fault_around_bytes`.
+const RESIDENCY_WINDOW_BYTES: usize = 64 << 10;
+
+/// A reader's last window (see [`MapResidency::touch`]) before it has read anything.
+const NOTHING_READ: usize = usize::MAX;
+
+impl MapResidency {
+    fn new(budget: usize) -> Self {
+        Self {
+            lo: usize::MAX,
+            hi: 0,
+            windows: 0,
+            budget,
+        }
+    }
+
+    /// Counts `bytes`, read through the map by one reader that moves forward through it;
+    /// `last` is the last window that reader read. Releases what was read once the count
+    /// exceeds the budget.
+    fn touch(&mut self, last: &mut usize, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let start = bytes.as_ptr() as usize;
+        let end = start + bytes.len();
+        self.lo = self.lo.min(start);
+        self.hi = self.hi.max(end);
+        let (first, final_window) = (
+            start / RESIDENCY_WINDOW_BYTES,
+            (end - 1) / RESIDENCY_WINDOW_BYTES,
+        );
+        self.windows += final_window - first + usize::from(first != *last);
+        *last = final_window;
+        if self.windows * RESIDENCY_WINDOW_BYTES >= self.budget {
+            self.release();
+        }
+    }
+
+    /// Drops this process's mappings of the pages between the lowest and the highest
+    /// address read since the last release.
+    fn release(&mut self) {
+        #[cfg(unix)]
+        if self.hi > self.lo {
+            // SAFETY: sysconf has no preconditions.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+            if page.is_power_of_two() {
+                let start = self.lo & !(page - 1);
+                let end = self.hi.next_multiple_of(page);
+                // SAFETY: `start..end` covers whole pages of LMDB's map of the data file:
+                // `lo` and `hi` come from values read through it, and the map starts and ends
+                // on page boundaries. The map outlives the lookup's transaction. It is shared,
+                // read-only and file-backed, so MADV_DONTNEED only unmaps pages: a later read
+                // faults the same bytes back in from the page cache, and no reference into the
+                // map is invalidated. A failure only leaves the pages resident.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
+            }
+        }
+        *self = Self::new(self.budget);
+    }
+}
+
 impl Store for LmdbStore {
     fn meta(&self) -> &StoreMeta {
         &self.meta
@@ -1445,14 +1558,25 @@ impl Store for LmdbStore {
                     .collect()
             })
             .collect();
+        // What the lookup has read through the map, per main partition and per section.
+        let mut residency = MapResidency::new(self.options.lookup_resident_bytes);
+        let mut main_read = [NOTHING_READ; N_PARTITIONS];
+        let mut sections_read: Vec<Vec<usize>> = sections
+            .iter()
+            .map(|s| vec![NOTHING_READ; s.len()])
+            .collect();
         // One key's postings, main first: runs are newer and in track order, so this is
         // sorted.
         let mut list: Vec<Posting> = Vec::new();
-        for group in query_groups(&queries) {
-            let key = query_key(group[0]);
+        for group in queries.groups() {
+            let key = group.key();
             let partition = partition_of(key);
             list.clear();
-            if let Some((found, blob)) = walkers[partition].seek(key)?
+            let head = walkers[partition].seek(key)?;
+            if let Some((_, blob)) = head {
+                residency.touch(&mut main_read[partition], blob);
+            }
+            if let Some((found, blob)) = head
                 && found == key
             {
                 let dead = &dead[partition];
@@ -1475,23 +1599,28 @@ impl Store for LmdbStore {
                     continue;
                 }
             }
-            for (track, section, cursor) in &mut sections[partition] {
+            for ((track, section, cursor), read) in sections[partition]
+                .iter_mut()
+                .zip(&mut sections_read[partition])
+            {
                 let mut i = section.seek(*cursor, key);
                 while i < section.len() && section.key(i) == key {
                     list.push(section.posting(i, *track));
                     i += 1;
                 }
+                residency.touch(read, section.records_bytes(*cursor, i));
                 *cursor = i;
             }
             if list.len() > max_postings_per_key {
                 continue;
             }
             for &posting in &list {
-                for &query in group {
-                    visit(query_index(query), posting);
+                for query in group.indices() {
+                    visit(query, posting);
                 }
             }
         }
+        residency.release();
         Ok(())
     }
 

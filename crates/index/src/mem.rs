@@ -6,8 +6,8 @@ use std::sync::{PoisonError, RwLock};
 use std::ops::RangeInclusive;
 
 use crate::codec::{
-    duration_us, merged_metadata, prepare_entries, query_groups, query_index, sort_queries,
-    validate_scan, validate_side_data, validate_track_info,
+    duration_us, merged_metadata, prepare_entries, sort_queries, validate_scan, validate_side_data,
+    validate_track_info,
 };
 use crate::{
     Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
@@ -221,17 +221,16 @@ impl Store for MemStore {
     ) -> Result<(), IndexError> {
         let queries = sort_queries(keys)?;
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        for group in query_groups(&queries) {
-            let key = crate::codec::query_key(group[0]);
-            let Some(list) = inner.postings.get(&key) else {
+        for group in queries.groups() {
+            let Some(list) = inner.postings.get(&group.key()) else {
                 continue;
             };
             if list.len() > max_postings_per_key {
                 continue;
             }
             for &posting in list {
-                for &query in group {
-                    visit(query_index(query), posting);
+                for query in group.indices() {
+                    visit(query, posting);
                 }
             }
         }

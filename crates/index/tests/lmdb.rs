@@ -116,6 +116,59 @@ fn merges_move_postings_into_main_and_purge_removed_tracks() {
     assert_eq!(test_hooks::tiers(&store).expect("tiers"), tiers);
 }
 
+/// A lookup that hands its pages back to the kernel after every read (a budget of 0)
+/// visits exactly what one with the default budget visits, in the same order, over main
+/// lists spanning many pages, unmerged runs and a tombstone.
+#[test]
+fn lookups_that_release_the_map_visit_the_same_postings() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let options = LmdbOptions::default()
+        .min_delta_postings(150_000)
+        .delta_fraction(0.0);
+    let store = LmdbStore::open_with_options(dir.path(), PARAMS, options).expect("open store");
+    let mut ids = Vec::new();
+    for t in 0..13u32 {
+        // 60,000 postings a track on 5,000 keys: the first 12 tracks are merged into main
+        // three at a time, the last one stays in its run.
+        let entries: Vec<Entry> = (0..60_000u32)
+            .map(|i| {
+                (
+                    (i * 7919 + t) % 5_000,
+                    i + t,
+                    (i % 4000) as u16,
+                    (t + 1) as u16,
+                )
+            })
+            .collect();
+        let path = format!("/t{t}");
+        ids.push(
+            store
+                .put_track(&track_info(&path, &path, 1.0), &entries, None)
+                .expect("put"),
+        );
+    }
+    assert!(store.remove_track(ids[3]).expect("remove"));
+    let tiers = test_hooks::tiers(&store).expect("tiers");
+    assert!(tiers.main_postings > 0 && tiers.delta_postings > 0);
+    drop(store);
+
+    let visits = |options: LmdbOptions| {
+        let store = LmdbStore::open_with_options(dir.path(), PARAMS, options).expect("reopen");
+        let keys: Vec<u32> = (0..6_000u32).rev().map(|k| k * 7 % 6_000).collect();
+        let mut visits = Vec::new();
+        store
+            .lookup(&keys, usize::MAX, &mut |i, posting| {
+                visits.push((i, posting))
+            })
+            .expect("lookup");
+        visits
+    };
+    let kept = visits(LmdbOptions::default());
+    let released = visits(LmdbOptions::default().lookup_resident_bytes(0));
+    assert_eq!(kept.len(), 12 * 60_000);
+    assert!(kept == released, "releasing the map changed the lookup");
+}
+
 #[test]
 fn default_policy_merges_a_large_delta() {
     let (_dir, store) = temp_store_with(

@@ -24,23 +24,63 @@ use rayon::prelude::*;
 
 pub use score::{confidence, significance};
 
+/// A query quad as the matcher sees it; hits name it by its index in the query's quads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QueryQuad {
+    /// Anchor time in frames.
+    pub time: f32,
+    /// Anchor log-frequency bin.
+    pub bin: f32,
+    /// Span in frames.
+    pub span: f32,
+}
+
 /// One hash match between a query quad and a stored reference quad.
+///
+/// A long query against a large library gives millions of hits (5.1 million for 3 minutes
+/// against 12 hours), so a hit is 16 bytes: the query side is an index into the query's
+/// quads, and the reference side is kept in the store's own fixed point, which loses
+/// nothing.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hit {
     /// Reference track.
     pub track: u32,
-    /// Query anchor time in frames.
-    pub q_time: f32,
-    /// Query anchor log-frequency bin.
-    pub q_bin: f32,
-    /// Query quad span in frames.
-    pub q_span: f32,
+    /// Index of the query quad in the quads passed along with the hits.
+    pub query: u32,
     /// Reference anchor time in frames.
-    pub r_time: f32,
+    pub r_time: u32,
+    /// Reference anchor log-frequency bin in 1/[`REF_BIN_SCALE`] bin.
+    pub r_bin: u16,
+    /// Reference quad span in 1/[`REF_SPAN_SCALE`] frame.
+    pub r_span: u16,
+}
+
+// Hits are most of identify's memory; a wider hit should be a deliberate choice.
+const _: () = assert!(std::mem::size_of::<Hit>() == 16);
+
+/// Fixed-point scale of [`Hit::r_bin`] (the store's: 1/64 bin).
+pub const REF_BIN_SCALE: f32 = 64.0;
+/// Fixed-point scale of [`Hit::r_span`] (the store's: 1/16 frame).
+pub const REF_SPAN_SCALE: f32 = 16.0;
+
+impl Hit {
+    /// Reference anchor time in frames.
+    #[inline]
+    pub fn r_time_frames(&self) -> f32 {
+        self.r_time as f32
+    }
+
     /// Reference anchor log-frequency bin.
-    pub r_bin: f32,
+    #[inline]
+    pub fn r_bin_bins(&self) -> f32 {
+        self.r_bin as f32 / REF_BIN_SCALE
+    }
+
     /// Reference quad span in frames.
-    pub r_span: f32,
+    #[inline]
+    pub fn r_span_frames(&self) -> f32 {
+        self.r_span as f32 / REF_SPAN_SCALE
+    }
 }
 
 /// Settings of the matcher.
@@ -184,26 +224,37 @@ pub fn finish_verified(
 
 /// Like [`find_matches`], but keeps every group down to `min_candidate_significance`:
 /// the candidates that peak-level verification then confirms or drops.
-pub fn find_candidates(hits: Vec<Hit>, p: &MatchParams) -> Vec<SampleMatch> {
+pub fn find_candidates(hits: Vec<Hit>, query: &[QueryQuad], p: &MatchParams) -> Vec<SampleMatch> {
     let p = MatchParams {
         min_significance: p.min_significance.min(p.min_candidate_significance),
         ..p.clone()
     };
-    find_matches(hits, &p)
+    find_matches(hits, query, &p)
 }
 
-/// Finds every sample occurrence the hits support, strongest first.
-pub fn find_matches(mut hits: Vec<Hit>, p: &MatchParams) -> Vec<SampleMatch> {
+/// Finds every sample occurrence the hits support, strongest first. `query` holds the
+/// query quads that [`Hit::query`] indexes.
+///
+/// # Panics
+///
+/// If a hit's `query` is not an index into `query`.
+pub fn find_matches(mut hits: Vec<Hit>, query: &[QueryQuad], p: &MatchParams) -> Vec<SampleMatch> {
     let max_lf = p.max_time_factor.ln();
     let max_pitch = p.max_pitch_semitones * p.bins_per_semitone;
     hits.retain(|h| {
-        h.q_span > 0.0
-            && h.r_span > 0.0
-            && ((h.q_span / h.r_span) as f64).ln().abs() <= max_lf
-            && ((h.q_bin - h.r_bin) as f64).abs() <= max_pitch
+        let q = &query[h.query as usize];
+        let r_span = h.r_span_frames();
+        q.span > 0.0
+            && r_span > 0.0
+            && ((q.span / r_span) as f64).ln().abs() <= max_lf
+            && ((q.bin - h.r_bin_bins()) as f64).abs() <= max_pitch
     });
     hits.sort_unstable_by_key(|h| h.track);
-    let query_frames = hits.iter().map(|h| h.q_time).fold(0f32, f32::max) as f64 + 1.0;
+    let query_frames = hits
+        .iter()
+        .map(|h| query[h.query as usize].time)
+        .fold(0f32, f32::max) as f64
+        + 1.0;
     let n_tracks_hit = hits
         .chunk_by(|a, b| a.track == b.track)
         .filter(|c| c.len() >= p.min_match_hits)
@@ -216,7 +267,7 @@ pub fn find_matches(mut hits: Vec<Hit>, p: &MatchParams) -> Vec<SampleMatch> {
         .collect();
     let mut out: Vec<SampleMatch> = tracks
         .par_iter()
-        .flat_map_iter(|track_hits| match_track(track_hits, p, query_frames, n_tracks_hit))
+        .flat_map_iter(|track_hits| match_track(track_hits, query, p, query_frames, n_tracks_hit))
         .collect();
     out.sort_by(|a, b| b.significance.total_cmp(&a.significance));
     suppress_alternate_locations(out)
@@ -322,6 +373,7 @@ struct Point {
 
 fn match_track(
     hits: &[Hit],
+    query: &[QueryQuad],
     p: &MatchParams,
     query_frames: f64,
     n_tracks_hit: usize,
@@ -329,13 +381,17 @@ fn match_track(
     let track = hits[0].track;
     let points: Vec<Point> = hits
         .iter()
-        .map(|h| Point {
-            log_factor: ((h.q_span / h.r_span) as f64).ln(),
-            pitch_bins: (h.q_bin - h.r_bin) as f64,
-            q: h.q_time as f64,
-            r: h.r_time as f64,
-            q_span: h.q_span as f64,
-            r_span: h.r_span as f64,
+        .map(|h| {
+            let q = &query[h.query as usize];
+            let r_span = h.r_span_frames();
+            Point {
+                log_factor: ((q.span / r_span) as f64).ln(),
+                pitch_bins: (q.bin - h.r_bin_bins()) as f64,
+                q: q.time as f64,
+                r: h.r_time_frames() as f64,
+                q_span: q.span as f64,
+                r_span: r_span as f64,
+            }
         })
         .collect();
     let grid = Grid::new(p);

@@ -31,7 +31,37 @@ struct Planted {
     n: usize,
 }
 
-fn sample_hits(rng: &mut Lcg, s: Planted) -> Vec<Hit> {
+/// Hits with the query quads they index, the reference side rounded to the store's fixed
+/// point as the engine receives it.
+#[derive(Default)]
+struct Hits {
+    hits: Vec<Hit>,
+    query: Vec<QueryQuad>,
+}
+
+impl Hits {
+    /// Adds a hit of `track` from query (time, bin, span) to reference (time, bin, span).
+    fn push(&mut self, track: u32, q: [f64; 3], r: [f64; 3]) {
+        self.hits.push(Hit {
+            track,
+            query: self.query.len() as u32,
+            r_time: r[0].round() as u32,
+            r_bin: (r[1] * REF_BIN_SCALE as f64).round() as u16,
+            r_span: (r[2] * REF_SPAN_SCALE as f64).round() as u16,
+        });
+        self.query.push(QueryQuad {
+            time: q[0] as f32,
+            bin: q[1] as f32,
+            span: q[2] as f32,
+        });
+    }
+
+    fn find_matches(self, p: &MatchParams) -> Vec<SampleMatch> {
+        find_matches(self.hits, &self.query, p)
+    }
+}
+
+fn sample_hits(rng: &mut Lcg, s: Planted, out: &mut Hits) {
     let Planted {
         track,
         r0,
@@ -41,40 +71,34 @@ fn sample_hits(rng: &mut Lcg, s: Planted) -> Vec<Hit> {
         pitch_bins,
         n,
     } = s;
-    (0..n)
-        .map(|_| {
-            let r = rng.range(r0, r1);
-            let r_span = rng.range(10.0, 90.0);
-            let r_bin = rng.range(20.0, 170.0);
-            // Peak positions jitter by about half a frame and a third of a bin.
-            let q = q0 + (r - r0) / tempo + rng.range(-0.7, 0.7);
-            let q_span = r_span / tempo + rng.range(-0.7, 0.7);
-            Hit {
-                track,
-                q_time: q as f32,
-                q_bin: (r_bin + pitch_bins + rng.range(-0.3, 0.3)) as f32,
-                q_span: q_span as f32,
-                r_time: r as f32,
-                r_bin: r_bin as f32,
-                r_span: r_span as f32,
-            }
-        })
-        .collect()
+    for _ in 0..n {
+        let r = rng.range(r0, r1);
+        let r_span = rng.range(10.0, 90.0);
+        let r_bin = rng.range(20.0, 170.0);
+        // Peak positions jitter by about half a frame and a third of a bin.
+        let q = q0 + (r - r0) / tempo + rng.range(-0.7, 0.7);
+        let q_span = r_span / tempo + rng.range(-0.7, 0.7);
+        let q_bin = r_bin + pitch_bins + rng.range(-0.3, 0.3);
+        out.push(track, [q, q_bin, q_span], [r, r_bin, r_span]);
+    }
 }
 
 /// Chance hits: every field independent and uniform.
-fn noise_hits(rng: &mut Lcg, n_tracks: u32, n: usize, q_len: f64, r_len: f64) -> Vec<Hit> {
-    (0..n)
-        .map(|_| Hit {
-            track: (rng.next_f64() * n_tracks as f64) as u32,
-            q_time: rng.range(0.0, q_len) as f32,
-            q_bin: rng.range(0.0, 198.0) as f32,
-            q_span: rng.range(2.0, 200.0) as f32,
-            r_time: rng.range(0.0, r_len) as f32,
-            r_bin: rng.range(0.0, 198.0) as f32,
-            r_span: rng.range(3.0, 100.0) as f32,
-        })
-        .collect()
+fn noise_hits(rng: &mut Lcg, n_tracks: u32, n: usize, q_len: f64, r_len: f64, out: &mut Hits) {
+    for _ in 0..n {
+        let track = (rng.next_f64() * n_tracks as f64) as u32;
+        let q = [
+            rng.range(0.0, q_len),
+            rng.range(0.0, 198.0),
+            rng.range(2.0, 200.0),
+        ];
+        let r = [
+            rng.range(0.0, r_len),
+            rng.range(0.0, 198.0),
+            rng.range(3.0, 100.0),
+        ];
+        out.push(track, q, r);
+    }
 }
 
 #[test]
@@ -100,9 +124,10 @@ fn recovers_offset_tempo_and_pitch_among_noise() {
             pitch_bins,
             n: 40,
         };
-        let mut hits = sample_hits(&mut rng, planted);
-        hits.extend(noise_hits(&mut rng, 50, 50_000, 5000.0, 30_000.0));
-        let found = find_matches(hits, &p);
+        let mut hits = Hits::default();
+        sample_hits(&mut rng, planted, &mut hits);
+        noise_hits(&mut rng, 50, 50_000, 5000.0, 30_000.0, &mut hits);
+        let found = hits.find_matches(&p);
         assert!(!found.is_empty(), "tempo {tempo}: nothing found");
         let m = &found[0];
         assert_eq!(m.track, 7);
@@ -136,8 +161,9 @@ fn chance_hits_alone_match_nothing() {
     let p = MatchParams::default();
     for seed in 10..15 {
         let mut rng = Lcg(seed);
-        let hits = noise_hits(&mut rng, 20, 200_000, 22_500.0, 30_000.0);
-        let found = find_matches(hits, &p);
+        let mut hits = Hits::default();
+        noise_hits(&mut rng, 20, 200_000, 22_500.0, 30_000.0, &mut hits);
+        let found = hits.find_matches(&p);
         assert!(
             found.is_empty(),
             "seed {seed}: spurious {:?}",
@@ -154,7 +180,7 @@ fn loop_repetitions_are_one_match_with_many_occurrences() {
     // hits per repetition: too few alone, enough together.
     let tempo = 0.9;
     let period = 250.0 / tempo;
-    let mut hits = Vec::new();
+    let mut hits = Hits::default();
     for k in 0..8 {
         let planted = Planted {
             track: 3,
@@ -165,10 +191,10 @@ fn loop_repetitions_are_one_match_with_many_occurrences() {
             pitch_bins: -5.0,
             n: 5,
         };
-        hits.extend(sample_hits(&mut rng, planted));
+        sample_hits(&mut rng, planted, &mut hits);
     }
-    hits.extend(noise_hits(&mut rng, 30, 30_000, 5000.0, 30_000.0));
-    let found = find_matches(hits, &p);
+    noise_hits(&mut rng, 30, 30_000, 5000.0, 30_000.0, &mut hits);
+    let found = hits.find_matches(&p);
     assert!(!found.is_empty());
     let m = &found[0];
     assert_eq!(m.track, 3);
