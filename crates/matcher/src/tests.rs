@@ -262,6 +262,27 @@ mod verification {
         PeakGrid::new(&peaks, frames, N_BINS, 2, 1)
     }
 
+    /// 8 s of a random reference (1000 query frames from reference frame 9000) planted
+    /// at query frame 2000 under `tempo` and `shift`; half of its peaks survive, among 1.2
+    /// dense query peaks per frame. Returns the reference, the true line, the last planted
+    /// reference frame and the query's grid.
+    fn planted_excerpt(
+        rng: &mut Lcg,
+        tempo: f64,
+        shift: f64,
+    ) -> (Vec<(f32, f32)>, Line, f64, PeakGrid) {
+        let reference = reference_peaks(rng, 20_000.0);
+        let line = Line {
+            tempo,
+            r0: 9_000.0,
+            q0: 2_000.0,
+            shift_bins: shift,
+        };
+        let r1 = 9_000.0 + 1_000.0 * tempo;
+        let grid = query_grid(rng, 5_000, 1.2, Some((&reference, line, 9_000.0, r1, 0.5)));
+        (reference, line, r1, grid)
+    }
+
     #[test]
     fn grid_marks_the_tolerance_box_only() {
         let grid = PeakGrid::new(&[(10.0, 100.0)], 50, N_BINS, 2, 1);
@@ -276,22 +297,7 @@ mod verification {
         let p = VerifyParams::default();
         for (seed, tempo, shift) in [(1u64, 0.8, -11.0), (2, 1.0, 0.0), (3, 1.37, 16.0)] {
             let mut rng = Lcg(seed);
-            let reference = reference_peaks(&mut rng, 20_000.0);
-            // 8 s of the reference (1000 frames from 9000) at query frame 2000; half of
-            // its peaks survive, among 1.2 dense query peaks per frame.
-            let line = Line {
-                tempo,
-                r0: 9_000.0,
-                q0: 2_000.0,
-                shift_bins: shift,
-            };
-            let r1 = 9_000.0 + 1_000.0 * tempo;
-            let grid = query_grid(
-                &mut rng,
-                5_000,
-                1.2,
-                Some((&reference, line, 9_000.0, r1, 0.5)),
-            );
+            let (reference, line, r1, grid) = planted_excerpt(&mut rng, tempo, shift);
             // The candidate's intercept is off by three frames and its pitch by one bin.
             let guess = Line {
                 q0: line.q0 + 3.0,
@@ -322,20 +328,7 @@ mod verification {
         let no_tempo = VerifyParams::default();
         for (seed, tempo, error) in [(4u64, 1.0, 0.014), (5, 0.8, -0.016), (6, 1.25, 0.012)] {
             let mut rng = Lcg(seed);
-            let reference = reference_peaks(&mut rng, 20_000.0);
-            let line = Line {
-                tempo,
-                r0: 9_000.0,
-                q0: 2_000.0,
-                shift_bins: 0.0,
-            };
-            let r1 = 9_000.0 + 1_000.0 * tempo;
-            let grid = query_grid(
-                &mut rng,
-                5_000,
-                1.2,
-                Some((&reference, line, 9_000.0, r1, 0.5)),
-            );
+            let (reference, line, r1, grid) = planted_excerpt(&mut rng, tempo, 0.0);
             let guess = Line {
                 tempo: tempo * (1.0 + error),
                 ..line
