@@ -764,7 +764,9 @@ fn lookup_order(
         .enumerate()
         .map(|(i, q)| (u64::from(q.hash) << 32) | i as u64)
         .collect();
-    order.sort_unstable();
+    // Every value is distinct (it holds its position), so any correct sort gives the same
+    // order: the parallel one is as deterministic as the serial one.
+    order.par_sort_unstable();
     let keys = order.iter().map(|&o| (o >> 32) as u32).collect();
     let query = order
         .iter()

@@ -349,17 +349,25 @@ impl Fingerprinter {
     pub fn query_print(&self, samples: &[f32]) -> QueryPrint {
         let p = &self.params;
         let spec = self.spectrogram(samples);
-        let peaks = peaks::find_peaks(
-            &spec,
-            p,
-            p.query_peaks_per_s,
-            (p.query_peak_radius_frames, p.query_peak_radius_bins),
-        );
-        let verify_peaks = peaks::find_peaks(
-            &spec,
-            p,
-            p.verify_peaks_per_s,
-            (p.verify_radius_frames, p.verify_radius_bins),
+        // The two peak sets are independent: a query waits for its answer, so they are
+        // picked side by side.
+        let (peaks, verify_peaks) = rayon::join(
+            || {
+                peaks::find_peaks(
+                    &spec,
+                    p,
+                    p.query_peaks_per_s,
+                    (p.query_peak_radius_frames, p.query_peak_radius_bins),
+                )
+            },
+            || {
+                peaks::find_peaks(
+                    &spec,
+                    p,
+                    p.verify_peaks_per_s,
+                    (p.verify_radius_frames, p.verify_radius_bins),
+                )
+            },
         );
         QueryPrint {
             quads: quads::query_quads(&peaks, p),

@@ -18,6 +18,8 @@
 //! many more combinations over a wider time zone, so the reference's partners are found
 //! even when other music adds peaks between them and the sample is slowed or sped up.
 
+use rayon::prelude::*;
+
 use crate::Params;
 use crate::peaks::Peak;
 
@@ -125,10 +127,24 @@ fn for_each_anchor(
     min_dt: f32,
     max_dt: f32,
     max_partners: usize,
+    f: impl FnMut(&Peak, &[Peak]),
+) {
+    for_each_anchor_in(peaks, 0..peaks.len(), p, min_dt, max_dt, max_partners, f);
+}
+
+/// [`for_each_anchor`] for the anchors `peaks[anchors]` only (partners may lie beyond).
+fn for_each_anchor_in(
+    peaks: &[Peak],
+    anchors: std::ops::Range<usize>,
+    p: &Params,
+    min_dt: f32,
+    max_dt: f32,
+    max_partners: usize,
     mut f: impl FnMut(&Peak, &[Peak]),
 ) {
     let mut partners = Vec::with_capacity(max_partners);
-    for (i, a) in peaks.iter().enumerate() {
+    for i in anchors {
+        let a = &peaks[i];
         partners.clear();
         for b in &peaks[i + 1..] {
             let dt = b.time - a.time;
@@ -195,35 +211,64 @@ pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
 /// invariant that lies close to a cell boundary (peak positions jitter by a fraction of a
 /// frame or bin, and a quad whose invariant crosses a boundary would otherwise be lost).
 pub fn query_quads(peaks: &[Peak], p: &Params) -> Vec<QueryQuad> {
+    // Anchors are independent, so chunks of them are paired in parallel and the chunks'
+    // quads joined in anchor order: the same list as one pass would give.
+    let chunks: Vec<Vec<QueryQuad>> = (0..peaks.len().div_ceil(QUERY_ANCHOR_CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let start = c * QUERY_ANCHOR_CHUNK;
+            query_quads_of(
+                peaks,
+                start..(start + QUERY_ANCHOR_CHUNK).min(peaks.len()),
+                p,
+            )
+        })
+        .collect();
+    chunks.concat()
+}
+
+/// Anchors per parallel task of [`query_quads`] (about 20 s of a query).
+const QUERY_ANCHOR_CHUNK: usize = 1024;
+
+/// The query quads of the anchors `peaks[anchors]`.
+fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -> Vec<QueryQuad> {
     let grid = Grid::new(p);
     let mut out = Vec::new();
     let min_dt = p.quad_min_dt_frames / p.max_time_factor;
     let max_dt = p.quad_max_dt_frames * p.max_time_factor;
     let mut cells = Vec::with_capacity(p.max_expansions);
-    for_each_anchor(peaks, p, min_dt, max_dt, p.query_partners, |a, partners| {
-        for_each_triple(partners, |b, c, d| {
-            let span = d.time - a.time;
-            // A reference quad spans quad_min_dt..quad_max_dt frames; a query quad whose span
-            // no allowed time factor can produce cannot match, so it is not looked up.
-            if span < p.quad_min_dt_frames / p.max_time_factor
-                || span > p.quad_max_dt_frames * p.max_time_factor
-            {
-                return;
-            }
-            let Some(inv) = invariants(a, b, c, d) else {
-                return;
-            };
-            expand_cells(&grid, p, &inv, span, &mut cells);
-            for &hash in &cells {
-                out.push(QueryQuad {
-                    hash,
-                    time: a.time,
-                    bin: a.bin,
-                    span,
-                });
-            }
-        });
-    });
+    for_each_anchor_in(
+        peaks,
+        anchors,
+        p,
+        min_dt,
+        max_dt,
+        p.query_partners,
+        |a, partners| {
+            for_each_triple(partners, |b, c, d| {
+                let span = d.time - a.time;
+                // A reference quad spans quad_min_dt..quad_max_dt frames; a query quad whose span
+                // no allowed time factor can produce cannot match, so it is not looked up.
+                if span < p.quad_min_dt_frames / p.max_time_factor
+                    || span > p.quad_max_dt_frames * p.max_time_factor
+                {
+                    return;
+                }
+                let Some(inv) = invariants(a, b, c, d) else {
+                    return;
+                };
+                expand_cells(&grid, p, &inv, span, &mut cells);
+                for &hash in &cells {
+                    out.push(QueryQuad {
+                        hash,
+                        time: a.time,
+                        bin: a.bin,
+                        span,
+                    });
+                }
+            });
+        },
+    );
     out
 }
 
@@ -295,6 +340,25 @@ mod tests {
     }
 
     /// Four peaks whose invariants sit away from cell boundaries, so no quantisation flips.
+    #[test]
+    fn parallel_query_quads_equal_one_pass() {
+        // Peaks for several anchor chunks, so partners cross the chunk boundaries.
+        let n = 3 * QUERY_ANCHOR_CHUNK + 17;
+        let mut state = 12345u64;
+        let peaks: Vec<Peak> = (0..n)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                peak(i as f32 * 2.7, 20.0 + (state >> 33) as f32 % 150.0)
+            })
+            .collect();
+        let p = Params::default();
+        let one_pass = query_quads_of(&peaks, 0..n, &p);
+        assert!(one_pass.len() > 10 * n);
+        assert_eq!(query_quads(&peaks, &p), one_pass);
+    }
+
     fn base_quad() -> [Peak; 4] {
         [
             peak(10.0, 80.3),
