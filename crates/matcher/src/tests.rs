@@ -206,6 +206,57 @@ fn loop_repetitions_are_one_match_with_many_occurrences() {
     assert!((m.tempo / tempo - 1.0).abs() < 0.01, "tempo {}", m.tempo);
 }
 
+#[test]
+fn neighbourhood_sums_equal_a_search_per_neighbour() {
+    let mut rng = Lcg(77);
+    let key =
+        |i: u64, j: u64, k: u64| ((i + 1) << (2 * AXIS_BITS)) | ((j + 1) << AXIS_BITS) | (k + 1);
+    for _ in 0..20 {
+        // Dense little grids, so neighbourhoods overlap and reach every border.
+        let mut cells: Vec<(u64, u32)> = (0..300)
+            .map(|_| {
+                let (i, j, k) = (
+                    rng.range(0.0, 6.0),
+                    rng.range(0.0, 6.0),
+                    rng.range(0.0, 8.0),
+                );
+                (
+                    key(i as u64, j as u64, k as u64),
+                    rng.range(1.0, 4.0) as u32,
+                )
+            })
+            .collect();
+        cells.sort_unstable();
+        cells.dedup_by_key(|c| c.0);
+        let count = |k: u64| {
+            cells
+                .binary_search_by_key(&k, |c| c.0)
+                .map_or(0, |i| cells[i].1)
+        };
+        let expected: Vec<(u32, u64)> = cells
+            .iter()
+            .filter(|c| c.1 >= 2)
+            .map(|&(k, _)| {
+                let mut sum = 0;
+                for di in 0..3u64 {
+                    for dj in 0..3u64 {
+                        for dk in 0..3u64 {
+                            sum += count(
+                                k + di * (1 << (2 * AXIS_BITS)) + dj * (1 << AXIS_BITS) + dk
+                                    - (1 << (2 * AXIS_BITS))
+                                    - (1 << AXIS_BITS)
+                                    - 1,
+                            );
+                        }
+                    }
+                }
+                (sum, k)
+            })
+            .collect();
+        assert_eq!(neighbourhood_sums(&cells).collect::<Vec<_>>(), expected);
+    }
+}
+
 mod verification {
     use super::Lcg;
     use crate::verify::{Line, PeakGrid, VerifyParams, verify_line};
