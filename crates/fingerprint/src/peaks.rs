@@ -38,8 +38,9 @@ pub fn find_peaks(
     // in place, column by column. One plane the size of the spectrogram, not two: that
     // plane and the spectrogram are what an hour of audio costs in memory.
     let mut nmax = vec![0f32; n_frames * n_bins];
+    let mut sliding = SlidingMax::default();
     for f in 0..n_frames {
-        sliding_max(
+        sliding.run(
             spec.frame(f),
             radius_bins,
             &mut nmax[f * n_bins..(f + 1) * n_bins],
@@ -51,7 +52,7 @@ pub fn find_peaks(
         for f in 0..n_frames {
             column[f] = nmax[f * n_bins + k];
         }
-        sliding_max(&column, radius_frames, &mut column_max);
+        sliding.run(&column, radius_frames, &mut column_max);
         for f in 0..n_frames {
             nmax[f * n_bins + k] = column_max[f];
         }
@@ -125,29 +126,58 @@ fn parabolic_offset(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// `out[i]` = max of `input[i - r ..= i + r]` (clipped to the slice), in O(n) with a
-/// monotonic queue of indices.
+/// `out[i]` = max of `input[i - r ..= i + r]` (clipped to the slice), in O(n).
+#[cfg(test)]
 fn sliding_max(input: &[f32], r: usize, out: &mut [f32]) {
-    let n = input.len();
-    let mut queue = std::collections::VecDeque::with_capacity(2 * r + 2);
-    let mut next = 0;
-    for (i, slot) in out.iter_mut().enumerate().take(n) {
-        let hi = (i + r).min(n - 1);
-        while next <= hi {
-            while queue
-                .back()
-                .is_some_and(|&j: &usize| input[j] <= input[next])
-            {
-                queue.pop_back();
+    SlidingMax::default().run(input, r, out);
+}
+
+/// The running maximum of van Herk and Gil & Werman: over the input padded with -inf by
+/// `r` each side (which is what clipping the window means for a maximum), blocks of the
+/// window's length `w` get a running maximum from their start (`g`) and from their end
+/// (`h`); a window of length `w` spans the end of one block and the start of the next, so
+/// its maximum is `max(h[lo], g[hi])`: three comparisons an element and no branches on
+/// the data, where a monotonic queue branched on every element. Buffers are kept between
+/// calls (one call per frame and per bin of a spectrogram).
+#[derive(Default)]
+struct SlidingMax {
+    padded: Vec<f32>,
+    g: Vec<f32>,
+    h: Vec<f32>,
+}
+
+impl SlidingMax {
+    fn run(&mut self, input: &[f32], r: usize, out: &mut [f32]) {
+        let n = input.len().min(out.len());
+        if n == 0 {
+            return;
+        }
+        let w = 2 * r + 1;
+        let len = n + 2 * r;
+        self.padded.clear();
+        self.padded.resize(r, f32::NEG_INFINITY);
+        self.padded.extend_from_slice(&input[..n]);
+        self.padded.resize(len, f32::NEG_INFINITY);
+        self.g.resize(len, 0.0);
+        self.h.resize(len, 0.0);
+        for start in (0..len).step_by(w) {
+            let end = (start + w).min(len);
+            let block = &self.padded[start..end];
+            let mut run = f32::NEG_INFINITY;
+            for (g, &x) in self.g[start..end].iter_mut().zip(block) {
+                run = run.max(x);
+                *g = run;
             }
-            queue.push_back(next);
-            next += 1;
+            run = f32::NEG_INFINITY;
+            for (h, &x) in self.h[start..end].iter_mut().zip(block).rev() {
+                run = run.max(x);
+                *h = run;
+            }
         }
-        let lo = i.saturating_sub(r);
-        while queue.front().is_some_and(|&j| j < lo) {
-            queue.pop_front();
+        // Output i is the window padded[i ..= i + 2r].
+        for (i, o) in out[..n].iter_mut().enumerate() {
+            *o = self.h[i].max(self.g[i + 2 * r]);
         }
-        *slot = queue.front().map_or(f32::NEG_INFINITY, |&j| input[j]);
     }
 }
 
