@@ -30,7 +30,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use fingerprint::{FREQ_SCALE, Fingerprinter, Params, QueryPrint, SPAN_SCALE};
-use index::{LmdbStore, Store, TrackId, TrackInfo};
+use index::{LmdbStore, Posting, Store, TrackId, TrackInfo};
 use matcher::{Hit, MatchParams, SampleMatch};
 use rayon::prelude::*;
 
@@ -120,6 +120,11 @@ impl ReferenceFilter {
 const COMMON_KEY_FACTOR: f64 = 6.0;
 /// ...but never below this many postings.
 const MIN_COMMON_KEY_CAP: usize = 20;
+
+/// The vectors a query's hits are looked up into (`Store::lookup_sharded`): a fixed
+/// number, so that the hits' order, and with it every result, does not depend on the
+/// machine's thread count; at least as many as the threads a lookup can use.
+const LOOKUP_SHARDS: usize = 16;
 
 /// How often a file's write is tried when other writers keep storing the same path or
 /// bytes in between: each refusal means another process made progress, and one retry
@@ -597,40 +602,57 @@ impl Engine {
         // memory follows the plausible hits only. Keys with more postings than the
         // stop-word cap are skipped by the store without being read.
         let mp = &self.match_params;
-        let max_log_factor = mp.max_time_factor.ln() as f32;
+        let max_factor = mp.max_time_factor as f32;
         let max_pitch_bins = (mp.max_pitch_semitones * mp.bins_per_semitone) as f32;
         let cap = self.max_postings_per_key()?;
-        // About a hit per key is typical (1.8 for a 3-minute query against 12 hours), so the
-        // vector starts there rather than doubling up from nothing: the smaller buffers a
-        // doubling leaves behind stay resident (16 MB of them for that query). Reserved but
-        // unused capacity is address space only.
-        let mut hits: Vec<Hit> = Vec::with_capacity(keys.len());
-        self.store.lookup(&keys, cap, &mut |i, posting| {
+        // The store serves the lookup from several threads, into LOOKUP_SHARDS vectors
+        // that the matcher takes as they are (see `Store::lookup_sharded`). About a hit
+        // per key is typical (1.8 for a 3-minute query against 12 hours), so each vector
+        // starts at its share of two rather than doubling up from nothing: the smaller
+        // buffers a doubling leaves behind stay resident. Reserved but unused capacity is
+        // address space only.
+        let mut shards: Vec<Vec<Hit>> = (0..LOOKUP_SHARDS)
+            .map(|_| Vec::with_capacity(2 * keys.len() / LOOKUP_SHARDS))
+            .collect();
+        let admit = |i: usize, posting: Posting| -> Option<Hit> {
             if !filter.admits(posting.track) {
-                return;
+                return None;
             }
             let q = &query[i];
             let r_span = posting.span as f32 / SPAN_SCALE;
             let r_bin = posting.freq as f32 / FREQ_SCALE;
+            // |ln(q.span / r_span)| <= ln(max factor), without a logarithm per posting.
             if r_span <= 0.0
-                || (q.span / r_span).ln().abs() > max_log_factor
+                || q.span > r_span * max_factor
+                || q.span * max_factor < r_span
                 || (q.bin - r_bin).abs() > max_pitch_bins
             {
-                return;
+                return None;
             }
-            hits.push(Hit {
+            Some(Hit {
                 track: posting.track,
                 query: i as u32,
                 r_time: posting.time,
                 r_bin: posting.freq,
                 r_span: posting.span,
-            });
-        })?;
+            })
+        };
+        {
+            let mut visitors: Vec<_> = shards
+                .iter_mut()
+                .map(|hits| move |i, posting| hits.extend(admit(i, posting)))
+                .collect();
+            let mut visitors: Vec<&mut (dyn FnMut(usize, Posting) + Send)> = visitors
+                .iter_mut()
+                .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
+                .collect();
+            self.store.lookup_sharded(&keys, cap, &mut visitors)?;
+        }
         let n_lookups = keys.len();
         drop(keys);
         let lookup_s = started.elapsed().as_secs_f64() - fingerprint_s;
-        let n_hits = hits.len();
-        let candidates = matcher::find_candidates(hits, &query, mp);
+        let n_hits = shards.iter().map(Vec::len).sum();
+        let candidates = matcher::find_candidates_sharded(shards, &query, mp);
         drop(query);
         let match_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s;
         let found = self.verify(candidates, &print)?;

@@ -227,6 +227,27 @@ pub trait Store: Send + Sync {
         visit: &mut dyn FnMut(usize, Posting),
     ) -> Result<(), IndexError>;
 
+    /// [`Store::lookup`] spread over several visitors, which a backend may call from
+    /// several threads at once. The postings of `keys[i]` go to
+    /// `visitors[lookup_shard(keys[i], visitors.len())]`, and each visitor sees its own
+    /// keys' postings in the order `lookup` would visit them; so what each visitor
+    /// receives, and in which order, does not depend on how many threads served it.
+    /// With no visitors there is nothing to visit.
+    fn lookup_sharded(
+        &self,
+        keys: &[u32],
+        max_postings_per_key: usize,
+        visitors: &mut [&mut (dyn FnMut(usize, Posting) + Send)],
+    ) -> Result<(), IndexError> {
+        let n_shards = visitors.len();
+        if n_shards == 0 {
+            return Ok(());
+        }
+        self.lookup(keys, max_postings_per_key, &mut |i, posting| {
+            (visitors[lookup_shard(keys[i], n_shards)])(i, posting)
+        })
+    }
+
     /// Returns the store's size counters.
     fn stats(&self) -> Result<StoreStats, IndexError>;
 
@@ -259,6 +280,13 @@ pub trait Store: Send + Sync {
     /// Relations that involve `track` as query or reference, or every relation if `track`
     /// is `None`; sorted by (query, reference).
     fn relations(&self, track: Option<TrackId>) -> Result<Vec<Relation>, IndexError>;
+}
+
+/// The shard of `key` among `n_shards` in [`Store::lookup_sharded`] (0 when there are
+/// none): a fixed function of the key, so that a caller's shards do not depend on the
+/// backend or on the number of threads.
+pub fn lookup_shard(key: u32, n_shards: usize) -> usize {
+    codec::partition_of(key) % n_shards.max(1)
 }
 
 /// Where the store lives unless the user says otherwise.

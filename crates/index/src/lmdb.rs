@@ -82,15 +82,16 @@ use heed::{
 };
 
 use crate::codec::{
-    ALL_PARTITIONS, N_PARTITIONS, Run, Section, catalogue_key, catalogue_key_is_exact,
-    decode_posting_list, duration_us, encode_posting_list, encode_run, merged_metadata,
-    partition_of, posting_list_len, prepare_entries, run_order, sort_queries, validate_scan,
-    validate_side_data, validate_track_info,
+    ALL_PARTITIONS, N_PARTITIONS, Run, Section, SortedQueries, catalogue_key,
+    catalogue_key_is_exact, decode_posting_list, duration_us, encode_posting_list, encode_run,
+    merged_metadata, partition_of, posting_list_len, prepare_entries, run_order, sort_queries,
+    validate_scan, validate_side_data, validate_track_info,
 };
 use crate::{
     Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
-    TrackInfo,
+    TrackInfo, lookup_shard,
 };
+use rayon::prelude::*;
 
 /// Address space reserved for the memory map. LMDB only reserves virtual addresses, and the
 /// file grows as data is written, so this is a ceiling rather than an allocation; 1 TiB holds
@@ -126,6 +127,16 @@ const DEFAULT_MAX_DELTA_TRACKS: u64 = 64;
 /// A sorted walk steps forward this many entries before it gives up and seeks: a step is a
 /// few nanoseconds within a page, a seek a descent from the root plus a cursor allocation.
 const WALK_STEPS_BEFORE_SEEK: usize = 16;
+
+/// A lookup of fewer keys than this runs on one thread: below it, starting the others
+/// costs more than they save (a 30-second query has about 470,000).
+const PARALLEL_LOOKUP_MIN_KEYS: usize = 20_000;
+
+/// A visitor of [`Store::lookup_sharded`] with the shard it serves.
+type ShardVisitor<'v, 'f> = (usize, &'v mut (dyn FnMut(usize, Posting) + Send + 'f));
+
+/// Tries at opening the read transactions of a parallel lookup on one snapshot.
+const SNAPSHOT_ATTEMPTS: usize = 4;
 
 /// Keys a merge encodes before writing them out; bounds the merge's extra memory.
 const MERGE_BATCH_KEYS: usize = 4096;
@@ -719,6 +730,128 @@ impl LmdbStore {
     fn live_main(&self, counters: &Counters, partition: usize) -> BytesDb<'static> {
         let current = counters.partitions[partition].current as usize;
         self.dbs.main[partition][current & 1]
+    }
+
+    /// `n` read transactions of one snapshot, for readers on several threads (a
+    /// transaction serves one thread at a time). A commit landing while they are opened
+    /// makes them differ; they are then opened again, a few times, before giving up
+    /// (`None`) to a single reader.
+    fn snapshot(&self, n: usize) -> Result<Option<Vec<RoTxn<'_, WithoutTls>>>, IndexError> {
+        for _ in 0..SNAPSHOT_ATTEMPTS {
+            let txns = (0..n)
+                .map(|_| self.read_txn())
+                .collect::<Result<Vec<_>, _>>()?;
+            if txns.iter().all(|t| t.id() == txns[0].id()) {
+                return Ok(Some(txns));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The postings of the keys of `queries` that fall in the partitions marked in
+    /// `serves`, from the snapshot of `rtxn`, in key order; `visit(partition, i, posting)`.
+    /// What it reads through the map is released past `resident_budget` bytes.
+    fn lookup_partitions(
+        &self,
+        rtxn: &RoTxn<'_, WithoutTls>,
+        queries: &SortedQueries<'_>,
+        max_postings_per_key: usize,
+        serves: &[bool; N_PARTITIONS],
+        resident_budget: usize,
+        visit: &mut dyn FnMut(usize, usize, Posting),
+    ) -> Result<(), IndexError> {
+        let counters = self.read_counters(rtxn)?;
+        let runs = self.load_runs(rtxn)?;
+        let tombstones = self.load_tombstones(rtxn)?;
+        // Per partition: the main walker, the tracks whose main postings to hide, and the
+        // unmerged run sections with a cursor each (runs in track order).
+        let mut walkers: Vec<Walker> = (0..N_PARTITIONS)
+            .map(|partition| Walker::new(self.live_main(&counters, partition), rtxn, &self.dir))
+            .collect();
+        let dead: Vec<Vec<TrackId>> = (0..N_PARTITIONS)
+            .map(|partition| {
+                tombstones
+                    .iter()
+                    .filter(|&&(_, purged)| purged & partition_bit(partition) == 0)
+                    .map(|&(track, _)| track)
+                    .collect()
+            })
+            .collect();
+        let mut sections: Vec<Vec<(TrackId, Section, usize)>> = (0..N_PARTITIONS)
+            .map(|partition| {
+                runs.iter()
+                    .filter(|run| run.is_live_in(partition))
+                    .map(|run| (run.track, run.run.section(partition), 0))
+                    .collect()
+            })
+            .collect();
+        // What the lookup has read through the map, per main partition and per section.
+        let mut residency = MapResidency::new(resident_budget);
+        let mut main_read = [NOTHING_READ; N_PARTITIONS];
+        let mut sections_read: Vec<Vec<usize>> = sections
+            .iter()
+            .map(|s| vec![NOTHING_READ; s.len()])
+            .collect();
+        // One key's postings, main first: runs are newer and in track order, so this is
+        // sorted.
+        let mut list: Vec<Posting> = Vec::new();
+        for group in queries.groups() {
+            let key = group.key();
+            let partition = partition_of(key);
+            if !serves[partition] {
+                continue;
+            }
+            list.clear();
+            let head = walkers[partition].seek(key)?;
+            if let Some((_, blob)) = head {
+                residency.touch(&mut main_read[partition], blob);
+            }
+            if let Some((found, blob)) = head
+                && found == key
+            {
+                let dead = &dead[partition];
+                let corrupt_list =
+                    |what| self.corrupt(format!("posting list of key {key}: {what}"));
+                // Without tombstones the header alone decides the cap, so over-cap keys
+                // cost no decoding at all.
+                if dead.is_empty()
+                    && posting_list_len(blob).map_err(corrupt_list)? > max_postings_per_key
+                {
+                    continue;
+                }
+                decode_posting_list(blob, |posting| {
+                    if dead.is_empty() || dead.binary_search(&posting.track).is_err() {
+                        list.push(posting);
+                    }
+                })
+                .map_err(corrupt_list)?;
+                if list.len() > max_postings_per_key {
+                    continue;
+                }
+            }
+            for ((track, section, cursor), read) in sections[partition]
+                .iter_mut()
+                .zip(&mut sections_read[partition])
+            {
+                let mut i = section.seek(*cursor, key);
+                while i < section.len() && section.key(i) == key {
+                    list.push(section.posting(i, *track));
+                    i += 1;
+                }
+                residency.touch(read, section.records_bytes(*cursor, i));
+                *cursor = i;
+            }
+            if list.len() > max_postings_per_key {
+                continue;
+            }
+            for &posting in &list {
+                for query in group.indices() {
+                    visit(partition, query, posting);
+                }
+            }
+        }
+        residency.release();
+        Ok(())
     }
 
     /// Every run in track order, with its merged partitions.
@@ -1533,95 +1666,64 @@ impl Store for LmdbStore {
     ) -> Result<(), IndexError> {
         let queries = sort_queries(keys)?;
         let rtxn = self.read_txn()?;
-        let counters = self.read_counters(&rtxn)?;
-        let runs = self.load_runs(&rtxn)?;
-        let tombstones = self.load_tombstones(&rtxn)?;
-        // Per partition: the main walker, the tracks whose main postings to hide, and the
-        // unmerged run sections with a cursor each (runs in track order).
-        let mut walkers: Vec<Walker> = (0..N_PARTITIONS)
-            .map(|partition| Walker::new(self.live_main(&counters, partition), &rtxn, &self.dir))
-            .collect();
-        let dead: Vec<Vec<TrackId>> = (0..N_PARTITIONS)
-            .map(|partition| {
-                tombstones
-                    .iter()
-                    .filter(|&&(_, purged)| purged & partition_bit(partition) == 0)
-                    .map(|&(track, _)| track)
-                    .collect()
-            })
-            .collect();
-        let mut sections: Vec<Vec<(TrackId, Section, usize)>> = (0..N_PARTITIONS)
-            .map(|partition| {
-                runs.iter()
-                    .filter(|run| run.is_live_in(partition))
-                    .map(|run| (run.track, run.run.section(partition), 0))
-                    .collect()
-            })
-            .collect();
-        // What the lookup has read through the map, per main partition and per section.
-        let mut residency = MapResidency::new(self.options.lookup_resident_bytes);
-        let mut main_read = [NOTHING_READ; N_PARTITIONS];
-        let mut sections_read: Vec<Vec<usize>> = sections
-            .iter()
-            .map(|s| vec![NOTHING_READ; s.len()])
-            .collect();
-        // One key's postings, main first: runs are newer and in track order, so this is
-        // sorted.
-        let mut list: Vec<Posting> = Vec::new();
-        for group in queries.groups() {
-            let key = group.key();
-            let partition = partition_of(key);
-            list.clear();
-            let head = walkers[partition].seek(key)?;
-            if let Some((_, blob)) = head {
-                residency.touch(&mut main_read[partition], blob);
-            }
-            if let Some((found, blob)) = head
-                && found == key
-            {
-                let dead = &dead[partition];
-                let corrupt_list =
-                    |what| self.corrupt(format!("posting list of key {key}: {what}"));
-                // Without tombstones the header alone decides the cap, so over-cap keys
-                // cost no decoding at all.
-                if dead.is_empty()
-                    && posting_list_len(blob).map_err(corrupt_list)? > max_postings_per_key
-                {
-                    continue;
-                }
-                decode_posting_list(blob, |posting| {
-                    if dead.is_empty() || dead.binary_search(&posting.track).is_err() {
-                        list.push(posting);
-                    }
-                })
-                .map_err(corrupt_list)?;
-                if list.len() > max_postings_per_key {
-                    continue;
-                }
-            }
-            for ((track, section, cursor), read) in sections[partition]
-                .iter_mut()
-                .zip(&mut sections_read[partition])
-            {
-                let mut i = section.seek(*cursor, key);
-                while i < section.len() && section.key(i) == key {
-                    list.push(section.posting(i, *track));
-                    i += 1;
-                }
-                residency.touch(read, section.records_bytes(*cursor, i));
-                *cursor = i;
-            }
-            if list.len() > max_postings_per_key {
-                continue;
-            }
-            for &posting in &list {
-                for query in group.indices() {
-                    visit(query, posting);
-                }
-            }
+        self.lookup_partitions(
+            &rtxn,
+            &queries,
+            max_postings_per_key,
+            &[true; N_PARTITIONS],
+            self.options.lookup_resident_bytes,
+            &mut |_, i, posting| visit(i, posting),
+        )
+    }
+
+    fn lookup_sharded(
+        &self,
+        keys: &[u32],
+        max_postings_per_key: usize,
+        visitors: &mut [&mut (dyn FnMut(usize, Posting) + Send)],
+    ) -> Result<(), IndexError> {
+        let n_shards = visitors.len();
+        let n_workers = rayon::current_num_threads().min(n_shards).min(N_PARTITIONS);
+        let txns = if n_workers > 1 && keys.len() >= PARALLEL_LOOKUP_MIN_KEYS {
+            self.snapshot(n_workers)?
+        } else {
+            None
+        };
+        let Some(txns) = txns else {
+            return self.lookup(keys, max_postings_per_key, &mut |i, posting| {
+                (visitors[lookup_shard(keys[i], n_shards)])(i, posting)
+            });
+        };
+        let queries = sort_queries(keys)?;
+        // Shard s goes to worker s % n_workers; a worker serves the partitions of its
+        // shards, each with its own read transaction of the one snapshot.
+        let mut work: Vec<(RoTxn<'_, WithoutTls>, Vec<ShardVisitor<'_, '_>>)> =
+            txns.into_iter().map(|txn| (txn, Vec::new())).collect();
+        for (shard, visitor) in visitors.iter_mut().enumerate() {
+            work[shard % n_workers].1.push((shard, &mut **visitor));
         }
-        residency.release();
-        Ok(())
+        let budget = (self.options.lookup_resident_bytes / n_workers).max(RESIDENCY_WINDOW_BYTES);
+        work.into_par_iter()
+            .map(|(txn, mut mine)| {
+                let mut serves = [false; N_PARTITIONS];
+                for (partition, serve) in serves.iter_mut().enumerate() {
+                    *serve = mine.iter().any(|(shard, _)| partition % n_shards == *shard);
+                }
+                let mut slot = vec![usize::MAX; n_shards];
+                for (k, (shard, _)) in mine.iter().enumerate() {
+                    slot[*shard] = k;
+                }
+                self.lookup_partitions(
+                    &txn,
+                    &queries,
+                    max_postings_per_key,
+                    &serves,
+                    budget,
+                    &mut |partition, i, posting| (mine[slot[partition % n_shards]].1)(i, posting),
+                )
+            })
+            .collect::<Result<Vec<()>, IndexError>>()
+            .map(|_| ())
     }
 
     fn stats(&self) -> Result<StoreStats, IndexError> {

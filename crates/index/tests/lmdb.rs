@@ -167,6 +167,52 @@ fn lookups_that_release_the_map_visit_the_same_postings() {
     let released = visits(LmdbOptions::default().lookup_resident_bytes(0));
     assert_eq!(kept.len(), 12 * 60_000);
     assert!(kept == released, "releasing the map changed the lookup");
+
+    // A sharded lookup, served by several threads once the keys are many: each shard
+    // gets exactly the sequential lookup's visits of its keys, in the same order.
+    let keys: Vec<u32> = (0..24_000u32)
+        .map(|k| (k * 7 + k / 6_000) % 6_100)
+        .collect();
+    for options in [
+        LmdbOptions::default(),
+        LmdbOptions::default().lookup_resident_bytes(0),
+    ] {
+        let store = LmdbStore::open_with_options(dir.path(), PARAMS, options).expect("reopen");
+        for cap in [usize::MAX, 144] {
+            let mut sequential = Vec::new();
+            store
+                .lookup(&keys, cap, &mut |i, posting| sequential.push((i, posting)))
+                .expect("lookup");
+            assert!(!sequential.is_empty());
+            for n_shards in [1, 2, 5, 16] {
+                let mut shards: Vec<Vec<(usize, Posting)>> = vec![Vec::new(); n_shards];
+                let mut visitors: Vec<_> = shards
+                    .iter_mut()
+                    .map(|v| move |i, posting| v.push((i, posting)))
+                    .collect();
+                let mut visitors: Vec<&mut (dyn FnMut(usize, Posting) + Send)> = visitors
+                    .iter_mut()
+                    .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
+                    .collect();
+                store
+                    .lookup_sharded(&keys, cap, &mut visitors)
+                    .expect("sharded lookup");
+                for (shard, got) in shards.iter().enumerate() {
+                    let expected: Vec<(usize, Posting)> = sequential
+                        .iter()
+                        .filter(|(i, _)| index::lookup_shard(keys[*i], n_shards) == shard)
+                        .copied()
+                        .collect();
+                    assert!(
+                        *got == expected,
+                        "shard {shard} of {n_shards}, cap {cap}: {} visits, expected {}",
+                        got.len(),
+                        expected.len()
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

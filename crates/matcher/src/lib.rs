@@ -225,11 +225,20 @@ pub fn finish_verified(
 /// Like [`find_matches`], but keeps every group down to `min_candidate_significance`:
 /// the candidates that peak-level verification then confirms or drops.
 pub fn find_candidates(hits: Vec<Hit>, query: &[QueryQuad], p: &MatchParams) -> Vec<SampleMatch> {
+    find_candidates_sharded(vec![hits], query, p)
+}
+
+/// [`find_candidates`] over sharded hits, as [`find_matches_sharded`] takes them.
+pub fn find_candidates_sharded(
+    shards: Vec<Vec<Hit>>,
+    query: &[QueryQuad],
+    p: &MatchParams,
+) -> Vec<SampleMatch> {
     let p = MatchParams {
         min_significance: p.min_significance.min(p.min_candidate_significance),
         ..p.clone()
     };
-    find_matches(hits, query, &p)
+    find_matches_sharded(shards, query, &p)
 }
 
 /// Finds every sample occurrence the hits support, strongest first. `query` holds the
@@ -238,36 +247,73 @@ pub fn find_candidates(hits: Vec<Hit>, query: &[QueryQuad], p: &MatchParams) -> 
 /// # Panics
 ///
 /// If a hit's `query` is not an index into `query`.
-pub fn find_matches(mut hits: Vec<Hit>, query: &[QueryQuad], p: &MatchParams) -> Vec<SampleMatch> {
-    let max_lf = p.max_time_factor.ln();
+pub fn find_matches(hits: Vec<Hit>, query: &[QueryQuad], p: &MatchParams) -> Vec<SampleMatch> {
+    find_matches_sharded(vec![hits], query, p)
+}
+
+/// [`find_matches`] over hits that arrive in several vectors (a store's lookup shards, see
+/// `index::Store::lookup_sharded`), without first copying them into one: each shard is
+/// filtered and ordered by track in parallel, and a track's hits are gathered from the
+/// shards in shard order. The result depends on the shards' contents and order only.
+///
+/// # Panics
+///
+/// If a hit's `query` is not an index into `query`.
+pub fn find_matches_sharded(
+    mut shards: Vec<Vec<Hit>>,
+    query: &[QueryQuad],
+    p: &MatchParams,
+) -> Vec<SampleMatch> {
+    let (min_factor, max_factor) = (1.0 / p.max_time_factor, p.max_time_factor);
     let max_pitch = p.max_pitch_semitones * p.bins_per_semitone;
-    hits.retain(|h| {
-        let q = &query[h.query as usize];
-        let r_span = h.r_span_frames();
-        q.span > 0.0
-            && r_span > 0.0
-            && ((q.span / r_span) as f64).ln().abs() <= max_lf
-            && ((q.bin - h.r_bin_bins()) as f64).abs() <= max_pitch
+    shards.par_iter_mut().for_each(|hits| {
+        hits.retain(|h| {
+            let q = &query[h.query as usize];
+            let r_span = h.r_span_frames();
+            let factor = (q.span / r_span) as f64;
+            q.span > 0.0
+                && r_span > 0.0
+                && (min_factor..=max_factor).contains(&factor)
+                && ((q.bin - h.r_bin_bins()) as f64).abs() <= max_pitch
+        });
+        hits.sort_unstable_by_key(|h| h.track);
     });
-    hits.sort_unstable_by_key(|h| h.track);
-    let query_frames = hits
+    let query_frames = shards
         .iter()
+        .flatten()
         .map(|h| query[h.query as usize].time)
         .fold(0f32, f32::max) as f64
         + 1.0;
-    let n_tracks_hit = hits
-        .chunk_by(|a, b| a.track == b.track)
-        .filter(|c| c.len() >= p.min_match_hits)
-        .count()
-        .max(1);
-    // Tracks are independent, so they are matched in parallel.
-    let tracks: Vec<&[Hit]> = hits
-        .chunk_by(|a, b| a.track == b.track)
-        .filter(|c| c.len() >= p.min_match_hits)
+    // Each track's stretch of each shard, as (track, shard, start, end), by track and
+    // then shard.
+    let mut spans: Vec<(u32, usize, usize, usize)> = Vec::new();
+    for (s, hits) in shards.iter().enumerate() {
+        let mut start = 0;
+        for c in hits.chunk_by(|a, b| a.track == b.track) {
+            spans.push((c[0].track, s, start, start + c.len()));
+            start += c.len();
+        }
+    }
+    spans.sort_unstable();
+    let tracks: Vec<&[(u32, usize, usize, usize)]> = spans
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter(|parts| parts.iter().map(|&(_, _, a, b)| b - a).sum::<usize>() >= p.min_match_hits)
         .collect();
+    let n_tracks_hit = tracks.len().max(1);
+    // Tracks are independent, so they are matched in parallel.
     let mut out: Vec<SampleMatch> = tracks
         .par_iter()
-        .flat_map_iter(|track_hits| match_track(track_hits, query, p, query_frames, n_tracks_hit))
+        .flat_map_iter(|parts| {
+            let slice = |&(_, s, a, b): &(u32, usize, usize, usize)| &shards[s][a..b];
+            let gathered: Vec<Hit>;
+            let track_hits = if let [one] = parts {
+                slice(one)
+            } else {
+                gathered = parts.iter().flat_map(slice).copied().collect();
+                &gathered
+            };
+            match_track(track_hits, query, p, query_frames, n_tracks_hit)
+        })
         .collect();
     out.sort_by(|a, b| b.significance.total_cmp(&a.significance));
     suppress_alternate_locations(out)

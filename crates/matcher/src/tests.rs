@@ -156,6 +156,57 @@ fn recovers_offset_tempo_and_pitch_among_noise() {
     }
 }
 
+/// Sharded hits are matched exactly as one vector holding each track's hits in shard
+/// order.
+#[test]
+fn sharded_hits_match_as_one_vector() {
+    let p = MatchParams::default();
+    let mut rng = Lcg(11);
+    let mut hits = Hits::default();
+    for (track, tempo, pitch_bins) in [(3u32, 0.8, -12.0), (7, 1.25, 4.0), (20, 1.0, 0.0)] {
+        let planted = Planted {
+            track,
+            r0: 2000.0,
+            r1: 3000.0,
+            q0: 700.0 * f64::from(track % 5),
+            tempo,
+            pitch_bins,
+            n: 40,
+        };
+        sample_hits(&mut rng, planted, &mut hits);
+    }
+    noise_hits(&mut rng, 30, 30_000, 5000.0, 30_000.0, &mut hits);
+    let Hits { hits, query } = hits;
+    for n_shards in [2usize, 5] {
+        // Hit j goes to shard j mod n, so every track, and every planted sample, is spread
+        // over all shards.
+        let mut shards: Vec<Vec<Hit>> = vec![Vec::new(); n_shards];
+        for (j, h) in hits.iter().enumerate() {
+            shards[j % n_shards].push(*h);
+        }
+        // Already in track order, as the matcher orders each shard: what is compared is
+        // how the shards are gathered, not how a sort breaks ties.
+        for shard in &mut shards {
+            shard.sort_by_key(|h| h.track);
+        }
+        let mut tracks: Vec<u32> = hits.iter().map(|h| h.track).collect();
+        tracks.sort_unstable();
+        tracks.dedup();
+        let one: Vec<Hit> = tracks
+            .iter()
+            .flat_map(|&t| shards.iter().flatten().filter(move |h| h.track == t))
+            .copied()
+            .collect();
+        let expected = find_matches(one, &query, &p);
+        assert_eq!(
+            expected.iter().map(|m| m.track).collect::<Vec<_>>(),
+            [3, 20, 7],
+            "{n_shards} shards"
+        );
+        assert_eq!(find_matches_sharded(shards, &query, &p), expected);
+    }
+}
+
 #[test]
 fn chance_hits_alone_match_nothing() {
     let p = MatchParams::default();
