@@ -6,10 +6,14 @@ use std::time::Duration;
 use engine::{Identification, MatchReport};
 use index::{StoreMeta, StoreStats, TrackId, TrackInfo};
 
-/// Formats seconds as m:ss.s.
+/// Formats seconds as m:ss.s (rounded to the tenth first, so 179.97 s is 3:00.0).
 pub fn clock(s: f64) -> String {
-    let s = s.max(0.0);
-    format!("{}:{:04.1}", (s / 60.0).floor() as u64, s % 60.0)
+    let tenths = if s.is_finite() {
+        (s.max(0.0) * 10.0).round() as u64
+    } else {
+        0
+    };
+    format!("{}:{:02}.{}", tenths / 600, tenths % 600 / 10, tenths % 10)
 }
 
 fn reference_name(m: &MatchReport) -> String {
@@ -150,4 +154,21 @@ pub fn print_stats(
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock;
+
+    #[test]
+    fn clock_rounds_before_splitting_minutes() {
+        assert_eq!(clock(0.0), "0:00.0");
+        assert_eq!(clock(5.04), "0:05.0");
+        assert_eq!(clock(59.96), "1:00.0");
+        assert_eq!(clock(179.97), "3:00.0");
+        assert_eq!(clock(61.24), "1:01.2");
+        assert_eq!(clock(754.3), "12:34.3");
+        assert_eq!(clock(-3.0), "0:00.0");
+        assert_eq!(clock(f64::NAN), "0:00.0");
+    }
 }

@@ -7,11 +7,12 @@ const $ = (sel, root = document) => root.querySelector(sel);
 
 // ---------------------------------------------------------------- small helpers
 
-/** Seconds as m:ss.s */
+/** Seconds as m:ss.s, rounded to the tenth first (179.97 s is 3:00.0, not 2:60.0). */
 function clock(s) {
-  const m = Math.floor(s / 60);
-  const rest = s - 60 * m;
-  return `${m}:${rest < 10 ? "0" : ""}${rest.toFixed(1)}`;
+  const tenths = Number.isFinite(s) ? Math.round(Math.max(0, s) * 10) : 0;
+  const m = Math.floor(tenths / 600);
+  const rest = tenths - 600 * m;
+  return `${m}:${rest < 100 ? "0" : ""}${(rest / 10).toFixed(1)}`;
 }
 
 /** A colour per match, well apart on the colour wheel. */
