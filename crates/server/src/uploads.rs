@@ -398,11 +398,40 @@ fn limited(req: Request, limit_bytes: u64) -> Result<Request, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        linger(req.into_body(), n);
         return Err(ApiError::too_large(limit_bytes));
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     Ok(req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit))))
+}
+
+/// Most of a refused body read and thrown away so that its client sees the 413.
+pub const LINGER_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest a refused body is read for.
+pub const LINGER_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards a refused body, up to [`LINGER_MAX_BYTES`] and [`LINGER_MAX_TIME`],
+/// while the 413 goes out. A server that closes a connection with unread bytes in its
+/// receive buffer resets it, and a client still sending its body then often loses the
+/// answer along with the connection; reading on (as web servers' lingering close does)
+/// lets it finish sending and read why it was refused. Nothing is kept; a client that
+/// declared more than the bound is cut off when the bound is reached.
+fn linger(body: axum::body::Body, declared: u64) {
+    if declared > LINGER_MAX_BYTES {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let drain = async {
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_MAX_TIME, drain).await;
+    });
 }
 
 fn is_multipart(req: &Request) -> bool {
