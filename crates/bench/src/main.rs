@@ -12,6 +12,7 @@ mod queries;
 mod run;
 mod scale;
 mod score;
+mod songs;
 mod stores;
 mod sweep;
 mod types;
@@ -151,6 +152,26 @@ enum Cmd {
         /// Match field used as the score (e.g. significance).
         #[arg(long, default_value = "score")]
         score_field: String,
+    },
+    /// Identify whole songs that sample nothing in the store (corpus music that is not a
+    /// reference nor a known copy of one, plus any --extra folder) and report every match:
+    /// the false-positive rate on what users actually identify. Writes OUT/songs.json.
+    Songs {
+        /// The cratedigger binary.
+        #[arg(long)]
+        bin: PathBuf,
+        /// The store holding the references (as `run` built it).
+        #[arg(long)]
+        db: PathBuf,
+        /// Folder filled by /work/shared/corpus/fetch.sh (with files.txt).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Benchmark folder (split.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// More folders of songs that are in no store (e.g. another fetched package).
+        #[arg(long)]
+        extra: Vec<PathBuf>,
     },
     /// Compare fingerprint settings fast: the engine's fingerprint and matcher over an
     /// in-memory index of the references, scored against truth.json (settings come from
@@ -476,6 +497,19 @@ fn main() -> Result<()> {
             score_field,
         })
         .map(|_| ()),
+        Cmd::Songs {
+            bin,
+            db,
+            corpus,
+            out,
+            extra,
+        } => songs::run_songs(&songs::SongsArgs {
+            bin,
+            db,
+            corpus,
+            out,
+            extra,
+        }),
         Cmd::Sweep {
             out,
             split,
@@ -487,7 +521,13 @@ fn main() -> Result<()> {
             split: split.name(),
             suite: suite.name(),
             cap_factor,
-            thresholds: score_threshold.map_or_else(|| vec![20.0, 30.0, 40.0], |t| t.0),
+            thresholds: score_threshold.map_or_else(
+                || {
+                    let mid = matcher::MatchParams::default().min_significance;
+                    vec![mid - 10.0, mid, mid + 10.0]
+                },
+                |t| t.0,
+            ),
         }),
     }
 }

@@ -68,6 +68,10 @@ struct Outcome {
     found: Vec<Option<(f64, f64)>>,
     /// The (evidence, verification) of matches that are not a true sample.
     wrong: Vec<(f64, f64)>,
+    /// Keys looked up and hits returned (below the stop-word cap): what a query costs,
+    /// and what grows with the store.
+    lookups: usize,
+    hits: usize,
 }
 
 pub fn run_sweep(args: &SweepArgs) -> Result<()> {
@@ -195,6 +199,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 min_candidate_significance: 0.0,
                 ..match_params.clone()
             };
+            let n_hits = hits.len();
             let oracle_hits = if oracle { hits.clone() } else { Vec::new() };
             let mut matches = matcher::find_matches(hits, &query_quads, &all);
             for m in &mut matches {
@@ -272,9 +277,17 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 condition: t["condition"].as_str().unwrap_or("?").to_string(),
                 found,
                 wrong,
+                lookups: quads.len(),
+                hits: n_hits,
             })
         })
         .collect::<Result<_>>()?;
+    let n = outcomes.len().max(1) as f64;
+    println!(
+        "per query: {:.0} lookups, {:.0} hits",
+        outcomes.iter().map(|o| o.lookups).sum::<usize>() as f64 / n,
+        outcomes.iter().map(|o| o.hits).sum::<usize>() as f64 / n
+    );
     for &threshold in &args.thresholds {
         print_row(&outcomes, threshold, |&(evidence, _)| evidence >= threshold);
     }

@@ -50,7 +50,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Report matches whose significance (-log10 chance probability) reaches this on
-        /// their hash hits alone (default 30); weaker candidates are still reported when
+        /// their hash hits alone (default 50); weaker candidates are still reported when
         /// peak-level verification confirms them.
         #[arg(long)]
         min_significance: Option<f64>,

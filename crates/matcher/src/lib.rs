@@ -193,7 +193,7 @@ impl SampleMatch {
 
     /// The match's evidence on the significance scale: its significance, or for a
     /// verified candidate the verification score mapped so that its threshold lands on the
-    /// significance threshold ([`verify::VERIFICATION_MIDPOINT`] nats -> 30), whichever
+    /// significance threshold ([`verify::VERIFICATION_MIDPOINT`] nats -> 50), whichever
     /// is larger. [`confidence`] of this is the reported score.
     pub fn evidence(&self, p: &MatchParams) -> f64 {
         if self.significance < p.min_candidate_significance || self.verification <= 0.0 {

@@ -1,0 +1,217 @@
+//! Whole songs that sample nothing in the store: the false-positive test users meet.
+//!
+//! The query set's sample-free queries are 30-45 s; people identify whole songs of 2-30
+//! minutes, which give chance many more places to line up. `songs` identifies every
+//! music file of the corpus (and of any `--extra` folder) that is not a reference and
+//! not a known copy of one, whole, and reports each match. Every match here is wrong
+//! unless the two files share a recording that the corpus' duplicate check missed (a
+//! medley that contains a reference, say), which a match at tempo 1 and pitch 0 with a
+//! very high significance points to; the report flags those for a person to check.
+
+use crate::corpus::list_files;
+use crate::score::parse_identify;
+use crate::types::{IdentifyOutput, Split};
+use crate::util::read_json;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Shorter files are sound effects or jingles, not songs.
+const MIN_SONG_S: f64 = 45.0;
+
+pub struct SongsArgs {
+    pub bin: PathBuf,
+    pub db: PathBuf,
+    pub corpus: PathBuf,
+    pub out: PathBuf,
+    pub extra: Vec<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct SongMatch {
+    reference: String,
+    score: f64,
+    tempo: f64,
+    pitch_semitones: f64,
+    significance: Option<f64>,
+    verification: Option<f64>,
+    /// Tempo 1 and pitch 0: more likely a shared recording than a sample.
+    same_recording_likely: bool,
+}
+
+#[derive(Serialize)]
+struct Song {
+    path: String,
+    duration_s: f64,
+    matches: Vec<SongMatch>,
+}
+
+#[derive(Serialize)]
+struct SongsReport {
+    songs: usize,
+    hours: f64,
+    with_match: usize,
+    with_match_not_same_recording: usize,
+    wall_s: f64,
+    list: Vec<Song>,
+}
+
+fn is_audio(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["ogg", "opus", "flac", "mp3", "wav", "m4a"].contains(&e.to_ascii_lowercase().as_str())
+    })
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if is_audio(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The candidate songs: corpus and extra audio files that are neither references nor
+/// the dropped copies of references.
+fn candidates(a: &SongsArgs) -> Result<Vec<PathBuf>> {
+    let split: Split = read_json(&a.out.join("split.json"))?;
+    let mut known: HashSet<String> = split
+        .tune
+        .iter()
+        .chain(&split.heldout)
+        .map(|t| t.path.clone())
+        .collect();
+    let corpus = a.corpus.to_string_lossy().into_owned();
+    for d in &split.duplicates {
+        known.insert(format!("{}/{}", corpus.trim_end_matches('/'), d.dropped));
+    }
+    let mut files: Vec<PathBuf> = list_files(&a.corpus)?;
+    for dir in &a.extra {
+        walk(dir, &mut files)?;
+    }
+    files.retain(|p| is_audio(p) && !known.contains(&p.to_string_lossy().into_owned()));
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn identify(a: &SongsArgs, file: &Path) -> Result<IdentifyOutput> {
+    let o = Command::new(&a.bin)
+        .arg("--db")
+        .arg(&a.db)
+        .args(["identify", "--json"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {}", a.bin.display()))?;
+    if !o.status.success() {
+        anyhow::bail!(
+            "identify {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    parse_identify(&String::from_utf8_lossy(&o.stdout))
+}
+
+pub fn run_songs(a: &SongsArgs) -> Result<()> {
+    let files = candidates(a)?;
+    eprintln!(
+        "songs: {} files to try (songs are those of {MIN_SONG_S} s or more)",
+        files.len()
+    );
+    let t0 = Instant::now();
+    let mut list = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let out = match identify(a, f) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("songs: skipped: {e:#}");
+                continue;
+            }
+        };
+        let duration_s = out.duration_s.unwrap_or(0.0);
+        if duration_s < MIN_SONG_S {
+            continue;
+        }
+        let matches: Vec<SongMatch> = out
+            .matches
+            .iter()
+            .map(|m| SongMatch {
+                reference: m.path.clone(),
+                score: m.score,
+                tempo: m.tempo,
+                pitch_semitones: m.pitch_semitones,
+                significance: m.extra.get("significance").and_then(|v| v.as_f64()),
+                verification: m.extra.get("verification").and_then(|v| v.as_f64()),
+                same_recording_likely: (m.tempo - 1.0).abs() < 0.002
+                    && m.pitch_semitones.abs() < 0.05,
+            })
+            .collect();
+        if !matches.is_empty() {
+            eprintln!(
+                "songs: [{}/{}] {} ({:.0} s): {}",
+                i + 1,
+                files.len(),
+                f.display(),
+                duration_s,
+                matches
+                    .iter()
+                    .map(|m| format!(
+                        "{} score {:.3} tempo {:.3} pitch {:+.2}{}",
+                        Path::new(&m.reference)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        m.score,
+                        m.tempo,
+                        m.pitch_semitones,
+                        if m.same_recording_likely {
+                            " (same recording?)"
+                        } else {
+                            ""
+                        }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        list.push(Song {
+            path: f.to_string_lossy().into_owned(),
+            duration_s,
+            matches,
+        });
+    }
+    let with_match = list.iter().filter(|s| !s.matches.is_empty()).count();
+    let with_match_not_same_recording = list
+        .iter()
+        .filter(|s| s.matches.iter().any(|m| !m.same_recording_likely))
+        .count();
+    let report = SongsReport {
+        songs: list.len(),
+        hours: list.iter().map(|s| s.duration_s).sum::<f64>() / 3600.0,
+        with_match,
+        with_match_not_same_recording,
+        wall_s: t0.elapsed().as_secs_f64(),
+        list,
+    };
+    let path = a.out.join("songs.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "{} whole songs ({:.1} h) not in the store: {} with a match, {} with a match that is \
+         not at tempo 1 and pitch 0 (false positives unless a person finds the sample); {}",
+        report.songs,
+        report.hours,
+        report.with_match,
+        report.with_match_not_same_recording,
+        path.display()
+    );
+    Ok(())
+}
