@@ -336,8 +336,14 @@ struct CondRecall {
     samples: u64,
 }
 
-fn read_conditions(report: &Path) -> Result<Vec<CondRecall>> {
+/// The conditions of a scored report, and which split and suite it scored.
+fn read_conditions(report: &Path) -> Result<(Vec<CondRecall>, String)> {
     let v: serde_json::Value = read_json(report)?;
+    let which = format!(
+        "{} split, {} suite",
+        v["split"].as_str().unwrap_or("every"),
+        v["suite"].as_str().unwrap_or("every")
+    );
     let conds = v["conditions"]
         .as_array()
         .with_context(|| format!("{} has no conditions", report.display()))?;
@@ -351,7 +357,8 @@ fn read_conditions(report: &Path) -> Result<Vec<CondRecall>> {
             })
         })
         .filter(|c| c.samples > 0)
-        .collect())
+        .collect::<Vec<_>>())
+    .map(|conds| (conds, which))
 }
 
 /// (x, recall %, samples) of the conditions named `prefix` + number, sorted by x.
@@ -375,10 +382,10 @@ fn identity_point(conds: &[CondRecall]) -> Option<(f64, u64)> {
         .map(|c| (100.0 * c.found as f64 / c.samples as f64, c.samples))
 }
 
-fn sample_note(points: &[(f64, f64, u64)]) -> String {
+fn sample_note(points: &[(f64, f64, u64)], which: &str) -> String {
     let lo = points.iter().map(|p| p.2).min().unwrap_or(0);
     let hi = points.iter().map(|p| p.2).max().unwrap_or(0);
-    format!("{lo}-{hi} samples per point (tune split, full suite): read trends, not single points")
+    format!("{lo}-{hi} samples per point ({which}): read trends, not single points")
 }
 
 fn recall_axis() -> Axis {
@@ -395,7 +402,7 @@ fn xy(points: &[(f64, f64, u64)]) -> Vec<(f64, f64)> {
     points.iter().map(|p| (p.0, p.1)).collect()
 }
 
-fn recall_charts(conds: &[CondRecall]) -> Vec<(&'static str, Chart)> {
+fn recall_charts(conds: &[CondRecall], which: &str) -> Vec<(&'static str, Chart)> {
     let identity = identity_point(conds);
     let with_identity = |mut pts: Vec<(f64, f64, u64)>, x: f64| {
         if let Some((r, n)) = identity
@@ -439,7 +446,7 @@ fn recall_charts(conds: &[CondRecall]) -> Vec<(&'static str, Chart)> {
                         points: xy(&tempo),
                     },
                 ],
-                note: sample_note(&all_speed),
+                note: sample_note(&all_speed, which),
             },
         ));
     }
@@ -463,7 +470,7 @@ fn recall_charts(conds: &[CondRecall]) -> Vec<(&'static str, Chart)> {
                     name: "untransformed".into(),
                     points: xy(&snr),
                 }],
-                note: sample_note(&snr),
+                note: sample_note(&snr, which),
             },
         ));
     }
@@ -487,7 +494,7 @@ fn recall_charts(conds: &[CondRecall]) -> Vec<(&'static str, Chart)> {
                     name: "untransformed".into(),
                     points: xy(&len),
                 }],
-                note: sample_note(&len),
+                note: sample_note(&len, which),
             },
         ));
     }
@@ -618,7 +625,8 @@ pub fn run_plot(a: &PlotArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut charts = Vec::new();
     if let Some(report) = &a.report {
-        charts.extend(recall_charts(&read_conditions(report)?));
+        let (conds, which) = read_conditions(report)?;
+        charts.extend(recall_charts(&conds, &which));
     }
     if let Some(scale) = &a.scale {
         charts.extend(scale_charts(&read_json::<ScaleReport>(scale)?));
@@ -686,7 +694,7 @@ mod tests {
                 samples: 4,
             },
         ];
-        let charts = recall_charts(&conds);
+        let charts = recall_charts(&conds, "tune split, full suite");
         let snr = charts
             .iter()
             .find(|c| c.0 == "recall_snr.png")
