@@ -14,7 +14,6 @@ use crate::types::{IdentifyOutput, Split};
 use crate::util::read_json;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -78,24 +77,22 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// The candidate songs: corpus and extra audio files that are neither references nor
-/// the dropped copies of references.
+/// the dropped copies of references (matched by their path relative to the corpus, so
+/// that the corpus folder may be named in any way).
 fn candidates(a: &SongsArgs) -> Result<Vec<PathBuf>> {
     let split: Split = read_json(&a.out.join("split.json"))?;
-    let mut known: HashSet<String> = split
+    let known: Vec<PathBuf> = split
         .tune
         .iter()
         .chain(&split.heldout)
-        .map(|t| t.path.clone())
+        .map(|t| PathBuf::from(&t.rel))
+        .chain(split.duplicates.iter().map(|d| PathBuf::from(&d.dropped)))
         .collect();
-    let corpus = a.corpus.to_string_lossy().into_owned();
-    for d in &split.duplicates {
-        known.insert(format!("{}/{}", corpus.trim_end_matches('/'), d.dropped));
-    }
     let mut files: Vec<PathBuf> = list_files(&a.corpus)?;
     for dir in &a.extra {
         walk(dir, &mut files)?;
     }
-    files.retain(|p| is_audio(p) && !known.contains(&p.to_string_lossy().into_owned()));
+    files.retain(|p| is_audio(p) && !known.iter().any(|k| p.ends_with(k)));
     files.sort();
     files.dedup();
     Ok(files)
@@ -214,4 +211,61 @@ pub fn run_songs(a: &SongsArgs) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_and_their_dropped_copies_are_not_songs() {
+        let root = std::env::temp_dir().join(format!("cd-songs-test-{}", std::process::id()));
+        let corpus = root.join("corpus");
+        let extra = root.join("extra");
+        let out = root.join("out");
+        for d in [&corpus.join("pkg/music"), &extra.join("more"), &out] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let names = [
+            "pkg/music/ref.ogg",
+            "pkg/music/copy.ogg",
+            "pkg/music/song.ogg",
+            "pkg/music/notes.txt",
+        ];
+        let mut list = String::new();
+        for n in names {
+            std::fs::write(corpus.join(n), b"x").expect("write");
+            list.push_str(&format!("{}\n", corpus.join(n).display()));
+        }
+        std::fs::write(corpus.join("files.txt"), list).expect("files.txt");
+        std::fs::write(extra.join("more/held-out.opus"), b"x").expect("write");
+        let track = |rel: &str| serde_json::json!({"path": corpus.join(rel), "rel": rel, "package": "pkg", "duration_s": 60.0});
+        let split = serde_json::json!({
+            "seed": 1, "corpus": corpus, "tune_percent": 70,
+            "tune": [track("pkg/music/ref.ogg")], "heldout": [], "background": [track("pkg/music/song.ogg")],
+            "drum_loops": [],
+            "duplicates": [{"kept": "pkg/music/ref.ogg", "dropped": "pkg/music/copy.ogg", "shared_s": 60.0, "ber": 0.1}],
+        });
+        std::fs::write(out.join("split.json"), split.to_string()).expect("split.json");
+        let args = SongsArgs {
+            bin: PathBuf::from("unused"),
+            db: PathBuf::from("unused"),
+            corpus: corpus.clone(),
+            out,
+            extra: vec![extra.clone()],
+        };
+        let got = candidates(&args).expect("candidates");
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(
+            got,
+            vec![
+                extra.join("more/held-out.opus"),
+                corpus.join("pkg/music/song.ogg")
+            ]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+    }
 }
