@@ -32,7 +32,7 @@ const DRUM_LOOPS: &[&str] = &[
     "loop_safari",
     "loop_tabla",
 ];
-const AUDIO_EXT: &[&str] = &["ogg", "opus", "flac", "mp3", "wav"];
+const AUDIO_EXT: &[&str] = &["ogg", "opus", "flac", "mp3", "wav", "m4a"];
 /// Stems of multitrack songs: not whole songs.
 const STEM_NAMES: &[&str] = &["guitar", "rhythm", "drums", "bass", "vocals"];
 pub const MIN_MUSIC_S: f64 = 45.0;
@@ -59,8 +59,13 @@ pub fn list_files(corpus: &Path) -> Result<Vec<PathBuf>> {
             .map(PathBuf::from)
             .collect());
     }
+    audio_files_under(corpus)
+}
+
+/// Every audio file under `dir` (fetch.sh's `.debs` folder skipped), sorted.
+pub fn audio_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let mut stack = vec![corpus.to_path_buf()];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
             let p = e?.path();
@@ -78,7 +83,7 @@ pub fn list_files(corpus: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn is_audio(p: &Path) -> bool {
+pub fn is_audio(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| AUDIO_EXT.contains(&e.to_ascii_lowercase().as_str()))

@@ -346,8 +346,7 @@ fn read_conditions(report: &Path) -> Result<(Vec<CondRecall>, String)> {
     );
     let conds = v["conditions"]
         .as_array()
-        .with_context(|| format!("{} has no conditions", report.display()))?;
-    Ok(conds
+        .with_context(|| format!("{} has no conditions", report.display()))?
         .iter()
         .filter_map(|c| {
             Some(CondRecall {
@@ -357,8 +356,8 @@ fn read_conditions(report: &Path) -> Result<(Vec<CondRecall>, String)> {
             })
         })
         .filter(|c| c.samples > 0)
-        .collect::<Vec<_>>())
-    .map(|conds| (conds, which))
+        .collect();
+    Ok((conds, which))
 }
 
 /// (x, recall %, samples) of the conditions named `prefix` + number, sorted by x.

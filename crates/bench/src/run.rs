@@ -153,15 +153,22 @@ fn stage_seconds(log: &str) -> Option<[f64; 4]> {
     seen.then_some(total)
 }
 
-fn identify(a: &RunArgs, q: &TruthQuery, results: &Path) -> IdentifyTiming {
-    let mut cmd = Command::new(&a.bin);
+/// `BIN --db DB identify --json QUERY`, its input closed.
+pub fn identify_command(bin: &Path, db: &Path, query: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.arg("--db")
-        .arg(&a.db)
+        .arg(db)
         .args(["identify", "--json"])
-        .arg(&q.query);
+        .arg(query)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn identify(a: &RunArgs, q: &TruthQuery, results: &Path) -> IdentifyTiming {
+    let mut cmd = identify_command(&a.bin, &a.db, Path::new(&q.query));
     let line = cmd_line(&cmd);
     let t0 = Instant::now();
-    let r = cmd.stdin(Stdio::null()).output();
+    let r = cmd.output();
     let wall_s = t0.elapsed().as_secs_f64();
     let file = result_file(results, &q.query);
     let error = match r {

@@ -8,14 +8,14 @@
 //! medley that contains a reference, say), which a match at tempo 1 and pitch 0 with a
 //! very high significance points to; the report flags those for a person to check.
 
-use crate::corpus::list_files;
+use crate::corpus::{audio_files_under, is_audio, list_files};
+use crate::run::identify_command;
 use crate::score::parse_identify;
 use crate::types::{IdentifyOutput, Split};
 use crate::util::read_json;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Shorter files are sound effects or jingles, not songs.
@@ -58,24 +58,6 @@ struct SongsReport {
     list: Vec<Song>,
 }
 
-fn is_audio(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        ["ogg", "opus", "flac", "mp3", "wav", "m4a"].contains(&e.to_ascii_lowercase().as_str())
-    })
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_audio(&p) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 /// The candidate songs: corpus and extra audio files that are neither references nor
 /// the dropped copies of references (matched by their path relative to the corpus, so
 /// that the corpus folder may be named in any way).
@@ -90,7 +72,7 @@ fn candidates(a: &SongsArgs) -> Result<Vec<PathBuf>> {
         .collect();
     let mut files: Vec<PathBuf> = list_files(&a.corpus)?;
     for dir in &a.extra {
-        walk(dir, &mut files)?;
+        files.extend(audio_files_under(dir)?);
     }
     files.retain(|p| is_audio(p) && !known.iter().any(|k| p.ends_with(k)));
     files.sort();
@@ -99,12 +81,7 @@ fn candidates(a: &SongsArgs) -> Result<Vec<PathBuf>> {
 }
 
 fn identify(a: &SongsArgs, file: &Path) -> Result<IdentifyOutput> {
-    let o = Command::new(&a.bin)
-        .arg("--db")
-        .arg(&a.db)
-        .args(["identify", "--json"])
-        .arg(file)
-        .stdin(Stdio::null())
+    let o = identify_command(&a.bin, &a.db, file)
         .output()
         .with_context(|| format!("cannot start {}", a.bin.display()))?;
     if !o.status.success() {
@@ -258,14 +235,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         assert_eq!(
             got,
+            // Sorted: root/corpus/... before root/extra/...
             vec![
-                extra.join("more/held-out.opus"),
-                corpus.join("pkg/music/song.ogg")
+                corpus.join("pkg/music/song.ogg"),
+                extra.join("more/held-out.opus")
             ]
-            .into_iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
         );
     }
 }

@@ -417,12 +417,11 @@ pub const LINGER_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(
 /// answer along with the connection; reading on (as web servers' lingering close does)
 /// lets it finish sending and read why it was refused. Nothing is kept; a client that
 /// declared more than the bound is cut off when the bound is reached.
-fn linger(body: axum::body::Body, declared: u64) {
+fn linger(mut body: axum::body::Body, declared: u64) {
     if declared > LINGER_MAX_BYTES {
         return;
     }
     tokio::spawn(async move {
-        let mut body = body;
         let drain = async {
             while let Some(frame) = body.frame().await {
                 if frame.is_err() {
