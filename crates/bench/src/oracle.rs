@@ -63,13 +63,28 @@ pub fn report(
             .filter(|&(t, _)| (line.r0..=r1).contains(&(t as f64)))
             .collect();
         let survival = quad_survival(&region, &line, seen.query_peaks, fpp);
-        let agreeing = seen
+        let agreeing_hits: Vec<&Hit> = seen
             .hits
             .iter()
             .filter(|h| {
                 h.track as usize == track && agrees(h, &seen.quads[h.query as usize], &line)
             })
-            .count();
+            .collect();
+        let agreeing = agreeing_hits.len();
+        if std::env::var("ORACLE_HITS").is_ok() {
+            for h in agreeing_hits {
+                let q = &seen.quads[h.query as usize];
+                out.push(format!(
+                    "hit {name} q {:.1} r {:.1} span_q {:.2} span_r {:.2} bin_q {:.2} bin_r {:.2}",
+                    q.time,
+                    h.r_time_frames(),
+                    q.span,
+                    h.r_span_frames(),
+                    q.bin,
+                    h.r_bin_bins()
+                ));
+            }
+        }
         let ideal = verify_line(line, &ref_peaks[track], seen.grid, &p.verify);
         let found = seen
             .matches

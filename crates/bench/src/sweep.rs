@@ -7,10 +7,14 @@
 //! `REF_PPS`, `Q_PPS`, `PRT`, `PRB`, `QPRT`, `QPRB`, `MAXDT`, `MINDT`, `DFR`, `DF_STEP`,
 //! `RL`, `MAXEXP`, `SUB`: see `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
-//! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` override its settings
-//! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums (see
-//! `matcher::MatchParams`); `SWEEP_DEBUG` prints every accepted wrong match; `ORACLE`
-//! prints, per true sample, where its evidence is lost (see [`crate::oracle`]).
+//! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_NULL=1`
+//! (null lines), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` override its settings
+//! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
+//! its slope fit's run gap (see `matcher::MatchParams`); `SWEEP_COUNTS` prints each
+//! query's lookups and hits; `SWEEP_DEBUG` prints every accepted wrong match and every
+//! candidate on each true sample's reference (accepted or not); `ORACLE`
+//! prints, per true sample, where its evidence is lost (see [`crate::oracle`]), and with
+//! `ORACLE_HITS` also each quad hit that agrees with the true transform.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -116,6 +120,10 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     match_params.verify.tolerance_bins =
         env_or("V_DB", match_params.verify.tolerance_bins as f64) as usize;
     match_params.verify.refine_tempo = env_or("V_RT", match_params.verify.refine_tempo);
+    if env_or("V_NULL", 0.0) != 0.0 {
+        match_params.verify.null_shifts_frames = matcher::verify::NULL_SHIFTS_FRAMES.to_vec();
+    }
+    match_params.slope_run_gap_frames = env_or("M_RGAP", match_params.slope_run_gap_frames);
     match_params.verify.refine_tempo_from = env_or("V_RTF", match_params.verify.refine_tempo_from);
     match_params.min_candidate_significance =
         env_or("V_SMIN", match_params.min_candidate_significance);
@@ -200,6 +208,17 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 ..match_params.clone()
             };
             let n_hits = hits.len();
+            if std::env::var("SWEEP_COUNTS").is_ok() {
+                let on_true: usize = t["samples"].as_array().into_iter().flatten().map(|s| {
+                    let ri = refs.iter().position(|r| Some(r.as_str()) == s["ref_path"].as_str());
+                    hits.iter().filter(|h| Some(h.track as usize) == ri).filter(|h| {
+                        let q = &query_quads[h.query as usize];
+                        let f = q.span / h.r_span_frames();
+                        (1.0 / 2.05..=2.05).contains(&f) && (q.bin - h.r_bin_bins()).abs() <= 37.5
+                    }).count()
+                }).sum();
+                eprintln!("counts {query} lookups {} hits {n_hits} on true ref {on_true}", quads.len());
+            }
             let oracle_hits = if oracle { hits.clone() } else { Vec::new() };
             let mut matches = matcher::find_matches(hits, &query_quads, &all);
             for m in &mut matches {
@@ -254,6 +273,27 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                             .iter()
                             .any(|o| o.query_start_s < qe && qs < o.query_end_s)
                 });
+                if std::env::var("SWEEP_DEBUG").is_ok() {
+                    // Every candidate on the true reference, accepted or not: tells a
+                    // sample without a candidate from one whose transform or place is off.
+                    for m in matches.iter().filter(|m| Some(m.track as usize) == ref_index) {
+                        let occ: Vec<(f64, f64, f64)> = m
+                            .occurrences
+                            .iter()
+                            .map(|o| (o.query_start_s, o.query_end_s, o.ref_start_s))
+                            .collect();
+                        eprintln!(
+                            "candidate: {query} truth query {qs:.1}-{qe:.1} s ref {:.1} s tempo {:.3} | \
+                             significance {:.1} verification {:.1} tempo {:.3} pitch {:.2} {occ:.1?}",
+                            s["ref_start_s"].as_f64().unwrap_or(0.0),
+                            s["tempo"].as_f64().unwrap_or(0.0),
+                            m.significance,
+                            m.verification,
+                            m.tempo,
+                            m.pitch_semitones,
+                        );
+                    }
+                }
                 found.push(hit.map(|(k, m)| {
                     used[k] = true;
                     (evidence(m), m.verification)

@@ -111,6 +111,12 @@ pub struct MatchParams {
     /// The matched anchors must span at least this many reference frames: shorter
     /// material (a single drum hit) cannot be told from chance rhythmic coincidence.
     pub min_ref_extent_frames: f64,
+    /// The slope fit takes a cluster as its runs of hits no more than this many reference
+    /// frames apart (see `pooled_slope`). Off (infinite) by default: 1000 (8 s) fixed one
+    /// benchmark sample whose tempo a distant chance pair had tilted by 1.4%, but chance
+    /// lines fitted as precisely verified higher too, and whole songs got 3 false
+    /// matches in 110 (BENCHMARKS.md, session 7).
+    pub slope_run_gap_frames: f64,
     /// A match is reported when its corrected significance (-log10 of the chance
     /// probability) reaches this...
     pub min_significance: f64,
@@ -138,6 +144,7 @@ impl Default for MatchParams {
             min_occurrence_hits: 3,
             min_match_hits: 6,
             min_ref_extent_frames: 125.0,
+            slope_run_gap_frames: f64::INFINITY,
             min_significance: score::CONFIDENCE_MIDPOINT,
             min_candidate_significance: 7.0,
             min_verification: verify::VERIFICATION_MIDPOINT,
@@ -663,7 +670,7 @@ fn fit_group(points: &[Point], window: &[usize], p: &MatchParams) -> Option<Grou
     if clusters.is_empty() {
         return None;
     }
-    let mut slope = pooled_slope(points, &clusters).unwrap_or(slope0);
+    let mut slope = pooled_slope(points, &clusters, p.slope_run_gap_frames).unwrap_or(slope0);
     // The first slope came from noisy per-hit span ratios, so one long occurrence may have
     // drifted into several clusters; cluster again at the fitted slope.
     let mut clusters = clusters;
@@ -677,7 +684,7 @@ fn fit_group(points: &[Point], window: &[usize], p: &MatchParams) -> Option<Grou
             break;
         }
         clusters = again;
-        slope = pooled_slope(points, &clusters).unwrap_or(slope);
+        slope = pooled_slope(points, &clusters, p.slope_run_gap_frames).unwrap_or(slope);
     }
     // One intercept per cluster, then re-collect inliers of each line from the window, so
     // hits that the first, rougher clustering split off are won back.
@@ -715,7 +722,7 @@ fn fit_group(points: &[Point], window: &[usize], p: &MatchParams) -> Option<Grou
     }
     // A last refit of the slope on the final inliers.
     let clusters: Vec<Vec<usize>> = kept.iter().map(|(_, m)| m.clone()).collect();
-    let slope = pooled_slope(points, &clusters).unwrap_or(slope);
+    let slope = pooled_slope(points, &clusters, p.slope_run_gap_frames).unwrap_or(slope);
     for (b, m) in &mut kept {
         let mut bs: Vec<f64> = m
             .iter()
@@ -874,16 +881,31 @@ fn cluster_by_intercept(
 
 /// The least-squares slope of q on r shared by all clusters, each with its own intercept.
 /// None when the clusters span too little reference time to tell.
-fn pooled_slope(points: &[Point], clusters: &[Vec<usize>]) -> Option<f64> {
+///
+/// A cluster is fitted as its runs of hits that follow each other within `run_gap`
+/// frames in the reference, each run with its own intercept. Clustering goes by intercept
+/// alone, so two chance hits 30 s apart whose intercepts happen to agree form one cluster;
+/// in a least-squares fit a pair's weight grows with the square of its distance, and such
+/// a pair can outweigh a real sample's dozen hits (`MatchParams::slope_run_gap_frames`).
+fn pooled_slope(points: &[Point], clusters: &[Vec<usize>], run_gap: f64) -> Option<f64> {
     let (mut sxy, mut sxx) = (0.0, 0.0);
+    let mut sorted: Vec<usize> = Vec::new();
     for c in clusters {
-        let n = c.len() as f64;
-        let rm = c.iter().map(|&i| points[i].r).sum::<f64>() / n;
-        let qm = c.iter().map(|&i| points[i].q).sum::<f64>() / n;
-        for &i in c {
-            let dr = points[i].r - rm;
-            sxy += dr * (points[i].q - qm);
-            sxx += dr * dr;
+        sorted.clear();
+        sorted.extend_from_slice(c);
+        // Unsplit (the default), the cluster is summed in its own order.
+        if run_gap.is_finite() {
+            sorted.sort_by(|&x, &y| points[x].r.total_cmp(&points[y].r));
+        }
+        for run in sorted.chunk_by(|&x, &y| points[y].r - points[x].r <= run_gap) {
+            let n = run.len() as f64;
+            let rm = run.iter().map(|&i| points[i].r).sum::<f64>() / n;
+            let qm = run.iter().map(|&i| points[i].q).sum::<f64>() / n;
+            for &i in run {
+                let dr = points[i].r - rm;
+                sxy += dr * (points[i].q - qm);
+                sxx += dr * dr;
+            }
         }
     }
     // Below about a second of reference spread (125 frames) the span ratios are the

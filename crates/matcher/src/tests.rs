@@ -156,6 +156,50 @@ fn recovers_offset_tempo_and_pitch_among_noise() {
     }
 }
 
+/// With the slope fitted over runs of hits (`slope_run_gap_frames`, off by default), two
+/// chance hits far apart in the reference whose intercepts agree do not set the tempo of
+/// a real sample at the same transform (a least-squares pair weighs with the square of
+/// its distance): the case of a benchmark query whose 8 s sample was fitted 1.4% off and
+/// then failed verification.
+#[test]
+fn a_distant_chance_pair_does_not_tilt_the_tempo() {
+    let p = MatchParams::default();
+    let mut rng = Lcg(11);
+    let mut hits = Hits::default();
+    // A weak sample: 12 hits over 3.2 s from 384 s into track 3, at tempo 1 and pitch 0.
+    let planted = Planted {
+        track: 3,
+        r0: 48_000.0,
+        r1: 48_400.0,
+        q0: 3_400.0,
+        tempo: 1.0,
+        pitch_bins: 0.0,
+        n: 12,
+    };
+    sample_hits(&mut rng, planted, &mut hits);
+    // Chance hits scattered over the track whose span ratios say 0.984: they pull the
+    // first, median estimate of the slope there...
+    for _ in 0..40 {
+        let (q, r) = (rng.range(0.0, 5000.0), rng.range(0.0, 60_000.0));
+        hits.push(3, [q, 80.0, 0.984 * 40.0], [r, 80.0, 40.0]);
+    }
+    // ...at which a chance cluster lines up: hits at two places 27 s apart in the
+    // reference whose line has slope 0.985.
+    for (q, r) in [(1560.0, 34_428.0), (1560.0, 34_428.0), (4951.4, 37_871.0)] {
+        hits.push(3, [q, 80.0, 40.0], [r, 80.0, 40.0]);
+    }
+    let found = hits.find_matches(&MatchParams {
+        min_significance: 0.0,
+        slope_run_gap_frames: 1000.0,
+        ..p
+    });
+    let m = found
+        .iter()
+        .find(|m| m.track == 3)
+        .expect("the sample is found");
+    assert!((m.tempo - 1.0).abs() < 0.005, "tempo {}", m.tempo);
+}
+
 /// Sharded hits are matched exactly as one vector holding each track's hits in shard
 /// order.
 #[test]
@@ -310,7 +354,7 @@ fn neighbourhood_sums_equal_a_search_per_neighbour() {
 
 mod verification {
     use super::Lcg;
-    use crate::verify::{Line, PeakGrid, VerifyParams, verify_line};
+    use crate::verify::{Line, NULL_SHIFTS_FRAMES, PeakGrid, VerifyParams, verify_line};
 
     const N_BINS: usize = 198;
 
@@ -454,6 +498,60 @@ mod verification {
                 v.r_end
             );
         }
+    }
+
+    /// Two recordings in one tempo: the reference's peaks sit on its beats (every 0.5 s),
+    /// and the query has a broadband hit on each of its beats at the same period. A line
+    /// that puts one's beats on the other's matches most peaks, while the control spots
+    /// between beats stay quiet, so the line alone scores far above any threshold; the
+    /// same line a beat or a few away scores as high, and null lines take it off.
+    #[test]
+    fn beats_that_line_up_are_not_a_sample() {
+        const BEAT: f64 = 62.5;
+        let mut rng = Lcg(77);
+        let mut reference: Vec<(f32, f32)> = Vec::new();
+        for k in 0..320 {
+            for _ in 0..6 {
+                let t = k as f64 * BEAT + rng.range(-0.5, 0.5);
+                reference.push((t as f32, rng.range(5.0, N_BINS as f64 - 20.0) as f32));
+            }
+        }
+        reference.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let frames = 5_000usize;
+        let mut peaks: Vec<(f32, f32)> = (0..(frames as f64 * 0.6) as usize)
+            .map(|_| {
+                (
+                    rng.range(0.0, frames as f64) as f32,
+                    rng.range(0.0, N_BINS as f64) as f32,
+                )
+            })
+            .collect();
+        for k in 0..(frames as f64 / BEAT) as usize {
+            for _ in 0..60 {
+                let t = 10.0 + k as f64 * BEAT + rng.range(-1.0, 1.0);
+                peaks.push((t as f32, rng.range(0.0, N_BINS as f64) as f32));
+            }
+        }
+        let grid = PeakGrid::new(&peaks, frames, N_BINS, 2, 1);
+        // Reference beat 40 on query beat 16.
+        let line = Line {
+            tempo: 1.0,
+            r0: 40.0 * BEAT,
+            q0: 10.0 + 16.0 * BEAT,
+            shift_bins: 0.0,
+        };
+        let with_null = VerifyParams {
+            null_shifts_frames: NULL_SHIFTS_FRAMES.to_vec(),
+            ..VerifyParams::default()
+        };
+        let raw =
+            verify_line(line, &reference, &grid, &VerifyParams::default()).map_or(0.0, |v| v.llr);
+        assert!(raw > crate::verify::VERIFICATION_MIDPOINT, "raw {raw}");
+        let net = verify_line(line, &reference, &grid, &with_null).map_or(0.0, |v| v.llr);
+        assert!(
+            net < crate::verify::VERIFICATION_MIDPOINT / 2.0,
+            "net {net} (raw {raw})"
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@ use crate::{MatchParams, SampleMatch};
 /// sample nothing and on the benchmark's queries; see BENCHMARKS.md (session 6) for the
 /// chance and true scores seen.
 pub const VERIFICATION_MIDPOINT: f64 = 70.0;
+/// Displacements (frames at 8 ms: 0.5, 1, 1.5, 2 and 3 s either way, a beat or a few at
+/// common tempos) for [`VerifyParams::null_shifts_frames`] when null lines are wanted.
+pub const NULL_SHIFTS_FRAMES: [f64; 10] = [
+    -375.0, -250.0, -187.5, -125.0, -62.5, 62.5, 125.0, 187.5, 250.0, 375.0,
+];
 /// Verification score over which the confidence goes through one logistic unit.
 pub const VERIFICATION_WIDTH: f64 = 10.0;
 
@@ -108,6 +113,13 @@ pub struct VerifyParams {
     pub refine_tempo_from: f64,
     /// A verified stretch must hold at least this many matched peaks.
     pub min_matched: usize,
+    /// Query displacements (frames) of the null lines whose best score is taken off a
+    /// line's (see `null_score`, e.g. [`NULL_SHIFTS_FRAMES`]). Empty (none) by default: on
+    /// the benchmark they cut the strongest chance line on the 30-45 s queries from 31 to
+    /// 17 nats, but they also cut true samples from music that repeats itself at one of
+    /// the shifts (one lost 91 -> 37 nats), for no net gain in recall (BENCHMARKS.md,
+    /// session 7).
+    pub null_shifts_frames: Vec<f64>,
     /// Neighbouring peaks on each side whose controls also estimate a peak's chance rate.
     pub chance_window: usize,
     /// A reference peak matches a query peak within this many frames...
@@ -137,6 +149,7 @@ impl Default for VerifyParams {
             refine_tempo_step: 0.004,
             refine_tempo_from: 20.0,
             min_matched: 8,
+            null_shifts_frames: Vec::new(),
             chance_window: 12,
             tolerance_frames: 2,
             tolerance_bins: 1,
@@ -170,17 +183,36 @@ pub struct Verified {
 }
 
 /// Verifies `line` over the reference peaks `peaks` (sorted by time), refining its
-/// intercept and pitch within the configured ranges; `None` if no stretch qualifies.
+/// intercept and pitch (and tempo, if configured) within the configured ranges; `None` if
+/// no stretch qualifies. With null shifts configured, the score is net of what the same
+/// line displaced along the query scores (`null_score`).
 pub fn verify_line(
     line: Line,
     peaks: &[RefPeak],
     grid: &PeakGrid,
     p: &VerifyParams,
 ) -> Option<Verified> {
+    let (mut best, on_line) = best_line(line, peaks, grid, p);
+    if let Some(b) = best.as_mut() {
+        b.llr -= null_score(b.line, &on_line, grid, p);
+    }
+    best
+}
+
+/// (reference time, bin, score if matched, score if not) of each reference peak whose
+/// image falls inside the query.
+type OnLine = Vec<(f32, f32, f64, f64)>;
+
+/// The best-scoring refinement of `line`, before the null, and the peaks it was scored on.
+fn best_line(
+    line: Line,
+    peaks: &[RefPeak],
+    grid: &PeakGrid,
+    p: &VerifyParams,
+) -> (Option<Verified>, OnLine) {
     // Peaks whose image falls inside the query, with their local chance rates, which
     // refinements barely move and are therefore computed once.
-    // (reference time, bin, score if matched, score if not) per peak.
-    let mut on_line: Vec<(f32, f32, f64, f64)> = Vec::new();
+    let mut on_line: OnLine = Vec::new();
     let mut control_hits: Vec<usize> = Vec::new();
     let max_q = grid.n_frames() as f64;
     for &(rt, rb) in peaks {
@@ -214,7 +246,7 @@ pub fn verify_line(
         entry.3 = ((1.0 - p.hit_rate) / (1.0 - chance)).ln();
     }
     if on_line.len() < p.min_matched {
-        return None;
+        return (None, on_line);
     }
     let mut best: Option<Verified> = None;
     // First the intercept and pitch at the candidate's tempo...
@@ -235,7 +267,7 @@ pub fn verify_line(
     // ...then the tempo, turning the best line about the middle of its stretch, with a
     // small intercept search again.
     let Some(base) = best.filter(|b| b.llr >= p.refine_tempo_from) else {
-        return best;
+        return (best, on_line);
     };
     let pivot_r = 0.5 * (base.r_start + base.r_end);
     let base = base.line;
@@ -263,7 +295,32 @@ pub fn verify_line(
             );
         }
     }
-    best
+    (best, on_line)
+}
+
+/// The best score of `line` displaced along the query by each of `p.null_shifts_frames`,
+/// at least 0. Two recordings in one tempo line up their beats (and a key's notes) at
+/// many offsets, and a line that does so matches far more peaks than the chance rate of
+/// spots just off the beat predicts; the same line moved by a beat or a few still lines
+/// up, while a real sample matches at its own offset only. The best displaced score is
+/// what the resemblance of the two recordings gives without the sample, and it is taken
+/// off the line's score.
+fn null_score(
+    line: Line,
+    on_line: &[(f32, f32, f64, f64)],
+    grid: &PeakGrid,
+    p: &VerifyParams,
+) -> f64 {
+    p.null_shifts_frames
+        .iter()
+        .filter_map(|&shift| {
+            let displaced = Line {
+                q0: line.q0 + shift,
+                ..line
+            };
+            best_stretch(displaced, on_line, grid, p.min_matched).map(|v| v.llr)
+        })
+        .fold(0.0, f64::max)
 }
 
 fn keep_better(best: &mut Option<Verified>, v: Option<Verified>) {
