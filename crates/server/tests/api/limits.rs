@@ -91,6 +91,14 @@ async fn without_a_configured_token_every_write_is_refused_and_says_why() {
         .await
         .expect("POST");
     assert_eq!(add.status(), 403);
+    // The body was refused unread, so the server closes this connection and says so: a
+    // client that reused it would lose its next request.
+    assert_eq!(
+        add.headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
     let body: serde_json::Value = add.json().await.expect("JSON");
     let why = body["error"].as_str().unwrap_or_default();
     assert!(
