@@ -6,7 +6,7 @@
 //! is neither 200 nor 503 with `Retry-After`, or when the server no longer answers after.
 
 use crate::loadgen::{LoadPlan, LoadReport, ServerProcess, request, run_load};
-use crate::util::{cmd_line, nproc, run, write_json};
+use crate::util::{cmd_line, file_name, nproc, run, write_json};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -199,10 +199,7 @@ fn read_queries(dir: &Path, n: usize) -> Result<Vec<(String, Vec<u8>)>> {
     paths
         .into_iter()
         .map(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = file_name(&p);
             let bytes = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;
             Ok((name, bytes))
         })

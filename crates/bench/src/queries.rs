@@ -3,8 +3,8 @@
 
 use crate::types::{Split, Track, TruthQuery, TruthSample};
 use crate::util::{
-    Rng, canonical, db, fmt_s, from_db, probe_duration, read_json, run, sox_duration, sox_rms,
-    write_json,
+    Rng, canonical, db, file_name, fmt_s, from_db, probe_duration, read_json, run, sox_duration,
+    sox_rms, write_json,
 };
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
@@ -657,10 +657,7 @@ pub fn run_queries(a: &QueryArgs) -> Result<()> {
                 match &r {
                     Ok(q) => eprintln!(
                         "  {} {:<14} {:.1} s",
-                        Path::new(&q.query)
-                            .file_name()
-                            .map(|f| f.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
+                        file_name(Path::new(&q.query)),
                         c.name,
                         t.elapsed().as_secs_f64()
                     ),

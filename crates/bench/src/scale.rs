@@ -15,7 +15,7 @@
 
 use crate::score::parse_identify;
 use crate::types::TruthQuery;
-use crate::util::{Rng, canonical, median, percentile, read_json, write_json};
+use crate::util::{Rng, canonical, file_name, median, percentile, read_json, write_json};
 use anyhow::{Context, Result, bail};
 use fingerprint::{Fingerprinter, Params};
 use index::{Entry, LmdbOptions, LmdbStore, Store, TrackInfo};
@@ -420,7 +420,7 @@ fn measure_query(a: &ScaleArgs, q: &Path, reference: Option<&str>) -> Result<Que
     };
     eprintln!(
         "scale:   {}: median {:.2} s, p95 {:.2} s, {:.0} MB peak{}",
-        q.file_name().unwrap_or_default().to_string_lossy(),
+        file_name(q),
         stats.median_s,
         stats.p95_s,
         stats.max_rss_mb,

@@ -12,7 +12,7 @@ use crate::corpus::{audio_files_under, is_audio, list_files};
 use crate::run::identify_command;
 use crate::score::parse_identify;
 use crate::types::{IdentifyOutput, Split};
-use crate::util::read_json;
+use crate::util::{file_name, read_json};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -139,10 +139,7 @@ pub fn run_songs(a: &SongsArgs) -> Result<()> {
                     .iter()
                     .map(|m| format!(
                         "{} score {:.3} tempo {:.3} pitch {:+.2}{}",
-                        Path::new(&m.reference)
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
+                        file_name(Path::new(&m.reference)),
                         m.score,
                         m.tempo,
                         m.pitch_semitones,

@@ -216,6 +216,13 @@ pub fn median(values: &[f64]) -> Option<f64> {
 }
 
 /// Absolute path without requiring the file to exist.
+/// The last component of `p` as text (lossy), or "" when it has none.
+pub fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 pub fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
