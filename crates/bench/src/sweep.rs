@@ -209,15 +209,31 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             };
             let n_hits = hits.len();
             if std::env::var("SWEEP_COUNTS").is_ok() {
-                let on_true: usize = t["samples"].as_array().into_iter().flatten().map(|s| {
-                    let ri = refs.iter().position(|r| Some(r.as_str()) == s["ref_path"].as_str());
-                    hits.iter().filter(|h| Some(h.track as usize) == ri).filter(|h| {
+                // Hits on the true references that the matcher's transform limits admit:
+                // the number the engine reports for the same track.
+                let max_factor = match_params.max_time_factor as f32;
+                let max_pitch =
+                    (match_params.max_pitch_semitones * match_params.bins_per_semitone) as f32;
+                let true_refs: Vec<Option<usize>> = t["samples"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| refs.iter().position(|r| Some(r.as_str()) == s["ref_path"].as_str()))
+                    .collect();
+                let on_true = hits
+                    .iter()
+                    .filter(|h| true_refs.contains(&Some(h.track as usize)))
+                    .filter(|h| {
                         let q = &query_quads[h.query as usize];
-                        let f = q.span / h.r_span_frames();
-                        (1.0 / 2.05..=2.05).contains(&f) && (q.bin - h.r_bin_bins()).abs() <= 37.5
-                    }).count()
-                }).sum();
-                eprintln!("counts {query} lookups {} hits {n_hits} on true ref {on_true}", quads.len());
+                        let factor = q.span / h.r_span_frames();
+                        (1.0 / max_factor..=max_factor).contains(&factor)
+                            && (q.bin - h.r_bin_bins()).abs() <= max_pitch
+                    })
+                    .count();
+                eprintln!(
+                    "counts {query} lookups {} hits {n_hits} on true references {on_true}",
+                    quads.len()
+                );
             }
             let oracle_hits = if oracle { hits.clone() } else { Vec::new() };
             let mut matches = matcher::find_matches(hits, &query_quads, &all);

@@ -889,23 +889,28 @@ fn cluster_by_intercept(
 /// a pair can outweigh a real sample's dozen hits (`MatchParams::slope_run_gap_frames`).
 fn pooled_slope(points: &[Point], clusters: &[Vec<usize>], run_gap: f64) -> Option<f64> {
     let (mut sxy, mut sxx) = (0.0, 0.0);
+    let mut add_run = |run: &[usize]| {
+        let n = run.len() as f64;
+        let rm = run.iter().map(|&i| points[i].r).sum::<f64>() / n;
+        let qm = run.iter().map(|&i| points[i].q).sum::<f64>() / n;
+        for &i in run {
+            let dr = points[i].r - rm;
+            sxy += dr * (points[i].q - qm);
+            sxx += dr * dr;
+        }
+    };
     let mut sorted: Vec<usize> = Vec::new();
     for c in clusters {
+        // Unsplit (the default), the cluster is summed as it is, without a copy.
+        if !run_gap.is_finite() {
+            add_run(c);
+            continue;
+        }
         sorted.clear();
         sorted.extend_from_slice(c);
-        // Unsplit (the default), the cluster is summed in its own order.
-        if run_gap.is_finite() {
-            sorted.sort_by(|&x, &y| points[x].r.total_cmp(&points[y].r));
-        }
+        sorted.sort_by(|&x, &y| points[x].r.total_cmp(&points[y].r));
         for run in sorted.chunk_by(|&x, &y| points[y].r - points[x].r <= run_gap) {
-            let n = run.len() as f64;
-            let rm = run.iter().map(|&i| points[i].r).sum::<f64>() / n;
-            let qm = run.iter().map(|&i| points[i].q).sum::<f64>() / n;
-            for &i in run {
-                let dr = points[i].r - rm;
-                sxy += dr * (points[i].q - qm);
-                sxx += dr * dr;
-            }
+            add_run(run);
         }
     }
     // Below about a second of reference spread (125 frames) the span ratios are the
