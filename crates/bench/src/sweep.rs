@@ -61,6 +61,7 @@ fn params_from_env() -> Params {
         query_peak_radius_frames: env_or("QPRT", d.query_peak_radius_frames as f64) as usize,
         query_peak_radius_bins: env_or("QPRB", d.query_peak_radius_bins as f64) as usize,
         density_subbands: env_or("SUB", d.density_subbands as f64) as usize,
+        hash_peaks: env_or("HASH_PEAKS", d.hash_peaks as f64) as usize,
         ..d
     }
 }
@@ -124,6 +125,11 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         match_params.verify.null_shifts_frames = matcher::verify::NULL_SHIFTS_FRAMES.to_vec();
     }
     match_params.slope_run_gap_frames = env_or("M_RGAP", match_params.slope_run_gap_frames);
+    match_params.seed_intercept_frames = env_or("M_BSEED", match_params.seed_intercept_frames);
+    match_params.max_cells_per_track =
+        env_or("M_CELLS", match_params.max_cells_per_track as f64) as usize;
+    match_params.seed_block_frames = env_or("M_SBLOCK", match_params.seed_block_frames);
+    match_params.seed_min_hits = env_or("M_SEEDMIN", match_params.seed_min_hits as f64) as usize;
     match_params.verify.refine_tempo_from = env_or("V_RTF", match_params.verify.refine_tempo_from);
     match_params.min_candidate_significance =
         env_or("V_SMIN", match_params.min_candidate_significance);

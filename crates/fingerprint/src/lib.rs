@@ -96,6 +96,9 @@ pub struct Params {
     pub time_tolerance_frames: f32,
     /// At most this many hash cells are tried per query quad.
     pub max_expansions: usize,
+    /// Peaks per hash: 4 (quads) or 3 (triplets: an anchor and two partners, hashed by
+    /// two frequency differences and one time ratio).
+    pub hash_peaks: usize,
     /// Peaks per second of the query's verification peak set: dense, with a small
     /// neighbourhood, so that a reference peak that survives in the mix at all is found.
     pub verify_peaks_per_s: f32,
@@ -136,6 +139,7 @@ impl Default for Params {
             df_tolerance_bins: 0.35,
             time_tolerance_frames: 0.6,
             max_expansions: 8,
+            hash_peaks: 4,
             verify_peaks_per_s: 120.0,
             verify_radius_frames: 3,
             verify_radius_bins: 3,
@@ -199,8 +203,12 @@ impl Params {
         if !(self.quad_df_step_bins > 0.0 && self.quad_df_range_bins >= self.quad_df_step_bins) {
             return bad("quad_df_step_bins must be positive and at most quad_df_range_bins");
         }
+        if !(3..=4).contains(&self.hash_peaks) {
+            return bad("hash_peaks must be 3 or 4");
+        }
         let df_levels = (2.0 * self.quad_df_range_bins / self.quad_df_step_bins).floor() as u64 + 1;
-        let cells = df_levels.pow(3) * (self.quad_ratio_levels as u64).pow(2);
+        let cells = df_levels.pow(self.hash_peaks as u32 - 1)
+            * (self.quad_ratio_levels as u64).pow(self.hash_peaks as u32 - 2);
         if self.quad_ratio_levels < 2 || cells > u32::MAX as u64 {
             return bad("the hash grid must have 2+ ratio levels and fit in 32 bits");
         }
@@ -251,7 +259,7 @@ impl Params {
             self.quad_df_step_bins,
             self.quad_ratio_levels,
             self.ref_partners,
-        )
+        ) + if self.hash_peaks == 4 { "" } else { " hp=3" }
     }
 }
 

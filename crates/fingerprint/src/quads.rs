@@ -69,6 +69,7 @@ struct Grid {
     df_step: f32,
     df_levels: u32,
     ratio_levels: u32,
+    triplets: bool,
 }
 
 impl Grid {
@@ -79,6 +80,7 @@ impl Grid {
             df_step: p.quad_df_step_bins,
             df_levels,
             ratio_levels: p.quad_ratio_levels,
+            triplets: p.hash_peaks == 3,
         }
     }
 
@@ -100,6 +102,9 @@ impl Grid {
     }
 
     fn pack(&self, df: [u32; 3], ratio: [u32; 2]) -> u32 {
+        if self.triplets {
+            return (df[0] * self.df_levels + df[1]) * self.ratio_levels + ratio[0];
+        }
         let mut h = df[0];
         h = h * self.df_levels + df[1];
         h = h * self.df_levels + df[2];
@@ -108,15 +113,23 @@ impl Grid {
     }
 }
 
-fn invariants(a: &Peak, b: &Peak, c: &Peak, d: &Peak) -> Option<Invariants> {
-    let span = d.time - a.time;
+/// The invariants of an anchor and its partners `rest` (three for a quad; two for a
+/// triplet, whose unused coordinates stay 0).
+fn invariants(a: &Peak, rest: &[Peak]) -> Option<Invariants> {
+    let last = rest.last()?;
+    let span = last.time - a.time;
     if span <= 0.0 {
         return None;
     }
-    Some(Invariants {
-        df: [b.bin - a.bin, c.bin - a.bin, d.bin - a.bin],
-        ratio: [(b.time - a.time) / span, (c.time - a.time) / span],
-    })
+    let mut df = [0.0; 3];
+    let mut ratio = [0.0; 2];
+    for (i, x) in rest.iter().enumerate() {
+        df[i] = x.bin - a.bin;
+    }
+    for (i, x) in rest[..rest.len() - 1].iter().enumerate() {
+        ratio[i] = (x.time - a.time) / span;
+    }
+    Some(Invariants { df, ratio })
 }
 
 /// Calls `f(a, partners)` for each anchor with the first `max_partners` peaks (in time)
@@ -155,19 +168,23 @@ fn for_each_anchor_in(
                 partners.push(*b);
             }
         }
-        if partners.len() >= 3 {
+        if partners.len() + 1 >= p.hash_peaks {
             f(a, &partners);
         }
     }
 }
 
-/// Calls `f(b, c, d)` for every choice of three partners, kept in time order.
-fn for_each_triple(partners: &[Peak], mut f: impl FnMut(&Peak, &Peak, &Peak)) {
+/// Calls `f(rest)` for every choice of `k` (2 or 3) partners, kept in time order.
+fn for_each_choice(partners: &[Peak], k: usize, mut f: impl FnMut(&[Peak])) {
     let n = partners.len();
     for i in 0..n {
         for j in i + 1..n {
-            for k in j + 1..n {
-                f(&partners[i], &partners[j], &partners[k]);
+            if k == 2 {
+                f(&[partners[i], partners[j]]);
+                continue;
+            }
+            for l in j + 1..n {
+                f(&[partners[i], partners[j], partners[l]]);
             }
         }
     }
@@ -184,8 +201,9 @@ pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
         p.quad_max_dt_frames,
         p.ref_partners,
         |a, partners| {
-            for_each_triple(partners, |b, c, d| {
-                let Some(inv) = invariants(a, b, c, d) else {
+            for_each_choice(partners, p.hash_peaks - 1, |rest| {
+                let d = rest[rest.len() - 1];
+                let Some(inv) = invariants(a, rest) else {
                     return;
                 };
                 let hash = grid.pack(
@@ -245,8 +263,8 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
         max_dt,
         p.query_partners,
         |a, partners| {
-            for_each_triple(partners, |b, c, d| {
-                let span = d.time - a.time;
+            for_each_choice(partners, p.hash_peaks - 1, |rest| {
+                let span = rest[rest.len() - 1].time - a.time;
                 // A reference quad spans quad_min_dt..quad_max_dt frames; a query quad whose span
                 // no allowed time factor can produce cannot match, so it is not looked up.
                 if span < p.quad_min_dt_frames / p.max_time_factor
@@ -254,7 +272,7 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
                 {
                     return;
                 }
-                let Some(inv) = invariants(a, b, c, d) else {
+                let Some(inv) = invariants(a, rest) else {
                     return;
                 };
                 expand_cells(&grid, p, &inv, span, &mut cells);
@@ -282,11 +300,13 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
     let mut near: [(f32, usize, u32); 5] = [(f32::INFINITY, 0, 0); 5];
     let df_tol = p.df_tolerance_bins / grid.df_step;
     let ratio_tol = p.time_tolerance_frames / span * grid.ratio_levels as f32;
-    for i in 0..3 {
+    // A triplet uses two frequency differences and one ratio; the rest stay at 0.
+    let used = p.hash_peaks - 1;
+    for i in 0..used {
         let c = grid.df_coord(inv.df[i]);
         near[i] = neighbour(c, df_cells[i], grid.df_levels, df_tol, i);
     }
-    for i in 0..2 {
+    for i in 0..used - 1 {
         let c = grid.ratio_coord(inv.ratio[i]);
         near[3 + i] = neighbour(c, ratio_cells[i], grid.ratio_levels, ratio_tol, 3 + i);
     }
@@ -394,6 +414,82 @@ mod tests {
             }
             assert_eq!(hashes_of(&moved, &p), h0, "scale {scale} shift {shift}");
         }
+    }
+
+    /// Triplet hashing (`hash_peaks` 3) on the finer grid it needs.
+    fn triplet_params() -> Params {
+        Params {
+            hash_peaks: 3,
+            quad_df_step_bins: 1.0,
+            quad_ratio_levels: 128,
+            ..Params::default()
+        }
+    }
+
+    /// Three peaks whose invariants sit away from cell boundaries on the triplet grid.
+    fn base_triplet() -> [Peak; 3] {
+        [peak(10.0, 80.3), peak(15.2, 85.1), peak(23.0, 77.5)]
+    }
+
+    #[test]
+    fn triplet_hash_ignores_time_scale_and_pitch_shift() {
+        let p = triplet_params();
+        let base = base_triplet();
+        let h0 = hashes_of(&base, &p);
+        assert_eq!(h0.len(), 1);
+        // The quad grid would give another hash: the triplet packs three invariants only.
+        assert_ne!(
+            h0,
+            hashes_of(
+                &base,
+                &Params {
+                    hash_peaks: 4,
+                    ..p.clone()
+                }
+            )
+        );
+        for (scale, shift) in [
+            (0.7f32, 0.0f32),
+            (1.7, 0.0),
+            (1.0, 12.0),
+            (0.65, -7.0),
+            (2.0, 3.3),
+        ] {
+            let moved: Vec<Peak> = base
+                .iter()
+                .map(|q| peak(100.0 + q.time * scale, q.bin + shift))
+                .collect();
+            assert_eq!(hashes_of(&moved, &p), h0, "scale {scale} shift {shift}");
+        }
+        // Moving the middle peak by a few cells changes the hash.
+        let mut other = base;
+        other[1].time += 3.0;
+        assert_ne!(hashes_of(&other, &p), h0);
+    }
+
+    #[test]
+    fn query_finds_reference_triplet_among_extra_peaks_when_stretched() {
+        let p = triplet_params();
+        let stored = reference_quads(&base_triplet(), &p);
+        assert_eq!(stored.len(), 1);
+        let mut query: Vec<Peak> = base_triplet()
+            .iter()
+            .map(|q| peak(50.0 + (q.time - 10.0) * 0.75, q.bin - 4.0))
+            .collect();
+        query.push(peak(53.0, 90.0));
+        query.push(peak(56.5, 70.0));
+        query.sort_by(|a, b| a.time.total_cmp(&b.time));
+        let found: Vec<QueryQuad> = query_quads(&query, &p)
+            .into_iter()
+            .filter(|q| q.hash == stored[0].hash)
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "the stored triplet was not among the query's"
+        );
+        let ref_span = stored[0].span as f32 / SPAN_SCALE;
+        assert!((found[0].span / ref_span - 0.75).abs() < 5e-3);
+        assert!((found[0].bin - stored[0].freq as f32 / FREQ_SCALE + 4.0).abs() < 0.02);
     }
 
     #[test]

@@ -117,6 +117,17 @@ pub struct MatchParams {
     /// lines fitted as precisely verified higher too, and whole songs got 3 false
     /// matches in 110 (BENCHMARKS.md, session 7).
     pub slope_run_gap_frames: f64,
+    /// When positive, candidates are seeded by a vote that also asks hits to agree on the
+    /// query time of their reference block, in cells of this many frames (see
+    /// `intercept_seeds`); 0 seeds by (time factor, pitch, block) alone.
+    pub seed_intercept_frames: f64,
+    /// Hits an intercept seed needs in its neighbourhood.
+    pub seed_min_hits: usize,
+    /// At most this many vote cells are examined per track (strong real samples have one
+    /// or two; the rest are chance).
+    pub max_cells_per_track: usize,
+    /// Reference block of the intercept seeds, in frames.
+    pub seed_block_frames: f64,
     /// A match is reported when its corrected significance (-log10 of the chance
     /// probability) reaches this...
     pub min_significance: f64,
@@ -145,6 +156,10 @@ impl Default for MatchParams {
             min_match_hits: 6,
             min_ref_extent_frames: 125.0,
             slope_run_gap_frames: f64::INFINITY,
+            seed_intercept_frames: 0.0,
+            seed_min_hits: 4,
+            seed_block_frames: 256.0,
+            max_cells_per_track: 32,
             min_significance: score::CONFIDENCE_MIDPOINT,
             min_candidate_significance: 7.0,
             min_verification: verify::VERIFICATION_MIDPOINT,
@@ -465,11 +480,17 @@ fn match_track(
     for k in order.chunk_by(|a, b| a.0 == b.0) {
         cell_counts.push((k[0].0, k.len() as u32));
     }
-    let mut cells: Vec<(u32, u64)> = neighbourhood_sums(&cell_counts)
-        .filter(|&(sum, _)| sum as usize >= p.min_match_hits)
-        .collect();
+    let unit_lf = 1u64 << (2 * AXIS_BITS);
+    let unit_pitch = 1u64 << AXIS_BITS;
+    let mut cells: Vec<(u32, u64)> = if p.seed_intercept_frames > 0.0 {
+        intercept_seeds(&points, &grid, p)
+    } else {
+        neighbourhood_sums(&cell_counts, unit_lf, unit_pitch)
+            .filter(|&(sum, _)| sum as usize >= p.min_match_hits)
+            .collect()
+    };
     cells.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    cells.truncate(MAX_CELLS_PER_TRACK);
+    cells.truncate(p.max_cells_per_track);
     let n_cells = (grid.n_lf * grid.n_pitch) as f64;
     let mut claimed = vec![false; points.len()];
     let mut out = Vec::new();
@@ -534,8 +555,11 @@ fn match_track(
 /// from carrying into the others), and as the cell's key grows so does each neighbour's,
 /// so nine cursors walk the list once: linear, where a search per neighbour cost 27
 /// binary searches a cell (15% of a 3-minute identify).
-fn neighbourhood_sums(cell_counts: &[(u64, u32)]) -> impl Iterator<Item = (u32, u64)> + '_ {
-    let (unit_lf, unit_pitch) = (1u64 << (2 * AXIS_BITS), 1u64 << AXIS_BITS);
+fn neighbourhood_sums(
+    cell_counts: &[(u64, u32)],
+    unit_lf: u64,
+    unit_pitch: u64,
+) -> impl Iterator<Item = (u32, u64)> + '_ {
     let mut cursors = [0usize; 9];
     cell_counts
         .iter()
@@ -560,11 +584,61 @@ fn neighbourhood_sums(cell_counts: &[(u64, u32)]) -> impl Iterator<Item = (u32, 
         })
 }
 
+/// Seeds from a finer vote that also asks the hits to agree on where the reference block
+/// sits in the query: (log time factor, pitch, reference block, the query time of the
+/// block's centre in cells of `seed_intercept_frames`). Chance hits that share a transform
+/// and a block seldom also share that time, a sample's hits do. Returns, per (time factor,
+/// pitch) cell, its best neighbourhood sum with a key of the coarse grid (the block part
+/// is not used downstream: a seed stands for its transform over the whole reference).
+fn intercept_seeds(points: &[Point], grid: &Grid, p: &MatchParams) -> Vec<(u32, u64)> {
+    const LF_SHIFT: u32 = 56;
+    const PITCH_SHIFT: u32 = 48;
+    const BLOCK_SHIFT: u32 = 24;
+    const MAX_FIELD: u64 = (1 << 24) - 3;
+    let block = p.seed_block_frames;
+    let margin = block * p.max_time_factor;
+    let mut keys: Vec<u64> = points
+        .iter()
+        .map(|pt| {
+            let (i, j) = grid.transform_index(pt);
+            // Eight bits an axis (the default grid has 50 x 76 cells; a finer one shares
+            // its last cells).
+            let (i, j) = (i.min(253), j.min(253));
+            let k = ((pt.r.max(0.0) / block) as u64).min(MAX_FIELD);
+            let a = (grid.lf_min + (i as f64 + 0.5) * grid.lf_cell).exp();
+            let centre = (k as f64 + 0.5) * block;
+            let b = pt.q - a * (pt.r - centre) + margin;
+            let m = ((b.max(0.0) / p.seed_intercept_frames) as u64).min(MAX_FIELD);
+            ((i + 1) << LF_SHIFT) | ((j + 1) << PITCH_SHIFT) | ((k + 1) << BLOCK_SHIFT) | (m + 1)
+        })
+        .collect();
+    keys.sort_unstable();
+    let counts: Vec<(u64, u32)> = keys
+        .chunk_by(|a, b| a == b)
+        .map(|c| (c[0], c.len() as u32))
+        .collect();
+    let mut best: Vec<(u32, u64)> = neighbourhood_sums(&counts, 1 << LF_SHIFT, 1 << PITCH_SHIFT)
+        .filter(|&(sum, _)| sum as usize >= p.seed_min_hits)
+        .map(|(sum, key)| {
+            let i = key >> LF_SHIFT;
+            let j = (key >> PITCH_SHIFT) & 0xff;
+            // The block only breaks ties between seeds from here on.
+            let k = ((key >> BLOCK_SHIFT) & ((1 << 24) - 1)).min(AXIS_MASK);
+            (sum, (i << (2 * AXIS_BITS)) | (j << AXIS_BITS) | k)
+        })
+        .collect();
+    // One seed per transform: the strongest.
+    best.sort_unstable_by(|a, b| {
+        (a.1 >> AXIS_BITS)
+            .cmp(&(b.1 >> AXIS_BITS))
+            .then(b.0.cmp(&a.0))
+    });
+    best.dedup_by_key(|c| c.1 >> AXIS_BITS);
+    best
+}
+
 /// Reference frames at which chance groups are counted as separate trials.
 const CLUSTER_SCALE_FRAMES: f64 = 8.0;
-/// At most this many histogram cells are examined per track (strong real samples have
-/// one or two; the rest are chance).
-const MAX_CELLS_PER_TRACK: usize = 32;
 
 /// The (log time factor, pitch, reference block) histogram geometry.
 struct Grid {
@@ -594,12 +668,18 @@ impl Grid {
         }
     }
 
-    /// The cell of a point, packed as (lf index, pitch index, reference block) with one
-    /// spare cell of margin on each axis so that neighbours never underflow.
-    fn key(&self, pt: &Point, p: &MatchParams) -> u64 {
+    /// The (log time factor, pitch) cell indices of a point.
+    fn transform_index(&self, pt: &Point) -> (u64, u64) {
         let i = (((pt.log_factor - self.lf_min) / self.lf_cell) as u64).min(self.n_lf as u64 - 1);
         let j = (((pt.pitch_bins - self.pitch_min) / self.pitch_cell) as u64)
             .min(self.n_pitch as u64 - 1);
+        (i, j)
+    }
+
+    /// The cell of a point, packed as (lf index, pitch index, reference block) with one
+    /// spare cell of margin on each axis so that neighbours never underflow.
+    fn key(&self, pt: &Point, p: &MatchParams) -> u64 {
+        let (i, j) = self.transform_index(pt);
         let k = ((pt.r.max(0.0) / p.ref_block_frames) as u64).min(AXIS_MASK - 2);
         ((i + 1) << (2 * AXIS_BITS)) | ((j + 1) << AXIS_BITS) | (k + 1)
     }

@@ -348,7 +348,10 @@ fn neighbourhood_sums_equal_a_search_per_neighbour() {
                 (sum, k)
             })
             .collect();
-        assert_eq!(neighbourhood_sums(&cells).collect::<Vec<_>>(), expected);
+        assert_eq!(
+            neighbourhood_sums(&cells, 1 << (2 * AXIS_BITS), 1 << AXIS_BITS).collect::<Vec<_>>(),
+            expected
+        );
     }
 }
 
@@ -577,4 +580,69 @@ mod verification {
             "chance reached {worst}"
         );
     }
+}
+
+/// Intercept seeds (`seed_intercept_frames`, off by default): when more than
+/// `max_cells_per_track` chance groups share a transform and a reference block, the vote on
+/// (time factor, pitch, block) alone fills its cells with them and a weak sample is never
+/// fitted; asking the hits to agree also on where the block sits in the query finds it.
+#[test]
+fn intercept_seeds_find_a_weak_sample_among_crowded_cells() {
+    let mut rng = Lcg(21);
+    let mut hits = Hits::default();
+    // A weak sample: 16 hits over 4 s from 100 s into track 5, slowed to 0.8 and 2 bins down.
+    let planted = Planted {
+        track: 5,
+        r0: 12_500.0,
+        r1: 13_000.0,
+        q0: 2_000.0,
+        tempo: 0.8,
+        pitch_bins: -2.0,
+        n: 16,
+    };
+    sample_hits(&mut rng, planted, &mut hits);
+    // 60 crowded cells on the same track: 20 hits each at one transform and in one block,
+    // at times in the query that share nothing.
+    for _ in 0..60 {
+        let factor = rng.range(0.5, 2.0);
+        let pitch = rng.range(-30.0, 30.0);
+        let block = rng.range(0.0, 200.0).floor() * 256.0;
+        for _ in 0..20 {
+            let r = block + rng.range(0.0, 255.0);
+            let r_span = rng.range(10.0, 90.0);
+            let r_bin = rng.range(40.0, 150.0);
+            hits.push(
+                5,
+                [rng.range(0.0, 5000.0), r_bin + pitch, r_span * factor],
+                [r, r_bin, r_span],
+            );
+        }
+    }
+    let p = MatchParams {
+        min_significance: 0.0,
+        ..MatchParams::default()
+    };
+    let near_truth = |found: &[SampleMatch]| {
+        found.iter().any(|m| {
+            m.track == 5
+                && (m.tempo - 0.8).abs() < 0.01
+                && m.occurrences
+                    .iter()
+                    .any(|o| (o.query_start_s - 16.0).abs() < 0.5)
+        })
+    };
+    let without = find_matches(hits.hits.clone(), &hits.query, &p);
+    assert!(
+        !near_truth(&without),
+        "the crowded cells should hide the sample"
+    );
+    let seeded = MatchParams {
+        seed_intercept_frames: 8.0,
+        ..p
+    };
+    let with = find_matches(hits.hits, &hits.query, &seeded);
+    assert!(
+        near_truth(&with),
+        "intercept seeds should find the sample: {with:?}"
+    );
 }
