@@ -215,7 +215,6 @@ pub fn median(values: &[f64]) -> Option<f64> {
     percentile(values, 50.0)
 }
 
-/// Absolute path without requiring the file to exist.
 /// The last component of `p` as text (lossy), or "" when it has none.
 pub fn file_name(p: &Path) -> String {
     p.file_name()
@@ -223,6 +222,7 @@ pub fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Absolute path without requiring the file to exist.
 pub fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()

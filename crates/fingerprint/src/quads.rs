@@ -392,28 +392,54 @@ mod tests {
         reference_quads(peaks, p).iter().map(|q| q.hash).collect()
     }
 
-    #[test]
-    fn hash_ignores_time_scale_and_pitch_shift() {
-        let p = Params::default();
-        let base = base_quad();
-        let h0 = hashes_of(&base, &p);
+    /// Asserts that `base` stores exactly one hash and that each (time scale, pitch shift)
+    /// in `moves` keeps it (moves that stretch it beyond a quad's span are skipped);
+    /// returns the hash.
+    fn assert_moves_keep_hash(base: &[Peak], p: &Params, moves: &[(f32, f32)]) -> Vec<u32> {
+        let h0 = hashes_of(base, p);
         assert_eq!(h0.len(), 1);
-        for (scale, shift) in [
-            (0.7f32, 0.0f32),
-            (1.7, 0.0),
-            (1.0, 12.0),
-            (0.8, -7.0),
-            (2.5, 3.3),
-        ] {
+        for &(scale, shift) in moves {
             let moved: Vec<Peak> = base
                 .iter()
                 .map(|q| peak(100.0 + q.time * scale, q.bin + shift))
                 .collect();
-            if moved[3].time - moved[0].time > p.quad_max_dt_frames {
+            if moved[moved.len() - 1].time - moved[0].time > p.quad_max_dt_frames {
                 continue;
             }
-            assert_eq!(hashes_of(&moved, &p), h0, "scale {scale} shift {shift}");
+            assert_eq!(hashes_of(&moved, p), h0, "scale {scale} shift {shift}");
         }
+        h0
+    }
+
+    /// Asserts that the one hash `base` stores is among the query's when `base` (anchored
+    /// at time 10) is stretched by `scale`, moved up `shift` bins and mixed with `extra`
+    /// peaks, and that the hit reads back the scale and shift.
+    fn assert_query_finds(base: &[Peak], p: &Params, scale: f32, shift: f32, extra: &[Peak]) {
+        let stored = reference_quads(base, p);
+        assert_eq!(stored.len(), 1);
+        let mut query: Vec<Peak> = base
+            .iter()
+            .map(|q| peak(50.0 + (q.time - 10.0) * scale, q.bin + shift))
+            .chain(extra.iter().copied())
+            .collect();
+        query.sort_by(|a, b| a.time.total_cmp(&b.time));
+        let found: Vec<QueryQuad> = query_quads(&query, p)
+            .into_iter()
+            .filter(|q| q.hash == stored[0].hash)
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "the stored hash was not among the query's"
+        );
+        let ref_span = stored[0].span as f32 / SPAN_SCALE;
+        assert!((found[0].span / ref_span - scale).abs() < 5e-3);
+        assert!((found[0].bin - stored[0].freq as f32 / FREQ_SCALE - shift).abs() < 0.02);
+    }
+
+    #[test]
+    fn hash_ignores_time_scale_and_pitch_shift() {
+        let moves = [(0.7, 0.0), (1.7, 0.0), (1.0, 12.0), (0.8, -7.0), (2.5, 3.3)];
+        assert_moves_keep_hash(&base_quad(), &Params::default(), &moves);
     }
 
     /// Triplet hashing (`hash_peaks` 3) on the finer grid it needs.
@@ -435,32 +461,20 @@ mod tests {
     fn triplet_hash_ignores_time_scale_and_pitch_shift() {
         let p = triplet_params();
         let base = base_triplet();
-        let h0 = hashes_of(&base, &p);
-        assert_eq!(h0.len(), 1);
-        // The quad grid would give another hash: the triplet packs three invariants only.
-        assert_ne!(
-            h0,
-            hashes_of(
-                &base,
-                &Params {
-                    hash_peaks: 4,
-                    ..p.clone()
-                }
-            )
-        );
-        for (scale, shift) in [
-            (0.7f32, 0.0f32),
+        let moves = [
+            (0.7, 0.0),
             (1.7, 0.0),
             (1.0, 12.0),
             (0.65, -7.0),
             (2.0, 3.3),
-        ] {
-            let moved: Vec<Peak> = base
-                .iter()
-                .map(|q| peak(100.0 + q.time * scale, q.bin + shift))
-                .collect();
-            assert_eq!(hashes_of(&moved, &p), h0, "scale {scale} shift {shift}");
-        }
+        ];
+        let h0 = assert_moves_keep_hash(&base, &p, &moves);
+        // The quad grid would give another hash: the triplet packs three invariants only.
+        let quad_grid = Params {
+            hash_peaks: 4,
+            ..p.clone()
+        };
+        assert_ne!(h0, hashes_of(&base, &quad_grid));
         // Moving the middle peak by a few cells changes the hash.
         let mut other = base;
         other[1].time += 3.0;
@@ -469,56 +483,17 @@ mod tests {
 
     #[test]
     fn query_finds_reference_triplet_among_extra_peaks_when_stretched() {
-        let p = triplet_params();
-        let stored = reference_quads(&base_triplet(), &p);
-        assert_eq!(stored.len(), 1);
-        let mut query: Vec<Peak> = base_triplet()
-            .iter()
-            .map(|q| peak(50.0 + (q.time - 10.0) * 0.75, q.bin - 4.0))
-            .collect();
-        query.push(peak(53.0, 90.0));
-        query.push(peak(56.5, 70.0));
-        query.sort_by(|a, b| a.time.total_cmp(&b.time));
-        let found: Vec<QueryQuad> = query_quads(&query, &p)
-            .into_iter()
-            .filter(|q| q.hash == stored[0].hash)
-            .collect();
-        assert!(
-            !found.is_empty(),
-            "the stored triplet was not among the query's"
-        );
-        let ref_span = stored[0].span as f32 / SPAN_SCALE;
-        assert!((found[0].span / ref_span - 0.75).abs() < 5e-3);
-        assert!((found[0].bin - stored[0].freq as f32 / FREQ_SCALE + 4.0).abs() < 0.02);
+        // Sped up to 0.75x the duration, down 4 bins, two unrelated peaks in between.
+        let extra = [peak(53.0, 90.0), peak(56.5, 70.0)];
+        assert_query_finds(&base_triplet(), &triplet_params(), 0.75, -4.0, &extra);
     }
 
     #[test]
     fn query_finds_reference_quad_among_extra_peaks_when_stretched() {
-        let p = Params::default();
-        let base = base_quad();
-        let stored = reference_quads(&base, &p);
-        assert_eq!(stored.len(), 1);
         // The query is the same four peaks slowed to 1.6x the duration, shifted up 5 bins,
         // with two unrelated peaks in between.
-        let mut query: Vec<Peak> = base
-            .iter()
-            .map(|q| peak(50.0 + (q.time - 10.0) * 1.6, q.bin + 5.0))
-            .collect();
-        query.push(peak(55.0, 83.0));
-        query.push(peak(61.0, 95.0));
-        query.sort_by(|a, b| a.time.total_cmp(&b.time));
-        let found: Vec<QueryQuad> = query_quads(&query, &p)
-            .into_iter()
-            .filter(|q| q.hash == stored[0].hash)
-            .collect();
-        assert!(
-            !found.is_empty(),
-            "the stored quad was not among the query's"
-        );
-        let q = found[0];
-        let ref_span = stored[0].span as f32 / SPAN_SCALE;
-        assert!((q.span / ref_span - 1.6).abs() < 5e-3);
-        assert!((q.bin - stored[0].freq as f32 / FREQ_SCALE - 5.0).abs() < 0.02);
+        let extra = [peak(55.0, 83.0), peak(61.0, 95.0)];
+        assert_query_finds(&base_quad(), &Params::default(), 1.6, 5.0, &extra);
     }
 
     #[test]

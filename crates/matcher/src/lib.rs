@@ -594,7 +594,9 @@ fn intercept_seeds(points: &[Point], grid: &Grid, p: &MatchParams) -> Vec<(u32, 
     const LF_SHIFT: u32 = 56;
     const PITCH_SHIFT: u32 = 48;
     const BLOCK_SHIFT: u32 = 24;
-    const MAX_FIELD: u64 = (1 << 24) - 3;
+    const FIELD_MASK: u64 = (1 << 24) - 1;
+    // One spare cell of margin either side, as in `Grid::key`.
+    const MAX_FIELD: u64 = FIELD_MASK - 2;
     let block = p.seed_block_frames;
     let margin = block * p.max_time_factor;
     let mut keys: Vec<u64> = points
@@ -623,7 +625,7 @@ fn intercept_seeds(points: &[Point], grid: &Grid, p: &MatchParams) -> Vec<(u32, 
             let i = key >> LF_SHIFT;
             let j = (key >> PITCH_SHIFT) & 0xff;
             // The block only breaks ties between seeds from here on.
-            let k = ((key >> BLOCK_SHIFT) & ((1 << 24) - 1)).min(AXIS_MASK);
+            let k = ((key >> BLOCK_SHIFT) & FIELD_MASK).min(AXIS_MASK);
             (sum, (i << (2 * AXIS_BITS)) | (j << AXIS_BITS) | k)
         })
         .collect();
