@@ -5,12 +5,14 @@
 //! Use it to compare settings on the tune split, then confirm a winner with `run` on both
 //! splits. Fingerprint parameters are set with environment variables (`REF_K`, `Q_K`,
 //! `REF_PPS`, `Q_PPS`, `PRT`, `PRB`, `QPRT`, `QPRB`, `MAXDT`, `MINDT`, `DFR`, `DF_STEP`,
-//! `RL`, `MAXEXP`, `SUB`: see `fingerprint::Params`), so a sweep is a shell loop.
+//! `RL`, `MAXEXP`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`: see
+//! `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
 //! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_NULL=1`
 //! (null lines), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` override its settings
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
-//! its slope fit's run gap (see `matcher::MatchParams`); `SWEEP_COUNTS` prints each
+//! its slope fit's run gap, `M_BSEED`, `M_SEEDMIN`, `M_SBLOCK` its intercept seeds,
+//! `M_CELLS` its vote cells per track and `M_SIG` the significance cut (see `matcher::MatchParams`); `SWEEP_COUNTS` prints each
 //! query's lookups and hits; `SWEEP_DEBUG` prints every accepted wrong match and every
 //! candidate on each true sample's reference (accepted or not); `ORACLE`
 //! prints, per true sample, where its evidence is lost (see [`crate::oracle`]), and with
@@ -62,6 +64,8 @@ fn params_from_env() -> Params {
         query_peak_radius_bins: env_or("QPRB", d.query_peak_radius_bins as f64) as usize,
         density_subbands: env_or("SUB", d.density_subbands as f64) as usize,
         hash_peaks: env_or("HASH_PEAKS", d.hash_peaks as f64) as usize,
+        hash_order_bits: env_or("ORDER_BITS", d.hash_order_bits as f64) as u32,
+        strength_tolerance: env_or("STRENGTH_TOL", d.strength_tolerance as f64) as f32,
         ..d
     }
 }
@@ -130,6 +134,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         env_or("M_CELLS", match_params.max_cells_per_track as f64) as usize;
     match_params.seed_block_frames = env_or("M_SBLOCK", match_params.seed_block_frames);
     match_params.seed_min_hits = env_or("M_SEEDMIN", match_params.seed_min_hits as f64) as usize;
+    match_params.min_significance = env_or("M_SIG", match_params.min_significance);
     match_params.verify.refine_tempo_from = env_or("V_RTF", match_params.verify.refine_tempo_from);
     match_params.min_candidate_significance =
         env_or("V_SMIN", match_params.min_candidate_significance);

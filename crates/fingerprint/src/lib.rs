@@ -96,9 +96,19 @@ pub struct Params {
     pub time_tolerance_frames: f32,
     /// At most this many hash cells are tried per query quad.
     pub max_expansions: usize,
-    /// Peaks per hash: 4 (quads) or 3 (triplets: an anchor and two partners, hashed by
-    /// two frequency differences and one time ratio).
+    /// Peaks per hash: 3 (triplets, the default: an anchor and two partners, hashed by
+    /// two frequency differences, one time ratio and their loudness order) or 4 (quads,
+    /// the default before session 9: three differences and two ratios; BENCHMARKS.md).
     pub hash_peaks: usize,
+    /// Bits of loudness order in the hash (0 to `hash_peaks - 1`; 2 by default): bit
+    /// i says whether the hash's peak i+1 is louder than peak i. Gain, pitch shift and
+    /// time scale keep the order; a mix or a filter can swap two peaks of near-equal
+    /// strength, so a query also tries the other order when the two differ by less than
+    /// `strength_tolerance`. Each bit makes the keys up to twice as specific.
+    pub hash_order_bits: u32,
+    /// Difference of log power (natural log) under which a query tries both loudness
+    /// orders of two peaks.
+    pub strength_tolerance: f32,
     /// Peaks per second of the query's verification peak set: dense, with a small
     /// neighbourhood, so that a reference peak that survives in the mix at all is found.
     pub verify_peaks_per_s: f32,
@@ -131,15 +141,17 @@ impl Default for Params {
             quad_min_dt_frames: 3.0,
             quad_max_dt_frames: 100.0,
             quad_df_range_bins: 30.0,
-            quad_df_step_bins: 2.0,
-            quad_ratio_levels: 16,
+            quad_df_step_bins: 1.0,
+            quad_ratio_levels: 128,
             ref_partners: 6,
             query_partners: 9,
             max_time_factor: 2.0,
             df_tolerance_bins: 0.35,
             time_tolerance_frames: 0.6,
             max_expansions: 8,
-            hash_peaks: 4,
+            hash_peaks: 3,
+            hash_order_bits: 2,
+            strength_tolerance: 1.0,
             verify_peaks_per_s: 120.0,
             verify_radius_frames: 3,
             verify_radius_bins: 3,
@@ -207,8 +219,13 @@ impl Params {
             return bad("hash_peaks must be 3 or 4");
         }
         let df_levels = (2.0 * self.quad_df_range_bins / self.quad_df_step_bins).floor() as u64 + 1;
-        let cells = df_levels.pow(self.hash_peaks as u32 - 1)
-            * (self.quad_ratio_levels as u64).pow(self.hash_peaks as u32 - 2);
+        let tolerance_ok = self.strength_tolerance >= 0.0 && self.strength_tolerance.is_finite();
+        if self.hash_order_bits as usize >= self.hash_peaks || !tolerance_ok {
+            return bad("hash_order_bits must be below hash_peaks, strength_tolerance >= 0");
+        }
+        let cells = (df_levels.pow(self.hash_peaks as u32 - 1)
+            * (self.quad_ratio_levels as u64).pow(self.hash_peaks as u32 - 2))
+            << self.hash_order_bits;
         if self.quad_ratio_levels < 2 || cells > u32::MAX as u64 {
             return bad("the hash grid must have 2+ ratio levels and fit in 32 bits");
         }
@@ -260,6 +277,11 @@ impl Params {
             self.quad_ratio_levels,
             self.ref_partners,
         ) + if self.hash_peaks == 4 { "" } else { " hp=3" }
+            + &if self.hash_order_bits == 0 {
+                String::new()
+            } else {
+                format!(" ob={}", self.hash_order_bits)
+            }
     }
 }
 
@@ -407,6 +429,17 @@ mod tests {
             ..Params::default()
         };
         assert!(Fingerprinter::new(p).is_err());
+        // A triplet has two orders to tell, not three; a tolerance must be a number.
+        let p = Params {
+            hash_order_bits: 3,
+            ..Params::default()
+        };
+        assert!(Fingerprinter::new(p).is_err());
+        let p = Params {
+            strength_tolerance: f32::NAN,
+            ..Params::default()
+        };
+        assert!(Fingerprinter::new(p).is_err());
     }
 
     #[test]
@@ -422,5 +455,18 @@ mod tests {
         };
         assert_ne!(a.describe(), b.describe());
         assert_eq!(a.describe(), c.describe());
+        // The hash's shape is part of what a store was built with.
+        let quads = Params {
+            hash_peaks: 4,
+            hash_order_bits: 0,
+            ..Params::default()
+        };
+        let no_order = Params {
+            hash_order_bits: 0,
+            ..Params::default()
+        };
+        assert!(a.describe().ends_with(" hp=3 ob=2"), "{}", a.describe());
+        assert_ne!(a.describe(), quads.describe());
+        assert_ne!(a.describe(), no_order.describe());
     }
 }

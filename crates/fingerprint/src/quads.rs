@@ -17,6 +17,13 @@
 //! References store a few quads per anchor (from its nearest partner peaks); queries try
 //! many more combinations over a wider time zone, so the reference's partners are found
 //! even when other music adds peaks between them and the sample is slowed or sped up.
+//!
+//! The default hash is the *triplet* (`Params::hash_peaks` 3): an anchor and two partners,
+//! two frequency differences and one time ratio on a finer grid, plus two bits of loudness
+//! order (is B louder than A, C than B?), which gain, pitch shift and time scale keep. A
+//! triplet needs three of the sample's peaks to survive a mix instead of four; the order
+//! bits give back the specificity the missing fourth peak took (BENCHMARKS.md, session 9).
+//! Everything else (postings, expansions, hits) is the same for both.
 
 use rayon::prelude::*;
 
@@ -61,6 +68,8 @@ struct Invariants {
     df: [f32; 3],
     /// (tB - tA) / span and (tC - tA) / span.
     ratio: [f32; 2],
+    /// Strength of each peak minus that of the peak before it (B - A, C - B, D - C).
+    louder: [f32; 3],
 }
 
 /// The quantisation of the hash space.
@@ -70,6 +79,7 @@ struct Grid {
     df_levels: u32,
     ratio_levels: u32,
     triplets: bool,
+    order_bits: u32,
 }
 
 impl Grid {
@@ -81,6 +91,7 @@ impl Grid {
             df_levels,
             ratio_levels: p.quad_ratio_levels,
             triplets: p.hash_peaks == 3,
+            order_bits: p.hash_order_bits,
         }
     }
 
@@ -101,15 +112,22 @@ impl Grid {
         (self.ratio_coord(r).max(0.0) as u32).min(self.ratio_levels - 1)
     }
 
-    fn pack(&self, df: [u32; 3], ratio: [u32; 2]) -> u32 {
-        if self.triplets {
-            return (df[0] * self.df_levels + df[1]) * self.ratio_levels + ratio[0];
-        }
-        let mut h = df[0];
-        h = h * self.df_levels + df[1];
-        h = h * self.df_levels + df[2];
-        h = h * self.ratio_levels + ratio[0];
-        h * self.ratio_levels + ratio[1]
+    /// The loudness-order bits of `louder` (bit i: peak i+1 louder than peak i).
+    fn order(&self, louder: &[f32; 3]) -> u32 {
+        (0..self.order_bits as usize).fold(0, |bits, i| bits | (u32::from(louder[i] > 0.0) << i))
+    }
+
+    fn pack(&self, df: [u32; 3], ratio: [u32; 2], order: u32) -> u32 {
+        let h = if self.triplets {
+            (df[0] * self.df_levels + df[1]) * self.ratio_levels + ratio[0]
+        } else {
+            let mut h = df[0];
+            h = h * self.df_levels + df[1];
+            h = h * self.df_levels + df[2];
+            h = h * self.ratio_levels + ratio[0];
+            h * self.ratio_levels + ratio[1]
+        };
+        (h << self.order_bits) | order
     }
 }
 
@@ -123,13 +141,17 @@ fn invariants(a: &Peak, rest: &[Peak]) -> Option<Invariants> {
     }
     let mut df = [0.0; 3];
     let mut ratio = [0.0; 2];
+    let mut louder = [0.0; 3];
+    let mut previous = a;
     for (i, x) in rest.iter().enumerate() {
         df[i] = x.bin - a.bin;
+        louder[i] = x.strength - previous.strength;
+        previous = x;
     }
     for (i, x) in rest[..rest.len() - 1].iter().enumerate() {
         ratio[i] = (x.time - a.time) / span;
     }
-    Some(Invariants { df, ratio })
+    Some(Invariants { df, ratio, louder })
 }
 
 /// Calls `f(a, partners)` for each anchor with the first `max_partners` peaks (in time)
@@ -209,6 +231,7 @@ pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
                 let hash = grid.pack(
                     inv.df.map(|x| grid.df_cell(x)),
                     inv.ratio.map(|x| grid.ratio_cell(x)),
+                    grid.order(&inv.louder),
                 );
                 out.push(RefQuad {
                     hash,
@@ -296,8 +319,10 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
     cells.clear();
     let df_cells = inv.df.map(|x| grid.df_cell(x));
     let ratio_cells = inv.ratio.map(|x| grid.ratio_cell(x));
-    // Each candidate: (closeness in units of the tolerance, coordinate index, neighbour cell).
-    let mut near: [(f32, usize, u32); 5] = [(f32::INFINITY, 0, 0); 5];
+    let order = grid.order(&inv.louder);
+    // Each candidate: (closeness in units of the tolerance, coordinate index, neighbour
+    // cell); coordinates 0-2 are frequency differences, 3-4 ratios, 5-7 order bits.
+    let mut near: [(f32, usize, u32); 8] = [(f32::INFINITY, 0, 0); 8];
     let df_tol = p.df_tolerance_bins / grid.df_step;
     let ratio_tol = p.time_tolerance_frames / span * grid.ratio_levels as f32;
     // A triplet uses two frequency differences and one ratio; the rest stay at 0.
@@ -310,26 +335,39 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
         let c = grid.ratio_coord(inv.ratio[i]);
         near[3 + i] = neighbour(c, ratio_cells[i], grid.ratio_levels, ratio_tol, 3 + i);
     }
+    for i in 0..grid.order_bits as usize {
+        // The other order, as close as the two strengths are.
+        let closeness = if p.strength_tolerance > 0.0 {
+            inv.louder[i].abs() / p.strength_tolerance
+        } else {
+            f32::INFINITY
+        };
+        near[5 + i] = (closeness, 5 + i, order ^ (1 << i));
+    }
     near.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut base: Vec<([u32; 3], [u32; 2])> = vec![(df_cells, ratio_cells)];
+    let mut base: Vec<([u32; 3], [u32; 2], u32)> = vec![(df_cells, ratio_cells, order)];
     for &(closeness, coord, cell) in &near {
         if closeness > 1.0 || base.len() * 2 > p.max_expansions {
             break;
         }
         let extra: Vec<_> = base
             .iter()
-            .map(|&(mut df, mut ratio)| {
-                if coord < 3 {
-                    df[coord] = cell;
-                } else {
-                    ratio[coord - 3] = cell;
+            .map(|&(mut df, mut ratio, mut bits)| {
+                match coord {
+                    0..=2 => df[coord] = cell,
+                    3..=4 => ratio[coord - 3] = cell,
+                    // The flip of one bit, whatever the others are.
+                    _ => bits ^= 1 << (coord - 5),
                 }
-                (df, ratio)
+                (df, ratio, bits)
             })
             .collect();
         base.extend(extra);
     }
-    cells.extend(base.iter().map(|&(df, ratio)| grid.pack(df, ratio)));
+    cells.extend(
+        base.iter()
+            .map(|&(df, ratio, bits)| grid.pack(df, ratio, bits)),
+    );
 }
 
 /// The neighbouring cell nearer to `coord` and the distance to the shared boundary, in units
@@ -401,7 +439,11 @@ mod tests {
         for &(scale, shift) in moves {
             let moved: Vec<Peak> = base
                 .iter()
-                .map(|q| peak(100.0 + q.time * scale, q.bin + shift))
+                .map(|q| Peak {
+                    time: 100.0 + q.time * scale,
+                    bin: q.bin + shift,
+                    strength: q.strength,
+                })
                 .collect();
             if moved[moved.len() - 1].time - moved[0].time > p.quad_max_dt_frames {
                 continue;
@@ -419,7 +461,11 @@ mod tests {
         assert_eq!(stored.len(), 1);
         let mut query: Vec<Peak> = base
             .iter()
-            .map(|q| peak(50.0 + (q.time - 10.0) * scale, q.bin + shift))
+            .map(|q| Peak {
+                time: 50.0 + (q.time - 10.0) * scale,
+                bin: q.bin + shift,
+                strength: q.strength,
+            })
             .chain(extra.iter().copied())
             .collect();
         query.sort_by(|a, b| a.time.total_cmp(&b.time));
@@ -436,20 +482,28 @@ mod tests {
         assert!((found[0].bin - stored[0].freq as f32 / FREQ_SCALE - shift).abs() < 0.02);
     }
 
-    #[test]
-    fn hash_ignores_time_scale_and_pitch_shift() {
-        let moves = [(0.7, 0.0), (1.7, 0.0), (1.0, 12.0), (0.8, -7.0), (2.5, 3.3)];
-        assert_moves_keep_hash(&base_quad(), &Params::default(), &moves);
-    }
-
-    /// Triplet hashing (`hash_peaks` 3) on the finer grid it needs.
-    fn triplet_params() -> Params {
+    /// Quad hashing (`hash_peaks` 4) on the grid it was tuned with, without order bits.
+    fn quad_params() -> Params {
         Params {
-            hash_peaks: 3,
-            quad_df_step_bins: 1.0,
-            quad_ratio_levels: 128,
+            hash_peaks: 4,
+            quad_df_step_bins: 2.0,
+            quad_ratio_levels: 16,
+            hash_order_bits: 0,
             ..Params::default()
         }
+    }
+
+    #[test]
+    fn quad_hash_ignores_time_scale_and_pitch_shift() {
+        let moves = [(0.7, 0.0), (1.7, 0.0), (1.0, 12.0), (0.8, -7.0), (2.5, 3.3)];
+        assert_moves_keep_hash(&base_quad(), &quad_params(), &moves);
+    }
+
+    /// Triplet hashing (`hash_peaks` 3), the default.
+    fn triplet_params() -> Params {
+        let p = Params::default();
+        assert_eq!((p.hash_peaks, p.hash_order_bits), (3, 2));
+        p
     }
 
     /// Three peaks whose invariants sit away from cell boundaries on the triplet grid.
@@ -493,12 +547,12 @@ mod tests {
         // The query is the same four peaks slowed to 1.6x the duration, shifted up 5 bins,
         // with two unrelated peaks in between.
         let extra = [peak(55.0, 83.0), peak(61.0, 95.0)];
-        assert_query_finds(&base_quad(), &Params::default(), 1.6, 5.0, &extra);
+        assert_query_finds(&base_quad(), &quad_params(), 1.6, 5.0, &extra);
     }
 
     #[test]
     fn jitter_across_a_boundary_is_covered_by_expansion() {
-        let p = Params::default();
+        let p = quad_params();
         let grid = Grid::new(&p);
         // Put fB - fA exactly on a cell boundary, then nudge it either way.
         let boundary = grid.df_step * 10.0 - grid.df_range;
@@ -513,5 +567,49 @@ mod tests {
         let stored = hashes_of(&make(-0.05), &p);
         let query = query_quads(&make(0.05), &p);
         assert!(query.iter().any(|q| q.hash == stored[0]));
+    }
+
+    /// The base triplet with the given strengths (log power) of its three peaks.
+    fn loud_triplet(strength: [f32; 3]) -> [Peak; 3] {
+        let mut t = base_triplet();
+        for (x, s) in t.iter_mut().zip(strength) {
+            x.strength = s;
+        }
+        t
+    }
+
+    #[test]
+    fn loudness_order_survives_gain_and_transforms_and_splits_the_keys() {
+        let p = triplet_params();
+        let moves = [(0.7, 0.0), (1.0, 12.0), (1.6, -5.0)];
+        let h0 = assert_moves_keep_hash(&loud_triplet([1.0, 4.0, 0.5]), &p, &moves);
+        // A gain changes every strength alike.
+        assert_eq!(hashes_of(&loud_triplet([-6.0, -3.0, -6.5]), &p), h0);
+        // The same peaks in another loudness order are another key.
+        assert_ne!(hashes_of(&loud_triplet([4.0, 1.0, 0.5]), &p), h0);
+        assert_ne!(hashes_of(&loud_triplet([1.0, 4.0, 6.0]), &p), h0);
+        // Without order bits the strengths play no part.
+        let no_bits = Params {
+            hash_order_bits: 0,
+            ..p
+        };
+        assert_eq!(
+            hashes_of(&loud_triplet([1.0, 4.0, 0.5]), &no_bits),
+            hashes_of(&loud_triplet([4.0, 1.0, 0.5]), &no_bits)
+        );
+    }
+
+    #[test]
+    fn query_tries_both_orders_of_peaks_of_near_equal_strength() {
+        let p = triplet_params();
+        // Stored with the first partner a little louder than the anchor; in the query the
+        // mix left it a little quieter: still found.
+        let stored = hashes_of(&loud_triplet([2.0, 2.3, 0.0]), &p);
+        let flipped = query_quads(&loud_triplet([2.0, 1.8, 0.0]), &p);
+        assert!(flipped.iter().any(|q| q.hash == stored[0]));
+        // A clear reversal (3 nats either way) is another triplet.
+        let stored = hashes_of(&loud_triplet([2.0, 5.0, 0.0]), &p);
+        let reversed = query_quads(&loud_triplet([5.0, 2.0, 0.0]), &p);
+        assert!(reversed.iter().all(|q| q.hash != stored[0]));
     }
 }

@@ -156,7 +156,7 @@ impl Default for MatchParams {
             min_match_hits: 6,
             min_ref_extent_frames: 125.0,
             slope_run_gap_frames: f64::INFINITY,
-            seed_intercept_frames: 0.0,
+            seed_intercept_frames: 8.0,
             seed_min_hits: 4,
             seed_block_frames: 256.0,
             max_cells_per_track: 32,

@@ -620,6 +620,7 @@ fn intercept_seeds_find_a_weak_sample_among_crowded_cells() {
     }
     let p = MatchParams {
         min_significance: 0.0,
+        seed_intercept_frames: 0.0,
         ..MatchParams::default()
     };
     let near_truth = |found: &[SampleMatch]| {
