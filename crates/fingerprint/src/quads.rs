@@ -342,7 +342,8 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
         } else {
             f32::INFINITY
         };
-        near[5 + i] = (closeness, 5 + i, order ^ (1 << i));
+        // (No cell: a bit flips whatever the other bits are.)
+        near[5 + i] = (closeness, 5 + i, 0);
     }
     near.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut base: Vec<([u32; 3], [u32; 2], u32)> = vec![(df_cells, ratio_cells, order)];
@@ -356,7 +357,6 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
                 match coord {
                     0..=2 => df[coord] = cell,
                     3..=4 => ratio[coord - 3] = cell,
-                    // The flip of one bit, whatever the others are.
                     _ => bits ^= 1 << (coord - 5),
                 }
                 (df, ratio, bits)
