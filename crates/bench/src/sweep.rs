@@ -12,8 +12,9 @@
 //! (null lines), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` override its settings
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
 //! its slope fit's run gap, `M_BSEED`, `M_SEEDMIN`, `M_SBLOCK` its intercept seeds,
-//! `M_CELLS` its vote cells per track and `M_SIG` the significance cut (see `matcher::MatchParams`); `SWEEP_COUNTS` prints each
-//! query's lookups and hits; `SWEEP_DEBUG` prints every accepted wrong match and every
+//! `M_CELLS` its vote cells per track and `M_SIG` the significance cut (see
+//! `matcher::MatchParams`); `SWEEP_COUNTS` prints each query's lookups and hits;
+//! `SWEEP_DEBUG` prints every accepted wrong match and every
 //! candidate on each true sample's reference (accepted or not); `ORACLE`
 //! prints, per true sample, where its evidence is lost (see [`crate::oracle`]), and with
 //! `ORACLE_HITS` also each quad hit that agrees with the true transform.

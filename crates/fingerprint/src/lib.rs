@@ -253,9 +253,16 @@ impl Params {
     /// A canonical rendering of every parameter that changes what a reference stores.
     /// Query-only parameters are left out: they can change without rebuilding a store.
     pub fn describe(&self) -> String {
+        // Quads and no order bits, the first hashes, add nothing, so that the stores they
+        // built keep their description.
+        let hash = if self.hash_peaks == 4 { "" } else { " hp=3" };
+        let order = match self.hash_order_bits {
+            0 => String::new(),
+            bits => format!(" ob={bits}"),
+        };
         format!(
             "cratedigger-fp/{} sr={} fft={} hop={} fmin={} bpo={} oct={} pr={}x{} minp={} dr={} \
-             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}",
+             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}{hash}{order}",
             ALGORITHM_VERSION,
             self.sample_rate_hz,
             self.fft_size,
@@ -276,12 +283,7 @@ impl Params {
             self.quad_df_step_bins,
             self.quad_ratio_levels,
             self.ref_partners,
-        ) + if self.hash_peaks == 4 { "" } else { " hp=3" }
-            + &if self.hash_order_bits == 0 {
-                String::new()
-            } else {
-                format!(" ob={}", self.hash_order_bits)
-            }
+        )
     }
 }
 

@@ -476,16 +476,14 @@ fn match_track(
         .map(|(i, pt)| (grid.key(pt, p), i as u32))
         .collect();
     order.sort_unstable();
-    let mut cell_counts: Vec<(u64, u32)> = Vec::new();
-    for k in order.chunk_by(|a, b| a.0 == b.0) {
-        cell_counts.push((k[0].0, k.len() as u32));
-    }
-    let unit_lf = 1u64 << (2 * AXIS_BITS);
-    let unit_pitch = 1u64 << AXIS_BITS;
     let mut cells: Vec<(u32, u64)> = if p.seed_intercept_frames > 0.0 {
         intercept_seeds(&points, &grid, p)
     } else {
-        neighbourhood_sums(&cell_counts, unit_lf, unit_pitch)
+        let cell_counts: Vec<(u64, u32)> = order
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|k| (k[0].0, k.len() as u32))
+            .collect();
+        neighbourhood_sums(&cell_counts, 1 << (2 * AXIS_BITS), 1 << AXIS_BITS)
             .filter(|&(sum, _)| sum as usize >= p.min_match_hits)
             .collect()
     };

@@ -14,7 +14,8 @@ use crate::{MatchParams, SampleMatch};
 /// Verification score (nats) at which a candidate is as likely real as not, and the
 /// default acceptance threshold. With triplet hashes and intercept seeds more candidates
 /// are verified, and chance lines reached 83 nats on whole songs that sample nothing (60-68
-/// with the quads before); true samples below 85 were one in 124 on each full split. See
+/// with the quads before); true samples between 70 and 85 were one of 124 on the tune
+/// split's full suite and none on the held-out one. See
 /// BENCHMARKS.md (sessions 6 and 9) for the chance and true scores seen.
 pub const VERIFICATION_MIDPOINT: f64 = 85.0;
 /// Displacements (frames at 8 ms: 0.5, 1, 1.5, 2 and 3 s either way, a beat or a few at
