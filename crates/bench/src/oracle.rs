@@ -25,11 +25,13 @@ pub struct Seen<'a> {
     pub grid: &'a PeakGrid,
 }
 
-/// One line per true sample of the query `t` (an entry of truth.json).
+/// One line per true sample of the query `t` (an entry of truth.json); `hash_peaks` and
+/// `verify_peaks` are each reference's two peak sets.
 pub fn report(
     t: &serde_json::Value,
     refs: &[String],
-    ref_peaks: &[Vec<RefPeak>],
+    hash_peaks: &[Vec<RefPeak>],
+    verify_peaks: &[Vec<RefPeak>],
     seen: &Seen<'_>,
     p: &MatchParams,
     fpp: &Params,
@@ -57,7 +59,7 @@ pub fn report(
             shift_bins: num("pitch_semitones", 0.0) * p.bins_per_semitone,
         };
         let r1 = num("ref_end_s", 0.0) / p.frame_s;
-        let region: Vec<RefPeak> = ref_peaks[track]
+        let region: Vec<RefPeak> = hash_peaks[track]
             .iter()
             .copied()
             .filter(|&(t, _)| (line.r0..=r1).contains(&(t as f64)))
@@ -85,7 +87,7 @@ pub fn report(
                 ));
             }
         }
-        let ideal = verify_line(line, &ref_peaks[track], seen.grid, &p.verify);
+        let ideal = verify_line(line, &verify_peaks[track], seen.grid, &p.verify);
         let found = seen
             .matches
             .iter()

@@ -351,7 +351,7 @@ fn fingerprint_refs(refs: &[String], params: &Params) -> Result<Vec<Template>> {
                     .iter()
                     .map(|q| (q.hash, q.time, q.freq, q.span))
                     .collect(),
-                peaks: fingerprint::peak_list::encode(&print.peaks),
+                peaks: fingerprint::peak_list::encode(&print.verify_peaks),
             })
         })
         .collect()

@@ -8,14 +8,16 @@
 //! `RL`, `MAXEXP`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`: see
 //! `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
-//! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_NULL=1`
-//! (null lines), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` override its settings
+//! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_NULL=0`
+//! (no null lines), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` (the query's
+//! verification peaks), `V_R_PPS`, `V_R_PRT`, `V_R_PRB` (the reference's) override its settings
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
 //! its slope fit's run gap, `M_BSEED`, `M_SEEDMIN`, `M_SBLOCK` its intercept seeds,
 //! `M_CELLS` its vote cells per track and `M_SIG` the significance cut (see
 //! `matcher::MatchParams`); `SWEEP_COUNTS` prints each query's lookups and hits;
-//! `SWEEP_DEBUG` prints every accepted wrong match and every
-//! candidate on each true sample's reference (accepted or not); `ORACLE`
+//! `SWEEP_DEBUG` prints every wrong match that was verified or is strong enough to be
+//! accepted at a lower cut, and every candidate on each true sample's reference (accepted
+//! or not); `ORACLE`
 //! prints, per true sample, where its evidence is lost (see [`crate::oracle`]), and with
 //! `ORACLE_HITS` also each quad hit that agrees with the true transform.
 
@@ -126,8 +128,8 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     match_params.verify.tolerance_bins =
         env_or("V_DB", match_params.verify.tolerance_bins as f64) as usize;
     match_params.verify.refine_tempo = env_or("V_RT", match_params.verify.refine_tempo);
-    if env_or("V_NULL", 0.0) != 0.0 {
-        match_params.verify.null_shifts_frames = matcher::verify::NULL_SHIFTS_FRAMES.to_vec();
+    if env_or("V_NULL", 1.0) == 0.0 {
+        match_params.verify.null_shifts_frames.clear();
     }
     match_params.slope_run_gap_frames = env_or("M_RGAP", match_params.slope_run_gap_frames);
     match_params.seed_intercept_frames = env_or("M_BSEED", match_params.seed_intercept_frames);
@@ -148,20 +150,38 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         verify_peaks_per_s: env_or("V_Q_PPS", fp.params().verify_peaks_per_s as f64) as f32,
         verify_radius_frames: env_or("V_Q_PRT", fp.params().verify_radius_frames as f64) as usize,
         verify_radius_bins: env_or("V_Q_PRB", fp.params().verify_radius_bins as f64) as usize,
+        ref_verify_peaks_per_s: env_or("V_R_PPS", fp.params().ref_verify_peaks_per_s as f64) as f32,
+        ref_verify_radius_frames: env_or("V_R_PRT", fp.params().ref_verify_radius_frames as f64)
+            as usize,
+        ref_verify_radius_bins: env_or("V_R_PRB", fp.params().ref_verify_radius_bins as f64)
+            as usize,
         ..fp.params().clone()
     })?;
-    let both: Vec<(Vec<RefQuad>, Vec<RefPeak>)> = refs
+    let both: Vec<(Vec<RefQuad>, Vec<RefPeak>, Vec<RefPeak>)> = refs
         .par_iter()
         .map(|r| {
             let samples = decode(r)?;
             let print = fp.reference_print(&samples);
             // Through the stored form, as the engine sees them.
-            let peaks =
-                fingerprint::peak_list::decode(&fingerprint::peak_list::encode(&print.peaks))?;
-            Ok((print.quads, peaks))
+            let stored = |peaks: &[fingerprint::Peak]| {
+                fingerprint::peak_list::decode(&fingerprint::peak_list::encode(peaks))
+            };
+            Ok((
+                print.quads,
+                stored(&print.verify_peaks)?,
+                stored(&print.peaks)?,
+            ))
         })
         .collect::<Result<_>>()?;
-    let (per_ref, ref_peaks): (Vec<Vec<RefQuad>>, Vec<Vec<RefPeak>>) = both.into_iter().unzip();
+    let mut per_ref = Vec::with_capacity(both.len());
+    let mut ref_peaks = Vec::with_capacity(both.len());
+    // The hash peaks, for the oracle's survival counts.
+    let mut hash_peaks = Vec::with_capacity(both.len());
+    for (quads, verify, hash) in both {
+        per_ref.push(quads);
+        ref_peaks.push(verify);
+        hash_peaks.push(hash);
+    }
     let mut index: HashMap<u32, Vec<(u32, RefQuad)>> = HashMap::new();
     let mut n_postings = 0usize;
     for (i, quads) in per_ref.into_iter().enumerate() {
@@ -281,7 +301,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                     query_peaks: &query_peaks,
                     grid: &grid,
                 };
-                for line in crate::oracle::report(t, &refs, &ref_peaks, &seen, &match_params, fpp) {
+                for line in crate::oracle::report(t, &refs, &hash_peaks, &ref_peaks, &seen, &match_params, fpp) {
                     eprintln!("{line}");
                 }
             }
@@ -328,7 +348,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 }));
             }
             if std::env::var("SWEEP_DEBUG").is_ok() {
-                for (m, _) in matches.iter().zip(&used).filter(|(m, u)| !**u && evidence(m) >= 30.0) {
+                for (m, _) in matches.iter().zip(&used).filter(|(m, u)| !**u && (evidence(m) >= 30.0 || m.verification > 0.0)) {
                     eprintln!(
                         "wrong: {query} -> {} sig {:.1} verification {:.1} tempo {:.3} pitch {:.2} {:?}",
                         refs[m.track as usize], m.significance, m.verification, m.tempo, m.pitch_semitones, m.occurrences

@@ -458,7 +458,7 @@ impl Engine {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let peaks = fingerprint::peak_list::encode(&print.peaks);
+        let peaks = fingerprint::peak_list::encode(&print.verify_peaks);
         Ok(Prepared {
             info,
             entries,

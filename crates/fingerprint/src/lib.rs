@@ -116,6 +116,14 @@ pub struct Params {
     pub verify_radius_frames: usize,
     /// ...and in bins.
     pub verify_radius_bins: usize,
+    /// Peaks per second of the reference's verification peak set, which the store keeps
+    /// beside the hashes: denser than the hash peaks, with a smaller neighbourhood, so
+    /// that verification tests more of a sample's peaks than the hashes are made of.
+    pub ref_verify_peaks_per_s: f32,
+    /// The reference verification peaks' neighbourhood in frames...
+    pub ref_verify_radius_frames: usize,
+    /// ...and in bins.
+    pub ref_verify_radius_bins: usize,
 }
 
 impl Default for Params {
@@ -155,6 +163,9 @@ impl Default for Params {
             verify_peaks_per_s: 120.0,
             verify_radius_frames: 3,
             verify_radius_bins: 3,
+            ref_verify_peaks_per_s: 48.0,
+            ref_verify_radius_frames: 4,
+            ref_verify_radius_bins: 4,
         }
     }
 }
@@ -243,26 +254,45 @@ impl Params {
         }
         if !(self.ref_peaks_per_s > 0.0
             && self.query_peaks_per_s > 0.0
-            && self.verify_peaks_per_s > 0.0)
+            && self.verify_peaks_per_s > 0.0
+            && self.ref_verify_peaks_per_s > 0.0)
         {
             return bad("peak densities must be positive");
         }
         Ok(())
     }
 
+    /// Whether a reference's verification peaks are its hash peaks (the same density and
+    /// neighbourhood).
+    pub fn verifies_on_hash_peaks(&self) -> bool {
+        self.ref_verify_peaks_per_s == self.ref_peaks_per_s
+            && self.ref_verify_radius_frames == self.peak_radius_frames
+            && self.ref_verify_radius_bins == self.peak_radius_bins
+    }
+
     /// A canonical rendering of every parameter that changes what a reference stores.
     /// Query-only parameters are left out: they can change without rebuilding a store.
     pub fn describe(&self) -> String {
-        // Quads and no order bits, the first hashes, add nothing, so that the stores they
-        // built keep their description.
+        // Quads, no order bits and verification on the hash peaks, as the first stores
+        // were built, add nothing, so that those stores keep their description.
         let hash = if self.hash_peaks == 4 { "" } else { " hp=3" };
         let order = match self.hash_order_bits {
             0 => String::new(),
             bits => format!(" ob={bits}"),
         };
+        let verify = if self.verifies_on_hash_peaks() {
+            String::new()
+        } else {
+            format!(
+                " rv={}/{}x{}",
+                self.ref_verify_peaks_per_s,
+                self.ref_verify_radius_frames,
+                self.ref_verify_radius_bins
+            )
+        };
         format!(
             "cratedigger-fp/{} sr={} fft={} hop={} fmin={} bpo={} oct={} pr={}x{} minp={} dr={} \
-             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}{hash}{order}",
+             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}{hash}{order}{verify}",
             ALGORITHM_VERSION,
             self.sample_rate_hz,
             self.fft_size,
@@ -294,6 +324,9 @@ pub struct ReferencePrint {
     pub quads: Vec<RefQuad>,
     /// The peaks the quads were built from, sorted by time.
     pub peaks: Vec<Peak>,
+    /// The peaks that verification compares with a query's (`Params::ref_verify_*`),
+    /// sorted by time.
+    pub verify_peaks: Vec<Peak>,
 }
 
 /// What a query recording is searched with.
@@ -347,21 +380,40 @@ impl Fingerprinter {
 
     /// The quads to store for a reference recording.
     pub fn reference(&self, samples: &[f32]) -> Vec<RefQuad> {
-        self.reference_print(samples).quads
-    }
-
-    /// The quads to store for a reference recording, and the peaks they were built from
-    /// (which verification compares with a query's peaks).
-    pub fn reference_print(&self, samples: &[f32]) -> ReferencePrint {
         let p = &self.params;
         let peaks = self.peaks(
             samples,
             p.ref_peaks_per_s,
             (p.peak_radius_frames, p.peak_radius_bins),
         );
+        quads::reference_quads(&peaks, p)
+    }
+
+    /// The quads to store for a reference recording, and its verification peaks, from one
+    /// spectrogram.
+    pub fn reference_print(&self, samples: &[f32]) -> ReferencePrint {
+        let p = &self.params;
+        let spec = self.spectrogram(samples);
+        let peaks = peaks::find_peaks(
+            &spec,
+            p,
+            p.ref_peaks_per_s,
+            (p.peak_radius_frames, p.peak_radius_bins),
+        );
+        let verify_peaks = if p.verifies_on_hash_peaks() {
+            peaks.clone()
+        } else {
+            peaks::find_peaks(
+                &spec,
+                p,
+                p.ref_verify_peaks_per_s,
+                (p.ref_verify_radius_frames, p.ref_verify_radius_bins),
+            )
+        };
         ReferencePrint {
             quads: quads::reference_quads(&peaks, p),
             peaks,
+            verify_peaks,
         }
     }
 
@@ -442,6 +494,11 @@ mod tests {
             ..Params::default()
         };
         assert!(Fingerprinter::new(p).is_err());
+        let p = Params {
+            ref_verify_peaks_per_s: 0.0,
+            ..Params::default()
+        };
+        assert!(Fingerprinter::new(p).is_err());
     }
 
     #[test]
@@ -467,8 +524,71 @@ mod tests {
             hash_order_bits: 0,
             ..Params::default()
         };
-        assert!(a.describe().ends_with(" hp=3 ob=2"), "{}", a.describe());
+        assert!(a.describe().contains(" hp=3 ob=2 "), "{}", a.describe());
         assert_ne!(a.describe(), quads.describe());
         assert_ne!(a.describe(), no_order.describe());
+        // So are the verification peaks it keeps beside the hashes.
+        let sparse_verify = Params {
+            ref_verify_peaks_per_s: 24.0,
+            ..Params::default()
+        };
+        assert!(a.describe().ends_with(" rv=48/4x4"), "{}", a.describe());
+        assert_ne!(a.describe(), sparse_verify.describe());
+        // Verification on the hash peaks themselves, as stores before session 10 kept,
+        // describes itself as those stores do.
+        let on_hash_peaks = Params {
+            ref_verify_peaks_per_s: a.ref_peaks_per_s,
+            ref_verify_radius_frames: a.peak_radius_frames,
+            ref_verify_radius_bins: a.peak_radius_bins,
+            ..Params::default()
+        };
+        assert!(
+            on_hash_peaks.describe().ends_with(" hp=3 ob=2"),
+            "{}",
+            on_hash_peaks.describe()
+        );
+    }
+
+    /// A reference's verification peaks are a set of their own, denser than its hash
+    /// peaks, and computing them leaves the hashes as they were.
+    #[test]
+    fn reference_verification_peaks_are_denser_and_leave_the_hashes_alone() {
+        let fp = Fingerprinter::new(Params::default()).expect("default parameters are valid");
+        let p = fp.params().clone();
+        let rate = p.sample_rate_hz as f32;
+        // Ten seconds of chords that change every quarter second, over a quiet noise
+        // floor.
+        let mut seed = 12345u32;
+        let samples: Vec<f32> = (0..(10.0 * rate) as usize)
+            .map(|i| {
+                let t = i as f32 / rate;
+                let step = (t * 4.0) as u32;
+                let tone: f32 = (0..4)
+                    .map(|k| {
+                        let f = 200.0 * 2f32.powf(((step * 7 + k * 5) % 30) as f32 / 12.0);
+                        (2.0 * std::f32::consts::PI * f * t).sin()
+                    })
+                    .sum();
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                0.2 * tone + 0.01 * ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+            })
+            .collect();
+        let print = fp.reference_print(&samples);
+        assert_eq!(print.quads, fp.reference(&samples));
+        assert_eq!(
+            print.peaks,
+            fp.peaks(
+                &samples,
+                p.ref_peaks_per_s,
+                (p.peak_radius_frames, p.peak_radius_bins)
+            )
+        );
+        assert!(
+            print.verify_peaks.len() > print.peaks.len() * 3 / 2,
+            "{} verification peaks, {} hash peaks",
+            print.verify_peaks.len(),
+            print.peaks.len()
+        );
+        assert!(print.verify_peaks.is_sorted_by(|a, b| a.time <= b.time));
     }
 }

@@ -547,13 +547,99 @@ mod verification {
             null_shifts_frames: NULL_SHIFTS_FRAMES.to_vec(),
             ..VerifyParams::default()
         };
-        let raw =
-            verify_line(line, &reference, &grid, &VerifyParams::default()).map_or(0.0, |v| v.llr);
+        let without_null = VerifyParams {
+            null_shifts_frames: Vec::new(),
+            ..VerifyParams::default()
+        };
+        let raw = verify_line(line, &reference, &grid, &without_null).map_or(0.0, |v| v.llr);
         assert!(raw > crate::verify::VERIFICATION_MIDPOINT, "raw {raw}");
         let net = verify_line(line, &reference, &grid, &with_null).map_or(0.0, |v| v.llr);
         assert!(
             net < crate::verify::VERIFICATION_MIDPOINT / 2.0,
             "net {net} (raw {raw})"
+        );
+    }
+
+    /// A 3 s excerpt looped four times: the null line moved by one loop (3 s, one of the
+    /// null shifts) lands on the next repetition and scores as high as the true line, so
+    /// a verification that took it off would lose the loop. The match knows its own loop
+    /// period from its occurrences and skips the null shifts at multiples of it.
+    #[test]
+    fn a_loop_keeps_its_score_when_a_null_shift_equals_its_period() {
+        use crate::{MatchParams, Occurrence, SampleMatch};
+        const PERIOD: f64 = 375.0;
+        let mut rng = Lcg(5);
+        let reference = reference_peaks(&mut rng, 20_000.0);
+        let (r0, q0, frames) = (9_000.0, 1_000.0, 4_000usize);
+        let mut peaks: Vec<(f32, f32)> = (0..(frames as f64 * 1.2) as usize)
+            .map(|_| {
+                (
+                    rng.range(0.0, frames as f64) as f32,
+                    rng.range(0.0, N_BINS as f64) as f32,
+                )
+            })
+            .collect();
+        for k in 0..4 {
+            for &(rt, rb) in &reference {
+                let rt = rt as f64;
+                if rt < r0 || rt >= r0 + PERIOD || rng.next_f64() > 0.9 {
+                    continue;
+                }
+                let qt = q0 + k as f64 * PERIOD + (rt - r0) + rng.range(-1.0, 1.0);
+                peaks.push((qt as f32, (rb as f64 + rng.range(-0.5, 0.5)) as f32));
+            }
+        }
+        let grid = PeakGrid::new(&peaks, frames, N_BINS, 2, 1);
+        let p = MatchParams::default();
+        assert!(
+            p.verify.null_shifts_frames.contains(&PERIOD),
+            "the default null shifts include the loop's period"
+        );
+        let frame_s = p.frame_s;
+        let occurrence = |k: usize| Occurrence {
+            query_start_s: (q0 + k as f64 * PERIOD) * frame_s,
+            query_end_s: (q0 + (k + 1) as f64 * PERIOD) * frame_s,
+            ref_start_s: r0 * frame_s,
+            ref_end_s: (r0 + PERIOD) * frame_s,
+            hits: 4,
+        };
+        let mut m = SampleMatch {
+            track: 0,
+            tempo: 1.0,
+            pitch_semitones: 0.0,
+            occurrences: (0..4).map(occurrence).collect(),
+            hits: 16,
+            significance: 10.0,
+            verification: 0.0,
+        };
+        crate::verify::verify_match(&mut m, &reference, &grid, &p);
+        // One repetition, lined up on its own, and the same with every null line.
+        let line = Line {
+            tempo: 1.0,
+            r0,
+            q0,
+            shift_bins: 0.0,
+        };
+        let window: Vec<(f32, f32)> = reference
+            .iter()
+            .copied()
+            .filter(|&(t, _)| (r0 - 2_000.0..r0 + 2_000.0).contains(&(t as f64)))
+            .collect();
+        let all_nulls = verify_line(line, &window, &grid, &p.verify).map_or(0.0, |v| v.llr);
+        let no_nulls = VerifyParams {
+            null_shifts_frames: Vec::new(),
+            ..p.verify.clone()
+        };
+        let raw = verify_line(line, &window, &grid, &no_nulls).map_or(0.0, |v| v.llr);
+        assert!(raw > p.min_verification, "raw {raw}");
+        assert!(
+            all_nulls < p.min_verification / 2.0,
+            "with every null line {all_nulls}"
+        );
+        assert!(
+            m.verification > p.min_verification,
+            "loop-aware {}",
+            m.verification
         );
     }
 

@@ -12,14 +12,15 @@
 use crate::{MatchParams, SampleMatch};
 
 /// Verification score (nats) at which a candidate is as likely real as not, and the
-/// default acceptance threshold. With triplet hashes and intercept seeds more candidates
-/// are verified, and chance lines reached 83 nats on whole songs that sample nothing (60-68
-/// with the quads before); true samples between 70 and 85 were one of 124 on the tune
-/// split's full suite and none on the held-out one. See
-/// BENCHMARKS.md (sessions 6 and 9) for the chance and true scores seen.
-pub const VERIFICATION_MIDPOINT: f64 = 85.0;
+/// default acceptance threshold. With the reference's dense verification peaks and null
+/// lines (session 10) the strongest chance line on 110 whole songs that sample nothing
+/// scores 50 nats and on the benchmark's 30-45 s queries 39 (other than material two
+/// references share), while true samples score 1.6x what they did on the hash peaks; 70
+/// leaves 20 nats of margin over whole-song chance. See BENCHMARKS.md (sessions 6, 9 and
+/// 10) for the chance and true scores seen.
+pub const VERIFICATION_MIDPOINT: f64 = 70.0;
 /// Displacements (frames at 8 ms: 0.5, 1, 1.5, 2 and 3 s either way, a beat or a few at
-/// common tempos) for [`VerifyParams::null_shifts_frames`] when null lines are wanted.
+/// common tempos): the default [`VerifyParams::null_shifts_frames`].
 pub const NULL_SHIFTS_FRAMES: [f64; 10] = [
     -375.0, -250.0, -187.5, -125.0, -62.5, 62.5, 125.0, 187.5, 250.0, 375.0,
 ];
@@ -116,11 +117,14 @@ pub struct VerifyParams {
     /// A verified stretch must hold at least this many matched peaks.
     pub min_matched: usize,
     /// Query displacements (frames) of the null lines whose best score is taken off a
-    /// line's (see `null_score`, e.g. [`NULL_SHIFTS_FRAMES`]). Empty (none) by default: on
-    /// the benchmark they cut the strongest chance line on the 30-45 s queries from 31 to
-    /// 17 nats, but they also cut true samples from music that repeats itself at one of
-    /// the shifts (one lost 91 -> 37 nats), for no net gain in recall (BENCHMARKS.md,
-    /// session 7).
+    /// line's (see `null_score`; [`NULL_SHIFTS_FRAMES`] by default). Two recordings at one
+    /// tempo and in related keys line up along a line without any sample in common; the
+    /// same line moved by a beat or a few still lines up, while a sample matches at its
+    /// own offset only. A match skips the shifts at multiples of its own loop period
+    /// ([`verify_match`]). On hash peaks alone (session 7) they cost as much recall as they
+    /// removed chance; with the dense reference verification peaks (session 10) they take
+    /// the strongest whole-song chance line from 116 to 50 nats and keep every sample
+    /// (BENCHMARKS.md).
     pub null_shifts_frames: Vec<f64>,
     /// Neighbouring peaks on each side whose controls also estimate a peak's chance rate.
     pub chance_window: usize,
@@ -151,7 +155,7 @@ impl Default for VerifyParams {
             refine_tempo_step: 0.004,
             refine_tempo_from: 20.0,
             min_matched: 8,
-            null_shifts_frames: Vec::new(),
+            null_shifts_frames: NULL_SHIFTS_FRAMES.to_vec(),
             chance_window: 12,
             tolerance_frames: 2,
             tolerance_bins: 1,
@@ -372,6 +376,34 @@ fn best_stretch(
     best
 }
 
+/// Query frames between occurrences of `m` that play the same reference moment (starts
+/// within [`LOOP_SAME_REF_S`] of each other): the periods at which it loops.
+fn loop_periods(m: &SampleMatch, frame_s: f64) -> Vec<f64> {
+    let mut periods = Vec::new();
+    for (i, a) in m.occurrences.iter().enumerate() {
+        for b in &m.occurrences[i + 1..] {
+            if (a.ref_start_s - b.ref_start_s).abs() <= LOOP_SAME_REF_S {
+                let period = (a.query_start_s - b.query_start_s).abs() / frame_s;
+                if period > 0.0 {
+                    periods.push(period);
+                }
+            }
+        }
+    }
+    periods
+}
+
+/// Occurrences whose reference starts lie this close (seconds) repeat one moment.
+const LOOP_SAME_REF_S: f64 = 0.5;
+/// A null shift within this many frames (0.2 s) of a multiple of a loop period is skipped.
+const LOOP_SHIFT_TOLERANCE_FRAMES: f64 = 25.0;
+
+/// Whether `shift` lies within tolerance of a non-zero multiple of `period` (frames).
+fn near_multiple(shift: f64, period: f64) -> bool {
+    let k = (shift.abs() / period).round();
+    k >= 1.0 && (shift.abs() - k * period).abs() <= LOOP_SHIFT_TOLERANCE_FRAMES
+}
+
 /// Least reference margin (seconds) verified either side of an occurrence.
 const VERIFY_MARGIN_S: f64 = 15.0;
 
@@ -384,7 +416,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
     let mut best_tempo = m.tempo;
     // A match with hits enough to stand on its own has a slope fitted over many of them;
     // only the weak ones need the tempo searched.
-    let settings = if m.significance >= p.min_significance {
+    let mut settings = if m.significance >= p.min_significance {
         VerifyParams {
             refine_tempo: 0.0,
             ..p.verify.clone()
@@ -392,6 +424,12 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
     } else {
         p.verify.clone()
     };
+    // A loop's displaced line lands on its next repetition: null lines at the match's own
+    // loop periods would take a looped sample's score away.
+    let periods = loop_periods(m, p.frame_s);
+    settings
+        .null_shifts_frames
+        .retain(|&shift| !periods.iter().any(|&period| near_multiple(shift, period)));
     for o in &mut m.occurrences {
         let line = Line {
             tempo: m.tempo,
