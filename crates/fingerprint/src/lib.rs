@@ -378,15 +378,32 @@ impl Fingerprinter {
         )
     }
 
-    /// The quads to store for a reference recording.
-    pub fn reference(&self, samples: &[f32]) -> Vec<RefQuad> {
+    /// The peaks a reference's hashes are built from.
+    fn reference_hash_peaks(&self, spec: &LogSpectrogram) -> Vec<Peak> {
         let p = &self.params;
-        let peaks = self.peaks(
-            samples,
+        peaks::find_peaks(
+            spec,
+            p,
             p.ref_peaks_per_s,
             (p.peak_radius_frames, p.peak_radius_bins),
-        );
-        quads::reference_quads(&peaks, p)
+        )
+    }
+
+    /// The peaks a query's hashes are built from.
+    fn query_hash_peaks(&self, spec: &LogSpectrogram) -> Vec<Peak> {
+        let p = &self.params;
+        peaks::find_peaks(
+            spec,
+            p,
+            p.query_peaks_per_s,
+            (p.query_peak_radius_frames, p.query_peak_radius_bins),
+        )
+    }
+
+    /// The quads to store for a reference recording.
+    pub fn reference(&self, samples: &[f32]) -> Vec<RefQuad> {
+        let peaks = self.reference_hash_peaks(&self.spectrogram(samples));
+        quads::reference_quads(&peaks, &self.params)
     }
 
     /// The quads to store for a reference recording, and its verification peaks, from one
@@ -394,12 +411,7 @@ impl Fingerprinter {
     pub fn reference_print(&self, samples: &[f32]) -> ReferencePrint {
         let p = &self.params;
         let spec = self.spectrogram(samples);
-        let peaks = peaks::find_peaks(
-            &spec,
-            p,
-            p.ref_peaks_per_s,
-            (p.peak_radius_frames, p.peak_radius_bins),
-        );
+        let peaks = self.reference_hash_peaks(&spec);
         let verify_peaks = if p.verifies_on_hash_peaks() {
             peaks.clone()
         } else {
@@ -419,12 +431,7 @@ impl Fingerprinter {
 
     /// The quads to look up for a query.
     pub fn query(&self, samples: &[f32]) -> Vec<QueryQuad> {
-        let p = &self.params;
-        let peaks = self.peaks(
-            samples,
-            p.query_peaks_per_s,
-            (p.query_peak_radius_frames, p.query_peak_radius_bins),
-        );
+        let peaks = self.query_hash_peaks(&self.spectrogram(samples));
         quads::query_quads(&peaks, &self.params)
     }
 
@@ -436,14 +443,7 @@ impl Fingerprinter {
         // The two peak sets are independent: a query waits for its answer, so they are
         // picked side by side.
         let (peaks, verify_peaks) = rayon::join(
-            || {
-                peaks::find_peaks(
-                    &spec,
-                    p,
-                    p.query_peaks_per_s,
-                    (p.query_peak_radius_frames, p.query_peak_radius_bins),
-                )
-            },
+            || self.query_hash_peaks(&spec),
             || {
                 peaks::find_peaks(
                     &spec,
@@ -473,32 +473,33 @@ mod tests {
 
     #[test]
     fn bad_params_are_rejected_at_construction() {
-        let p = Params {
-            fft_size: 1000,
-            ..Params::default()
-        };
-        assert!(Fingerprinter::new(p).is_err());
-        let p = Params {
-            quad_df_step_bins: 0.01,
-            ..Params::default()
-        };
-        assert!(Fingerprinter::new(p).is_err());
-        // A triplet has two orders to tell, not three; a tolerance must be a number.
-        let p = Params {
-            hash_order_bits: 3,
-            ..Params::default()
-        };
-        assert!(Fingerprinter::new(p).is_err());
-        let p = Params {
-            strength_tolerance: f32::NAN,
-            ..Params::default()
-        };
-        assert!(Fingerprinter::new(p).is_err());
-        let p = Params {
-            ref_verify_peaks_per_s: 0.0,
-            ..Params::default()
-        };
-        assert!(Fingerprinter::new(p).is_err());
+        let d = Params::default;
+        let bad = [
+            Params {
+                fft_size: 1000,
+                ..d()
+            },
+            Params {
+                quad_df_step_bins: 0.01,
+                ..d()
+            },
+            // A triplet has two orders to tell, not three; a tolerance must be a number.
+            Params {
+                hash_order_bits: 3,
+                ..d()
+            },
+            Params {
+                strength_tolerance: f32::NAN,
+                ..d()
+            },
+            Params {
+                ref_verify_peaks_per_s: 0.0,
+                ..d()
+            },
+        ];
+        for p in bad {
+            assert!(Fingerprinter::new(p.clone()).is_err(), "{p:?}");
+        }
     }
 
     #[test]
