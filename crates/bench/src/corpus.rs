@@ -18,6 +18,10 @@ pub const REF_PACKAGES: &[&str] = &[
     "wizznic-data",
     "starfighter-data",
 ];
+/// Packages whose songs are background music only. Any other package in the corpus
+/// folder (supertux, planetblupi, ... fetched for other uses) is left out: the query set
+/// must not change with what else the cache holds.
+const BACKGROUND_PACKAGES: &[&str] = &["fretsonfire-songs-sectoid"];
 pub const DRUM_PACKAGE: &str = "sonic-pi-samples";
 /// sonic-pi loops that are drums or percussion (the others are drones and synths).
 const DRUM_LOOPS: &[&str] = &[
@@ -113,6 +117,19 @@ fn music_like(rel: &str) -> bool {
         .any(|c| c.contains("music") || c.contains("cdtracks") || c.contains("soundtrack"))
 }
 
+/// Whether a corpus file (path relative to the corpus) is a candidate track: `Some(true)`
+/// for a reference package's music, `Some(false)` for a background package's song, `None`
+/// otherwise (drum samples, sound effects, packages of neither list).
+fn candidate_role(rel: &str) -> Option<bool> {
+    let pkg = package_of(rel);
+    let is_ref = REF_PACKAGES.contains(&pkg.as_str());
+    if !is_ref && !BACKGROUND_PACKAGES.contains(&pkg.as_str()) {
+        return None;
+    }
+    let songs = rel.to_ascii_lowercase().contains("/songs/");
+    (music_like(rel) || (!is_ref && songs)).then_some(is_ref)
+}
+
 fn is_stem(p: &Path) -> bool {
     p.file_stem()
         .and_then(|s| s.to_str())
@@ -176,13 +193,10 @@ pub fn run_corpus(a: &CorpusArgs) -> Result<()> {
     let mut cands: Vec<(PathBuf, String, bool)> = Vec::new(); // (path, rel, is_ref_package)
     for p in &files {
         let rel = rel_of(&corpus, p);
-        let pkg = package_of(&rel);
-        if pkg == DRUM_PACKAGE || !is_audio(p) || is_stem(p) {
+        if !is_audio(p) || is_stem(p) {
             continue;
         }
-        let is_ref = REF_PACKAGES.contains(&pkg.as_str());
-        let songs = rel.to_ascii_lowercase().contains("/songs/");
-        if music_like(&rel) || (!is_ref && songs) {
+        if let Some(is_ref) = candidate_role(&rel) {
             cands.push((p.clone(), rel, is_ref));
         }
     }
@@ -373,5 +387,28 @@ mod tests {
         ));
         // The package name alone does not count.
         assert!(!music_like("nexuiz-music/_unpacked/sound/misc/x.ogg"));
+    }
+
+    #[test]
+    fn only_listed_packages_give_candidates() {
+        assert_eq!(
+            candidate_role("warzone2100-music/usr/share/games/warzone2100/music/track1.opus"),
+            Some(true)
+        );
+        assert_eq!(
+            candidate_role(
+                "fretsonfire-songs-sectoid/usr/share/games/fretsonfire/data/songs/x/song.ogg"
+            ),
+            Some(false)
+        );
+        // Music of a package fetched for another use must not change the query set.
+        assert_eq!(
+            candidate_role("planetblupi-music-ogg/usr/share/planetblupi/music/music005.ogg"),
+            None
+        );
+        assert_eq!(
+            candidate_role("sonic-pi-samples/usr/share/sonic-pi/samples/loop_amen.flac"),
+            None
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! Use it to compare settings on the tune split, then confirm a winner with `run` on both
 //! splits. Fingerprint parameters are set with environment variables (`REF_K`, `Q_K`,
 //! `REF_PPS`, `Q_PPS`, `PRT`, `PRB`, `QPRT`, `QPRB`, `MAXDT`, `MINDT`, `DFR`, `DF_STEP`,
-//! `RL`, `MAXEXP`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`: see
+//! `RL`, `MAXEXP`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`, `FMIN`, `OCT`: see
 //! `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
 //! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_NULL=0`
@@ -69,6 +69,8 @@ fn params_from_env() -> Params {
         hash_peaks: env_or("HASH_PEAKS", d.hash_peaks as f64) as usize,
         hash_order_bits: env_or("ORDER_BITS", d.hash_order_bits as f64) as u32,
         strength_tolerance: env_or("STRENGTH_TOL", d.strength_tolerance as f64) as f32,
+        fmin_hz: env_or("FMIN", d.fmin_hz as f64) as f32,
+        n_octaves: env_or("OCT", d.n_octaves as f64) as f32,
         ..d
     }
 }
