@@ -6,12 +6,16 @@
 //! - the reference quads of that region, how many have all four peaks surviving, and how
 //!   many of those the query also forms (its anchor's partner list holds all three);
 //! - the quad hits of the reference that agree with the true transform;
-//! - the verification score at the true transform (what an ideal candidate would score).
+//! - the verification score at the true transform (what an ideal candidate would score);
+//! - the reference's verification peaks scored against the query's *spectrum* instead of
+//!   its peaks (local spectral contrast at the mapped place, as a z-score against the same
+//!   line displaced in time and pitch): whether a sample whose peaks no longer stand out
+//!   still shows in the spectrum.
 //!
 //! These separate the three ways a sample is missed: its peaks do not survive the mix,
 //! its quads are not formed by the query, or the matcher does not propose the candidate.
 
-use fingerprint::{Params, Peak};
+use fingerprint::{LogSpectrogram, Params, Peak};
 use matcher::verify::{Line, PeakGrid, RefPeak, verify_line};
 use matcher::{Hit, MatchParams, QueryQuad, SampleMatch};
 
@@ -23,6 +27,8 @@ pub struct Seen<'a> {
     pub matches: &'a [SampleMatch],
     pub query_peaks: &'a [Peak],
     pub grid: &'a PeakGrid,
+    /// The query's log spectrogram, for the contrast test.
+    pub spectrogram: &'a LogSpectrogram,
 }
 
 /// One line per true sample of the query `t` (an entry of truth.json); `hash_peaks` and
@@ -88,19 +94,29 @@ pub fn report(
             }
         }
         let ideal = verify_line(line, &verify_peaks[track], seen.grid, &p.verify);
+        let verify_region: Vec<RefPeak> = verify_peaks[track]
+            .iter()
+            .copied()
+            .filter(|&(t, _)| (line.r0..=r1).contains(&(t as f64)))
+            .collect();
+        let contrast = contrast_z(&verify_region, &line, seen.spectrogram);
         let found = seen
             .matches
             .iter()
             .any(|m| m.track as usize == track && m.is_accepted(p));
         out.push(format!(
             "oracle {condition} {name} found={found} peaks={}/{} quads={} all4={} formed={} \
-             agreeing_hits={agreeing} ideal_verification={:.1}",
+             agreeing_hits={agreeing} ideal_verification={:.1} contrast={:.3} null={:.3}+-{:.3} z={:.1}",
             survival.peaks_surviving,
             region.len(),
             survival.quads,
             survival.all_four,
             survival.formed,
             ideal.map_or(0.0, |v| v.llr),
+            contrast.0,
+            contrast.1,
+            contrast.2,
+            (contrast.0 - contrast.1) / contrast.2.max(1e-9),
         ));
     }
     out
@@ -182,4 +198,61 @@ fn quad_survival(region: &[RefPeak], line: &Line, query: &[Peak], fpp: &Params) 
         }
     }
     s
+}
+
+/// Mean local spectral contrast of the query at the images of `region` along `line`: the
+/// log power at the mapped cell (best of +-1 frame and bin) less the median of the query
+/// frame within +-12 bins. Returns (contrast on the line, mean and standard deviation of
+/// the same over null lines displaced 0.3-3.2 s either way along the query and 7 bins
+/// either way in pitch).
+fn contrast_z(region: &[RefPeak], line: &Line, spec: &LogSpectrogram) -> (f64, f64, f64) {
+    let contrast_at = |l: &Line| -> f64 {
+        let mut sum = 0.0;
+        let mut n = 0usize;
+        let mut window: Vec<f32> = Vec::with_capacity(25);
+        for &(t, b) in region {
+            let qt = (l.q0 + (t as f64 - l.r0) / l.tempo).round();
+            let qb = (b as f64 + l.shift_bins).round();
+            if qt < 1.0 || qb < 1.0 {
+                continue;
+            }
+            let (qt, qb) = (qt as usize, qb as usize);
+            if qt + 1 >= spec.n_frames || qb + 1 >= spec.n_bins {
+                continue;
+            }
+            let mut best = f32::NEG_INFINITY;
+            for f in qt - 1..=qt + 1 {
+                for k in qb - 1..=qb + 1 {
+                    best = best.max(spec.at(f, k));
+                }
+            }
+            let frame = spec.frame(qt);
+            window.clear();
+            window.extend_from_slice(&frame[qb.saturating_sub(12)..(qb + 13).min(spec.n_bins)]);
+            window.sort_by(f32::total_cmp);
+            sum += (best - window[window.len() / 2]) as f64;
+            n += 1;
+        }
+        if n == 0 { 0.0 } else { sum / n as f64 }
+    };
+    let on = contrast_at(line);
+    let mut nulls = Vec::new();
+    for k in 2..=20 {
+        for sign in [-1.0, 1.0] {
+            nulls.push(contrast_at(&Line {
+                q0: line.q0 + sign * 20.0 * k as f64,
+                ..*line
+            }));
+        }
+    }
+    for db in [-7.0, 7.0] {
+        nulls.push(contrast_at(&Line {
+            shift_bins: line.shift_bins + db,
+            ..*line
+        }));
+    }
+    let n = nulls.len() as f64;
+    let mean = nulls.iter().sum::<f64>() / n;
+    let sd = (nulls.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    (on, mean, sd)
 }

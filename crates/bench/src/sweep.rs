@@ -296,7 +296,9 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                     fpp.query_peaks_per_s,
                     (fpp.query_peak_radius_frames, fpp.query_peak_radius_bins),
                 );
+                let spectrogram = fp.spectrogram(&samples);
                 let seen = crate::oracle::Seen {
+                    spectrogram: &spectrogram,
                     hits: &oracle_hits,
                     quads: &query_quads,
                     matches: &matches,
