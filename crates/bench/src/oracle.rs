@@ -122,6 +122,63 @@ pub fn report(
     out
 }
 
+/// One line per candidate (significance >= `p.min_candidate_significance`, the ones the
+/// engine verifies) on a reference that `t` does not sample: the contrast z-score of its
+/// first occurrence's line, the chance side of [`contrast_z`].
+pub fn chance_contrast(
+    t: &serde_json::Value,
+    refs: &[String],
+    verify_peaks: &[Vec<RefPeak>],
+    seen: &Seen<'_>,
+    p: &MatchParams,
+) -> Vec<String> {
+    let name = t["query"]
+        .as_str()
+        .unwrap_or("?")
+        .rsplit('/')
+        .next()
+        .unwrap_or("?");
+    let sampled: Vec<&str> = t["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["ref_path"].as_str())
+        .collect();
+    let mut out = Vec::new();
+    for m in seen.matches {
+        let track = m.track as usize;
+        if m.significance < p.min_candidate_significance || sampled.contains(&refs[track].as_str())
+        {
+            continue;
+        }
+        let Some(o) = m.occurrences.first() else {
+            continue;
+        };
+        let line = Line {
+            tempo: m.tempo,
+            r0: o.ref_start_s / p.frame_s,
+            q0: o.query_start_s / p.frame_s,
+            shift_bins: m.pitch_semitones * p.bins_per_semitone,
+        };
+        let r1 = o.ref_end_s / p.frame_s;
+        let region: Vec<RefPeak> = verify_peaks[track]
+            .iter()
+            .copied()
+            .filter(|&(t, _)| (line.r0..=r1).contains(&(t as f64)))
+            .collect();
+        let (on, mean, sd) = contrast_z(&region, &line, seen.spectrogram);
+        out.push(format!(
+            "chance-contrast {name} -> {} significance {:.1} verification {:.1} peaks {} contrast={on:.3} z={:.1}",
+            refs[track].rsplit('/').next().unwrap_or("?"),
+            m.significance,
+            m.verification,
+            region.len(),
+            (on - mean) / sd.max(1e-9),
+        ));
+    }
+    out
+}
+
 /// Whether a hit's transform and place agree with the true line.
 fn agrees(h: &Hit, q: &QueryQuad, line: &Line) -> bool {
     let tempo = (h.r_span_frames() / q.span) as f64;

@@ -308,6 +308,9 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 for line in crate::oracle::report(t, &refs, &hash_peaks, &ref_peaks, &seen, &match_params, fpp) {
                     eprintln!("{line}");
                 }
+                for line in crate::oracle::chance_contrast(t, &refs, &ref_peaks, &seen, &match_params) {
+                    eprintln!("{line}");
+                }
             }
             let mut used = vec![false; matches.len()];
             let mut found = Vec::new();
