@@ -42,12 +42,7 @@ pub fn report(
     p: &MatchParams,
     fpp: &Params,
 ) -> Vec<String> {
-    let name = t["query"]
-        .as_str()
-        .unwrap_or("?")
-        .rsplit('/')
-        .next()
-        .unwrap_or("?");
+    let name = query_name(t);
     let condition = t["condition"].as_str().unwrap_or("?");
     let mut out = Vec::new();
     for s in t["samples"].as_array().into_iter().flatten() {
@@ -65,12 +60,8 @@ pub fn report(
             shift_bins: num("pitch_semitones", 0.0) * p.bins_per_semitone,
         };
         let r1 = num("ref_end_s", 0.0) / p.frame_s;
-        let region: Vec<RefPeak> = hash_peaks[track]
-            .iter()
-            .copied()
-            .filter(|&(t, _)| (line.r0..=r1).contains(&(t as f64)))
-            .collect();
-        let survival = quad_survival(&region, &line, seen.query_peaks, fpp);
+        let hash_region = region(&hash_peaks[track], line.r0, r1);
+        let survival = quad_survival(&hash_region, &line, seen.query_peaks, fpp);
         let agreeing_hits: Vec<&Hit> = seen
             .hits
             .iter()
@@ -94,11 +85,7 @@ pub fn report(
             }
         }
         let ideal = verify_line(line, &verify_peaks[track], seen.grid, &p.verify);
-        let verify_region: Vec<RefPeak> = verify_peaks[track]
-            .iter()
-            .copied()
-            .filter(|&(t, _)| (line.r0..=r1).contains(&(t as f64)))
-            .collect();
+        let verify_region = region(&verify_peaks[track], line.r0, r1);
         let contrast = contrast_z(&verify_region, &line, seen.spectrogram);
         let found = seen
             .matches
@@ -108,7 +95,7 @@ pub fn report(
             "oracle {condition} {name} found={found} peaks={}/{} quads={} all4={} formed={} \
              agreeing_hits={agreeing} ideal_verification={:.1} contrast={:.3} null={:.3}+-{:.3} z={:.1}",
             survival.peaks_surviving,
-            region.len(),
+            hash_region.len(),
             survival.quads,
             survival.all_four,
             survival.formed,
@@ -132,12 +119,7 @@ pub fn chance_contrast(
     seen: &Seen<'_>,
     p: &MatchParams,
 ) -> Vec<String> {
-    let name = t["query"]
-        .as_str()
-        .unwrap_or("?")
-        .rsplit('/')
-        .next()
-        .unwrap_or("?");
+    let name = query_name(t);
     let sampled: Vec<&str> = t["samples"]
         .as_array()
         .into_iter()
@@ -161,22 +143,37 @@ pub fn chance_contrast(
             shift_bins: m.pitch_semitones * p.bins_per_semitone,
         };
         let r1 = o.ref_end_s / p.frame_s;
-        let region: Vec<RefPeak> = verify_peaks[track]
-            .iter()
-            .copied()
-            .filter(|&(t, _)| (line.r0..=r1).contains(&(t as f64)))
-            .collect();
-        let (on, mean, sd) = contrast_z(&region, &line, seen.spectrogram);
+        let peaks = region(&verify_peaks[track], line.r0, r1);
+        let (on, mean, sd) = contrast_z(&peaks, &line, seen.spectrogram);
         out.push(format!(
             "chance-contrast {name} -> {} significance {:.1} verification {:.1} peaks {} contrast={on:.3} z={:.1}",
             refs[track].rsplit('/').next().unwrap_or("?"),
             m.significance,
             m.verification,
-            region.len(),
+            peaks.len(),
             (on - mean) / sd.max(1e-9),
         ));
     }
     out
+}
+
+/// The query file's name, for the report lines.
+fn query_name(t: &serde_json::Value) -> &str {
+    t["query"]
+        .as_str()
+        .unwrap_or("?")
+        .rsplit('/')
+        .next()
+        .unwrap_or("?")
+}
+
+/// The peaks of `peaks` from reference frame `r0` to `r1`.
+fn region(peaks: &[RefPeak], r0: f64, r1: f64) -> Vec<RefPeak> {
+    peaks
+        .iter()
+        .copied()
+        .filter(|&(t, _)| (r0..=r1).contains(&(t as f64)))
+        .collect()
 }
 
 /// Whether a hit's transform and place agree with the true line.
