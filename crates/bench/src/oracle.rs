@@ -86,7 +86,7 @@ pub fn report(
         }
         let ideal = verify_line(line, &verify_peaks[track], seen.grid, &p.verify);
         let verify_region = region(&verify_peaks[track], line.r0, r1);
-        let contrast = contrast_z(&verify_region, &line, seen.spectrogram);
+        let contrast = contrast(&verify_region, &line, seen.spectrogram);
         let found = seen
             .matches
             .iter()
@@ -100,10 +100,10 @@ pub fn report(
             survival.all_four,
             survival.formed,
             ideal.map_or(0.0, |v| v.llr),
-            contrast.0,
-            contrast.1,
-            contrast.2,
-            (contrast.0 - contrast.1) / contrast.2.max(1e-9),
+            contrast.on_line,
+            contrast.null_mean,
+            contrast.null_sd,
+            contrast.z(),
         ));
     }
     out
@@ -111,7 +111,7 @@ pub fn report(
 
 /// One line per candidate (significance >= `p.min_candidate_significance`, the ones the
 /// engine verifies) on a reference that `t` does not sample: the contrast z-score of its
-/// first occurrence's line, the chance side of [`contrast_z`].
+/// first occurrence's line, the chance side of [`contrast`].
 pub fn chance_contrast(
     t: &serde_json::Value,
     refs: &[String],
@@ -136,22 +136,18 @@ pub fn chance_contrast(
         let Some(o) = m.occurrences.first() else {
             continue;
         };
-        let line = Line {
-            tempo: m.tempo,
-            r0: o.ref_start_s / p.frame_s,
-            q0: o.query_start_s / p.frame_s,
-            shift_bins: m.pitch_semitones * p.bins_per_semitone,
-        };
+        let line = Line::of_occurrence(o, m.tempo, m.pitch_semitones, p);
         let r1 = o.ref_end_s / p.frame_s;
         let peaks = region(&verify_peaks[track], line.r0, r1);
-        let (on, mean, sd) = contrast_z(&peaks, &line, seen.spectrogram);
+        let c = contrast(&peaks, &line, seen.spectrogram);
         out.push(format!(
-            "chance-contrast {name} -> {} significance {:.1} verification {:.1} peaks {} contrast={on:.3} z={:.1}",
+            "chance-contrast {name} -> {} significance {:.1} verification {:.1} peaks {} contrast={:.3} z={:.1}",
             refs[track].rsplit('/').next().unwrap_or("?"),
             m.significance,
             m.verification,
             peaks.len(),
-            (on - mean) / sd.max(1e-9),
+            c.on_line,
+            c.z(),
         ));
     }
     out
@@ -254,12 +250,26 @@ fn quad_survival(region: &[RefPeak], line: &Line, query: &[Peak], fpp: &Params) 
     s
 }
 
+/// Mean local spectral contrast of the query along a line, against the same along null
+/// lines.
+struct Contrast {
+    on_line: f64,
+    null_mean: f64,
+    null_sd: f64,
+}
+
+impl Contrast {
+    /// How many null standard deviations the line stands above the nulls' mean.
+    fn z(&self) -> f64 {
+        (self.on_line - self.null_mean) / self.null_sd.max(1e-9)
+    }
+}
+
 /// Mean local spectral contrast of the query at the images of `region` along `line`: the
 /// log power at the mapped cell (best of +-1 frame and bin) less the median of the query
-/// frame within +-12 bins. Returns (contrast on the line, mean and standard deviation of
-/// the same over null lines displaced 0.3-3.2 s either way along the query and 7 bins
-/// either way in pitch).
-fn contrast_z(region: &[RefPeak], line: &Line, spec: &LogSpectrogram) -> (f64, f64, f64) {
+/// frame within +-12 bins; the nulls are the same line displaced 0.3-3.2 s either way
+/// along the query and 7 bins either way in pitch.
+fn contrast(region: &[RefPeak], line: &Line, spec: &LogSpectrogram) -> Contrast {
     let contrast_at = |l: &Line| -> f64 {
         let mut sum = 0.0;
         let mut n = 0usize;
@@ -308,5 +318,9 @@ fn contrast_z(region: &[RefPeak], line: &Line, spec: &LogSpectrogram) -> (f64, f
     let n = nulls.len() as f64;
     let mean = nulls.iter().sum::<f64>() / n;
     let sd = (nulls.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-    (on, mean, sd)
+    Contrast {
+        on_line: on,
+        null_mean: mean,
+        null_sd: sd,
+    }
 }

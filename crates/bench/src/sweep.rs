@@ -291,12 +291,14 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             };
             if oracle {
                 let fpp = fp.params();
-                let query_peaks = fp.peaks(
-                    &samples,
+                // One spectrogram for the query peaks and the contrast test.
+                let spectrogram = fp.spectrogram(&samples);
+                let query_peaks = fingerprint::peaks::find_peaks(
+                    &spectrogram,
+                    fpp,
                     fpp.query_peaks_per_s,
                     (fpp.query_peak_radius_frames, fpp.query_peak_radius_bins),
                 );
-                let spectrogram = fp.spectrogram(&samples);
                 let seen = crate::oracle::Seen {
                     spectrogram: &spectrogram,
                     hits: &oracle_hits,

@@ -9,7 +9,7 @@
 //! one), and the best-scoring stretch along the line is the verified occurrence: its score
 //! is a log-likelihood ratio in nats, and its ends localise the sample in both recordings.
 
-use crate::{MatchParams, SampleMatch};
+use crate::{MatchParams, Occurrence, SampleMatch};
 
 /// Verification score (nats) at which a candidate is as likely real as not, and the
 /// default acceptance threshold. With the reference's dense verification peaks and null
@@ -171,6 +171,23 @@ pub struct Line {
     pub r0: f64,
     pub q0: f64,
     pub shift_bins: f64,
+}
+
+impl Line {
+    /// The line of a match's occurrence `o`, at the match's `tempo` and pitch shift.
+    pub fn of_occurrence(
+        o: &Occurrence,
+        tempo: f64,
+        pitch_semitones: f64,
+        p: &MatchParams,
+    ) -> Self {
+        Self {
+            tempo,
+            r0: o.ref_start_s / p.frame_s,
+            q0: o.query_start_s / p.frame_s,
+            shift_bins: pitch_semitones * p.bins_per_semitone,
+        }
+    }
 }
 
 /// The best-scoring stretch along a line.
@@ -411,7 +428,6 @@ const VERIFY_MARGIN_S: f64 = 15.0;
 /// `m.verification` to the best occurrence's score, and widens each occurrence to the
 /// verified stretch where the two overlap (sparse hits often cover less than the sample).
 pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: &MatchParams) {
-    let bins_per_semitone = p.bins_per_semitone;
     let mut best = 0.0f64;
     let mut best_tempo = m.tempo;
     // A match with hits enough to stand on its own has a slope fitted over many of them;
@@ -431,12 +447,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
         .null_shifts_frames
         .retain(|&shift| !periods.iter().any(|&period| near_multiple(shift, period)));
     for o in &mut m.occurrences {
-        let line = Line {
-            tempo: m.tempo,
-            r0: o.ref_start_s / p.frame_s,
-            q0: o.query_start_s / p.frame_s,
-            shift_bins: m.pitch_semitones * bins_per_semitone,
-        };
+        let line = Line::of_occurrence(o, m.tempo, m.pitch_semitones, p);
         // Only the reference around the occurrence can extend it: the hits cover part of
         // the sample, rarely less than a third, so a margin of the occurrence's own length
         // (at least VERIFY_MARGIN_S) either side holds the whole sample. Without it a long
