@@ -12,6 +12,7 @@ mod queries;
 mod run;
 mod scale;
 mod score;
+mod shared;
 mod songs;
 mod stores;
 mod sweep;

@@ -3,6 +3,7 @@
 use crate::types::{IdentifyOutput, Match, RunStats, TruthQuery, TruthSample};
 use crate::util::{canonical, median, percentile, read_json, write_json};
 use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -44,6 +45,12 @@ pub struct SampleEval {
 pub struct QueryEval {
     pub any_match: bool,
     pub wrong_ref: bool,
+    /// A match on a reference the truth did not plant there and that does not hold the
+    /// audio the truth puts there (see `shared`).
+    pub wrong_unexplained: bool,
+    /// A match the truth does not explain, planted or shared (the false positives of a
+    /// query without a sample).
+    pub any_unexplained: bool,
     pub top1: Option<bool>,
     pub samples: Vec<SampleEval>,
 }
@@ -61,9 +68,12 @@ pub fn eval_query(truth: &TruthQuery, matches: &[Match], threshold: f64) -> Quer
     let mut ms: Vec<&Match> = matches.iter().filter(|m| m.score >= threshold).collect();
     ms.sort_by(|a, b| b.score.total_cmp(&a.score));
     let is_true = |p: &str| truth.samples.iter().any(|s| s.ref_path == p);
+    let explained = |m: &Match| is_true(&m.path) || m.shared.is_some_and(|v| v.is_shared());
     let mut e = QueryEval {
         any_match: !ms.is_empty(),
         wrong_ref: ms.iter().any(|m| !is_true(&m.path)),
+        wrong_unexplained: ms.iter().any(|m| !explained(m)),
+        any_unexplained: ms.iter().any(|m| !explained(m)),
         top1: None,
         samples: vec![],
     };
@@ -141,6 +151,11 @@ pub struct CondRow {
     pub pitch_err_st: Stat,
     /// Queries reporting a match whose reference is not a true sample.
     pub wrong_ref_rate: f64,
+    /// The same, less matches whose reference holds the audio the truth puts there.
+    pub wrong_ref_unexplained_rate: f64,
+    /// Queries reporting a match that neither a planted sample nor shared material
+    /// explains (the false-positive rate for `none`, shared material excused).
+    pub any_unexplained_rate: f64,
     /// Queries reporting any match (the false-positive rate for `none`).
     pub any_match_rate: f64,
     pub missing_results: usize,
@@ -157,11 +172,14 @@ fn aggregate(name: &str, items: &[(&Scored, QueryEval)]) -> CondRow {
     let (mut sp, mut te, mut pi) = (vec![], vec![], vec![]);
     let (mut top1_n, mut top1_ok) = (0, 0);
     let (mut wrong, mut any) = (0, 0);
+    let (mut wrong_unexplained, mut any_unexplained) = (0, 0);
     for (s, e) in items {
         if s.matches.is_none() {
             r.missing_results += 1;
         }
         wrong += usize::from(e.wrong_ref);
+        wrong_unexplained += usize::from(e.wrong_unexplained);
+        any_unexplained += usize::from(e.any_unexplained);
         any += usize::from(e.any_match);
         if let Some(t) = e.top1 {
             top1_n += 1;
@@ -192,6 +210,8 @@ fn aggregate(name: &str, items: &[(&Scored, QueryEval)]) -> CondRow {
     r.pitch_err_st = Stat::of(&pi);
     if n > 0 {
         r.wrong_ref_rate = wrong as f64 / n as f64;
+        r.wrong_ref_unexplained_rate = wrong_unexplained as f64 / n as f64;
+        r.any_unexplained_rate = any_unexplained as f64 / n as f64;
         r.any_match_rate = any as f64 / n as f64;
     }
     r
@@ -220,6 +240,9 @@ pub struct SweepRow {
     /// Share of no-reference queries with any match.
     pub fp_rate: Option<f64>,
     pub wrong_ref_rate: Option<f64>,
+    /// The two rates with shared material excused.
+    pub fp_rate_unexplained: Option<f64>,
+    pub wrong_ref_rate_unexplained: Option<f64>,
 }
 
 #[derive(Serialize, Debug, Clone, Default)]
@@ -263,6 +286,9 @@ pub struct Report {
     pub all_with_samples: CondRow,
     pub false_positive_rate: Option<f64>,
     pub wrong_ref_rate_all: f64,
+    /// The two rates with shared material excused.
+    pub false_positive_rate_unexplained: Option<f64>,
+    pub wrong_ref_rate_unexplained_all: f64,
     pub sweep: Vec<SweepRow>,
     pub timing: Option<Timing>,
 }
@@ -344,6 +370,7 @@ pub fn load(a: &ScoreArgs) -> Result<(Vec<Scored>, Option<RunStats>)> {
             a.suite
         );
     }
+    check_shared(&mut out);
     let run_file = a.results.join("_run.json");
     let run = if run_file.exists() {
         Some(read_json::<RunStats>(&run_file)?)
@@ -351,6 +378,41 @@ pub fn load(a: &ScoreArgs) -> Result<(Vec<Scored>, Option<RunStats>)> {
         None
     };
     Ok((out, run))
+}
+
+/// Checks every match the truth does not plant for shared material (see `shared`),
+/// printing each verdict; a match that cannot be checked stays unexplained. With
+/// `SHARED_CHECK_TRUE` set, matches on planted references are checked too (a positive
+/// control: an untransformed planted sample must come out shared).
+fn check_shared(scored: &mut [Scored]) {
+    let checker = crate::shared::Checker::default();
+    scored.par_iter_mut().for_each(|s| {
+        let truth = &s.truth;
+        for m in s.matches.iter_mut().flatten() {
+            if truth.samples.iter().any(|t| t.ref_path == m.path)
+                && std::env::var("SHARED_CHECK_TRUE").is_err()
+            {
+                continue;
+            }
+            match checker.check(truth, m) {
+                Ok(verdict) => {
+                    if let Some(v) = verdict {
+                        eprintln!(
+                            "score: shared-material check: {} -> {} (score {:.2}): correlation {:.3}, noise {:.3}: {}",
+                            truth.query,
+                            m.path,
+                            m.score,
+                            v.peak,
+                            v.noise,
+                            if v.is_shared() { "shared" } else { "not shared" }
+                        );
+                    }
+                    m.shared = verdict;
+                }
+                Err(e) => eprintln!("score: shared-material check of {}: {e:#}", truth.query),
+            }
+        }
+    });
 }
 
 fn evaluate(scored: &[Scored], threshold: f64) -> Vec<(&Scored, QueryEval)> {
@@ -477,8 +539,10 @@ pub fn build_report(a: &ScoreArgs, scored: &[Scored], run: Option<&RunStats>) ->
         .filter(|(s, _)| s.truth.samples.is_empty())
         .cloned()
         .collect();
-    let fp = (!none.is_empty()).then(|| aggregate("none", &none).any_match_rate);
-    let wrong_all = aggregate("all", &evals).wrong_ref_rate;
+    let none_row = (!none.is_empty()).then(|| aggregate("none", &none));
+    let fp = none_row.as_ref().map(|r| r.any_match_rate);
+    let fp_unexplained = none_row.as_ref().map(|r| r.any_unexplained_rate);
+    let all_row = aggregate("all", &evals);
 
     let thresholds = a
         .thresholds
@@ -499,12 +563,16 @@ pub fn build_report(a: &ScoreArgs, scored: &[Scored], run: Option<&RunStats>) ->
                 .cloned()
                 .collect();
             let aw = aggregate("", &w);
+            let an = (!nn.is_empty()).then(|| aggregate("", &nn));
+            let ae = (!ev.is_empty()).then(|| aggregate("", &ev));
             SweepRow {
                 threshold: t,
                 recall: aw.recall,
                 top1: aw.top1,
-                fp_rate: (!nn.is_empty()).then(|| aggregate("", &nn).any_match_rate),
-                wrong_ref_rate: (!ev.is_empty()).then(|| aggregate("", &ev).wrong_ref_rate),
+                fp_rate: an.as_ref().map(|r| r.any_match_rate),
+                wrong_ref_rate: ae.as_ref().map(|r| r.wrong_ref_rate),
+                fp_rate_unexplained: an.as_ref().map(|r| r.any_unexplained_rate),
+                wrong_ref_rate_unexplained: ae.as_ref().map(|r| r.wrong_ref_unexplained_rate),
             }
         })
         .collect();
@@ -518,7 +586,9 @@ pub fn build_report(a: &ScoreArgs, scored: &[Scored], run: Option<&RunStats>) ->
         conditions,
         all_with_samples,
         false_positive_rate: fp,
-        wrong_ref_rate_all: wrong_all,
+        wrong_ref_rate_all: all_row.wrong_ref_rate,
+        false_positive_rate_unexplained: fp_unexplained,
+        wrong_ref_rate_unexplained_all: all_row.wrong_ref_unexplained_rate,
         sweep,
         timing: run.map(|r| timing(scored, r)),
     }
@@ -600,26 +670,32 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\nFalse-positive rate (no-reference queries with any match): **{}**; wrong-reference rate over all queries: **{}**.\n",
+        "\nFalse-positive rate (no-reference queries with any match): **{}**; wrong-reference rate over all queries: **{}**. \
+         Excusing matches whose reference holds the audio the truth puts at that place (shared material, checked on the \
+         clean recordings by `cratedigger-bench`'s `shared` module): **{}** and **{}**.\n",
         pct(r.false_positive_rate),
-        pct(Some(r.wrong_ref_rate_all))
+        pct(Some(r.wrong_ref_rate_all)),
+        pct(r.false_positive_rate_unexplained),
+        pct(Some(r.wrong_ref_rate_unexplained_all))
     );
     let _ = writeln!(s, "## Score threshold sweep\n");
     let _ = writeln!(
         s,
-        "| min {} | recall | top-1 | FP rate | wrong ref |",
+        "| min {} | recall | top-1 | FP rate | wrong ref | FP, shared excused | wrong ref, shared excused |",
         r.score_field
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
     for w in &r.sweep {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             w.threshold,
             pct(w.recall),
             pct(w.top1),
             pct(w.fp_rate),
-            pct(w.wrong_ref_rate)
+            pct(w.wrong_ref_rate),
+            pct(w.fp_rate_unexplained),
+            pct(w.wrong_ref_rate_unexplained)
         );
     }
     if let Some(t) = &r.timing {

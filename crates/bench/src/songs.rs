@@ -5,13 +5,14 @@
 //! music file of the corpus (and of any `--extra` folder) that is not a reference and
 //! not a known copy of one, whole, and reports each match. Every match here is wrong
 //! unless the two files share a recording that the corpus' duplicate check missed (a
-//! medley that contains a reference, say), which a match at tempo 1 and pitch 0 with a
-//! very high significance points to; the report flags those for a person to check.
+//! medley that contains a reference, say): each match is checked for that by correlating
+//! the song's waveform with the reported reference region (`shared`), and only matches
+//! without shared audio count as false.
 
 use crate::corpus::{audio_files_under, is_audio, list_files};
 use crate::run::identify_command;
 use crate::score::parse_identify;
-use crate::types::{IdentifyOutput, Split};
+use crate::types::{IdentifyOutput, Split, TruthQuery};
 use crate::util::{file_name, read_json};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -37,8 +38,11 @@ struct SongMatch {
     pitch_semitones: f64,
     significance: Option<f64>,
     verification: Option<f64>,
-    /// Tempo 1 and pitch 0: more likely a shared recording than a sample.
-    same_recording_likely: bool,
+    /// The song holds the reported reference region's audio (see `shared`): a real
+    /// relation the corpus does not list, not a false match.
+    shared_audio: bool,
+    /// The waveform correlation that decided it, when the relation is free of transforms.
+    correlation: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -53,7 +57,8 @@ struct SongsReport {
     songs: usize,
     hours: f64,
     with_match: usize,
-    with_match_not_same_recording: usize,
+    /// Songs with a match that shared audio does not explain: the false positives.
+    with_false_match: usize,
     wall_s: f64,
     list: Vec<Song>,
 }
@@ -101,6 +106,7 @@ pub fn run_songs(a: &SongsArgs) -> Result<()> {
         files.len()
     );
     let t0 = Instant::now();
+    let checker = crate::shared::Checker::default();
     let mut list = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let out = match identify(a, f) {
@@ -114,18 +120,34 @@ pub fn run_songs(a: &SongsArgs) -> Result<()> {
         if duration_s < MIN_SONG_S {
             continue;
         }
+        // The song is its own only source: all of it, untransformed.
+        let song = f.to_string_lossy().into_owned();
+        let as_truth = TruthQuery {
+            query: song.clone(),
+            condition: "song".into(),
+            split: String::new(),
+            suite: String::new(),
+            params: serde_json::json!({"background": song, "background_start_s": 0.0}),
+            samples: Vec::new(),
+        };
         let matches: Vec<SongMatch> = out
             .matches
             .iter()
-            .map(|m| SongMatch {
-                reference: m.path.clone(),
-                score: m.score,
-                tempo: m.tempo,
-                pitch_semitones: m.pitch_semitones,
-                significance: m.extra.get("significance").and_then(|v| v.as_f64()),
-                verification: m.extra.get("verification").and_then(|v| v.as_f64()),
-                same_recording_likely: (m.tempo - 1.0).abs() < 0.002
-                    && m.pitch_semitones.abs() < 0.05,
+            .map(|m| {
+                let verdict = checker.check(&as_truth, m).unwrap_or_else(|e| {
+                    eprintln!("songs: shared-audio check: {e:#}");
+                    None
+                });
+                SongMatch {
+                    reference: m.path.clone(),
+                    score: m.score,
+                    tempo: m.tempo,
+                    pitch_semitones: m.pitch_semitones,
+                    significance: m.extra.get("significance").and_then(|v| v.as_f64()),
+                    verification: m.extra.get("verification").and_then(|v| v.as_f64()),
+                    shared_audio: verdict.is_some_and(|v| v.is_shared()),
+                    correlation: verdict.map(|v| v.peak),
+                }
             })
             .collect();
         if !matches.is_empty() {
@@ -143,10 +165,10 @@ pub fn run_songs(a: &SongsArgs) -> Result<()> {
                         m.score,
                         m.tempo,
                         m.pitch_semitones,
-                        if m.same_recording_likely {
-                            " (same recording?)"
-                        } else {
-                            ""
+                        match (m.shared_audio, m.correlation) {
+                            (true, Some(c)) => format!(" (shared audio: correlation {c:.2})"),
+                            (false, Some(c)) => format!(" (no shared audio: correlation {c:.2})"),
+                            _ => String::new(),
                         }
                     ))
                     .collect::<Vec<_>>()
@@ -160,15 +182,15 @@ pub fn run_songs(a: &SongsArgs) -> Result<()> {
         });
     }
     let with_match = list.iter().filter(|s| !s.matches.is_empty()).count();
-    let with_match_not_same_recording = list
+    let with_false_match = list
         .iter()
-        .filter(|s| s.matches.iter().any(|m| !m.same_recording_likely))
+        .filter(|s| s.matches.iter().any(|m| !m.shared_audio))
         .count();
     let report = SongsReport {
         songs: list.len(),
         hours: list.iter().map(|s| s.duration_s).sum::<f64>() / 3600.0,
         with_match,
-        with_match_not_same_recording,
+        with_false_match,
         wall_s: t0.elapsed().as_secs_f64(),
         list,
     };
@@ -176,12 +198,12 @@ pub fn run_songs(a: &SongsArgs) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
-        "{} whole songs ({:.1} h) not in the store: {} with a match, {} with a match that is \
-         not at tempo 1 and pitch 0 (false positives unless a person finds the sample); {}",
+        "{} whole songs ({:.1} h) not in the store: {} with a match, {} with a match that no \
+         shared audio explains (false positives unless a person finds the sample); {}",
         report.songs,
         report.hours,
         report.with_match,
-        report.with_match_not_same_recording,
+        report.with_false_match,
         path.display()
     );
     Ok(())

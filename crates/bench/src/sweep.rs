@@ -70,6 +70,7 @@ fn params_from_env() -> Params {
         hash_order_bits: env_or("ORDER_BITS", d.hash_order_bits as f64) as u32,
         strength_tolerance: env_or("STRENGTH_TOL", d.strength_tolerance as f64) as f32,
         fmin_hz: env_or("FMIN", d.fmin_hz as f64) as f32,
+        fft_size: env_or("FFT", d.fft_size as f64) as usize,
         n_octaves: env_or("OCT", d.n_octaves as f64) as f32,
         ..d
     }

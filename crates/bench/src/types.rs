@@ -137,6 +137,10 @@ pub struct Match {
     pub score: f64,
     #[serde(default)]
     pub hits: Option<u64>,
+    /// Set by scoring for a match the truth does not explain: whether the reported
+    /// reference holds the audio the truth puts there (`shared`).
+    #[serde(skip)]
+    pub shared: Option<crate::shared::Verdict>,
     /// Fields this harness does not know (e.g. a significance to calibrate on).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
