@@ -136,6 +136,14 @@ pub struct MatchParams {
     pub min_candidate_significance: f64,
     /// See `min_candidate_significance`.
     pub min_verification: f64,
+    /// A match significant on its hits alone is still dropped when peak-level
+    /// verification ran and scored under this many nats: its hits then line up as well a
+    /// beat or a few away (the null lines take all of its score), the mark of two
+    /// recordings in one tempo built from the same kind of loops rather than of shared
+    /// audio. Whole songs met one such match at 1.2 nats (warzone2100's track10 against
+    /// track8, significance 101; their waveforms do not correlate); the weakest true sample
+    /// carried by its hits on the benchmark verifies at 12.5 (BENCHMARKS.md, session 12).
+    pub min_hash_verification: f64,
     /// Settings of the verification.
     pub verify: verify::VerifyParams,
 }
@@ -163,6 +171,7 @@ impl Default for MatchParams {
             min_significance: score::CONFIDENCE_MIDPOINT,
             min_candidate_significance: 7.0,
             min_verification: verify::VERIFICATION_MIDPOINT,
+            min_hash_verification: 6.0,
             verify: verify::VerifyParams::default(),
         }
     }
@@ -202,13 +211,18 @@ pub struct SampleMatch {
     pub significance: f64,
     /// Peak-level verification score in nats ([`verify`]); 0 when not verified.
     pub verification: f64,
+    /// Whether peak-level verification ran (the reference's peaks were at hand).
+    pub verified: bool,
 }
 
 impl SampleMatch {
-    /// Whether the match is strong enough to report: significant on its hits alone, or
-    /// a candidate that peak-level verification confirms.
+    /// Whether the match is strong enough to report: significant on its hits alone (and,
+    /// when verified, not contradicted by its peaks: `min_hash_verification`), or a
+    /// candidate that peak-level verification confirms.
     pub fn is_accepted(&self, p: &MatchParams) -> bool {
-        self.significance >= p.min_significance
+        let on_hits = self.significance >= p.min_significance
+            && (!self.verified || self.verification >= p.min_hash_verification);
+        on_hits
             || (self.significance >= p.min_candidate_significance
                 && self.verification >= p.min_verification)
     }
@@ -1072,6 +1086,7 @@ impl Group {
             hits,
             significance: sig,
             verification: 0.0,
+            verified: false,
         }
     }
 }

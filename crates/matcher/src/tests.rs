@@ -611,6 +611,7 @@ mod verification {
             hits: 16,
             significance: 10.0,
             verification: 0.0,
+            verified: false,
         };
         crate::verify::verify_match(&mut m, &reference, &grid, &p);
         // One repetition, lined up on its own, and the same with every null line.
@@ -731,5 +732,49 @@ fn intercept_seeds_find_a_weak_sample_among_crowded_cells() {
     assert!(
         near_truth(&with),
         "intercept seeds should find the sample: {with:?}"
+    );
+}
+
+#[test]
+fn a_hash_match_whose_peaks_say_nothing_is_not_reported() {
+    let p = MatchParams::default();
+    let m = SampleMatch {
+        track: 0,
+        tempo: 1.0,
+        pitch_semitones: 0.0,
+        occurrences: Vec::new(),
+        hits: 200,
+        significance: 2.0 * p.min_significance,
+        verification: 0.0,
+        verified: false,
+    };
+    // Unverified (a store without peak lists): the hits decide.
+    assert!(m.is_accepted(&p));
+    // Verified, and its line scores no better than the same line a beat away.
+    let contradicted = SampleMatch {
+        verification: p.min_hash_verification / 2.0,
+        verified: true,
+        ..m.clone()
+    };
+    assert!(!contradicted.is_accepted(&p));
+    // Verified with some support from its peaks: the hits decide again.
+    let supported = SampleMatch {
+        verification: p.min_hash_verification,
+        verified: true,
+        ..m.clone()
+    };
+    assert!(supported.is_accepted(&p));
+    // A weak candidate still needs the full verification.
+    let weak = SampleMatch {
+        significance: p.min_candidate_significance,
+        ..supported
+    };
+    assert!(!weak.is_accepted(&p));
+    assert!(
+        SampleMatch {
+            verification: p.min_verification,
+            ..weak
+        }
+        .is_accepted(&p)
     );
 }

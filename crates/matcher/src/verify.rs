@@ -479,6 +479,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
         }
     }
     m.verification = best;
+    m.verified = true;
     // A match that rests on the verification (too few hits to be sure on their own) has
     // its slope from those few hits; the peaks fix it better.
     if m.significance < p.min_significance {
