@@ -70,6 +70,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give back the disk space of removed tracks and merges: rewrites the store's file
+    /// compactly (a --db folder; no other process may have the store open meanwhile).
+    Compact,
     /// Find tracks by title, artist, album or file name (case, accents and typos forgiven).
     Find {
         name: String,
@@ -295,6 +298,23 @@ fn run() -> anyhow::Result<ExitCode> {
             let engine = location.open_existing()?;
             let stats = engine.store().stats()?;
             output::print_stats(&location.name(), &stats, engine.store().meta(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compact => {
+            let Location::Folder(dir) = &location else {
+                anyhow::bail!(
+                    "compact applies to a store folder (--db); a Redis Cluster store frees \
+                     its memory as tracks are removed"
+                );
+            };
+            let (before, after) = Engine::compact_store(dir)
+                .with_context(|| format!("compacting the store {}", dir.display()))?;
+            println!(
+                "compacted {}: {:.1} MB -> {:.1} MB",
+                dir.display(),
+                before as f64 / 1e6,
+                after as f64 / 1e6
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Find { name, json } => catalogue::find(&location.open_existing()?, &name, json),

@@ -273,6 +273,20 @@ impl Engine {
         Self::with_store(Box::new(store), params)
     }
 
+    /// Compacts the existing LMDB store in `dir` in place and returns its file size in
+    /// bytes before and after: see [`LmdbStore::compact_in_place`] (the store must not be
+    /// open anywhere else, this process included).
+    pub fn compact_store(dir: &Path) -> Result<(u64, u64), EngineError> {
+        if !dir.join("data.mdb").is_file() {
+            return Err(index::IndexError::NotFound {
+                dir: dir.to_owned(),
+            }
+            .into());
+        }
+        let params = Params::default();
+        Ok(LmdbStore::open(dir, &params.describe())?.compact_in_place()?)
+    }
+
     /// An engine with the default parameters over a store that `open_store` opens from
     /// their description (`Params::describe`), e.g. a Redis Cluster store.
     pub fn open_with(

@@ -43,6 +43,26 @@ pub enum IndexError {
         dir: PathBuf,
     },
 
+    /// Another process is compacting the store ([`crate::LmdbStore::compact_in_place`]).
+    #[error(
+        "the store at {dir} is being compacted by another process; wait for it to finish \
+         (`cratedigger compact`) and try again"
+    )]
+    Compacting {
+        /// The store directory.
+        dir: PathBuf,
+    },
+
+    /// Compaction needs the store to itself, and other processes have it open.
+    #[error(
+        "other processes have the store at {dir} open (a server, an index or identify run); \
+         stop them and compact again"
+    )]
+    InUse {
+        /// The store directory.
+        dir: PathBuf,
+    },
+
     /// A write was attempted through a read-only handle.
     #[error("the store was opened read-only; open it read-write to add or remove tracks")]
     ReadOnly,

@@ -396,6 +396,10 @@ fn partition_bit(partition: usize) -> u32 {
 pub struct LmdbStore {
     dir: PathBuf,
     env: Env<WithoutTls>,
+    /// A shared lock on the store's lock file, held for the handle's life (dropped after
+    /// `env`, fields drop in order); None where the file system offers no locks or a
+    /// read-only open found no lock file. See [`LmdbStore::compact_in_place`].
+    lock: Option<fs::File>,
     dbs: Dbs<'static>,
     meta: StoreMeta,
     read_only: bool,
@@ -433,6 +437,7 @@ impl LmdbStore {
             dir: dir.to_owned(),
             source,
         })?;
+        let lock = lock_shared(dir, false)?;
         let env = open_env(dir, false)?;
         // A crashed process leaves its reader slot behind, and LMDB cannot reuse pages such a
         // reader might still see, so the file would keep growing; clear those slots now.
@@ -485,6 +490,7 @@ impl LmdbStore {
         Ok(Self {
             dir: dir.to_owned(),
             env,
+            lock,
             dbs,
             meta: expected,
             read_only: false,
@@ -502,6 +508,7 @@ impl LmdbStore {
                 dir: dir.to_owned(),
             });
         }
+        let lock = lock_shared(dir, true)?;
         let env = open_env(dir, true)?;
         let expected = expected_meta(fingerprint_params);
         let rtxn = env
@@ -543,6 +550,7 @@ impl LmdbStore {
         Ok(Self {
             dir: dir.to_owned(),
             env,
+            lock,
             dbs,
             meta: expected,
             read_only: true,
@@ -601,6 +609,61 @@ impl LmdbStore {
                 Err(error)
             }
         }
+    }
+
+    /// Merges and purges everything ([`LmdbStore::compact`]), then replaces the store's
+    /// file with a compacted copy ([`LmdbStore::copy_compacted`]) and closes the store.
+    /// Returns the file's size before and after, in bytes.
+    ///
+    /// LMDB never shrinks its file, so this is how the space of removed tracks, merges and
+    /// unmerged runs comes back (a freshly indexed store is typically a third larger than
+    /// its compacted copy). It needs the store to itself: every process that opens a store
+    /// holds a shared lock on its lock file, and this takes it exclusively, or fails with
+    /// [`IndexError::InUse`]; a process that tries to open the store meanwhile gets
+    /// [`IndexError::Compacting`]. The copy is written beside the file and renamed over it
+    /// only when complete, so an interruption at any point leaves either the old store or
+    /// the new one, whole; a copy left by an interrupted run is removed by the next.
+    pub fn compact_in_place(self) -> Result<(u64, u64), IndexError> {
+        if self.read_only {
+            return Err(IndexError::ReadOnly);
+        }
+        let in_use = || IndexError::InUse {
+            dir: self.dir.clone(),
+        };
+        let lock = self.lock.as_ref().ok_or_else(in_use)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(in_use()),
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(IndexError::Io {
+                    dir: self.dir.clone(),
+                    source,
+                });
+            }
+        }
+        self.compact()?;
+        let before = self
+            .env
+            .real_disk_size()
+            .map_err(self.err("reading the file size"))?;
+        let io_error = |source| IndexError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
+        let staging = self.dir.join(COMPACT_STAGING_DIR);
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(io_error)?;
+        }
+        let after = self.copy_compacted(&staging)?;
+        fs::rename(staging.join("data.mdb"), self.dir.join("data.mdb")).map_err(io_error)?;
+        // The rename is durable once the directory is.
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error)?;
+        fs::remove_dir(&staging).map_err(io_error)?;
+        // Dropping `self` closes the environment (its map of the replaced file), then
+        // releases the lock.
+        Ok((before, after))
     }
 
     fn err(&self, doing: &'static str) -> impl Fn(heed::Error) -> IndexError + '_ {
@@ -1896,6 +1959,42 @@ fn expected_meta(fingerprint_params: &str) -> StoreMeta {
     StoreMeta {
         format_version: FORMAT_VERSION,
         fingerprint_params: fingerprint_params.to_owned(),
+    }
+}
+
+/// The file in a store folder that every opener locks shared and compaction exclusively.
+const LOCK_FILE: &str = "cratedigger.lock";
+/// Where compaction writes the new file before renaming it over the old one.
+const COMPACT_STAGING_DIR: &str = "compacting";
+
+/// Takes the shared lock that keeps [`LmdbStore::compact_in_place`] away while the store
+/// is open. A read-only open of a store without a lock file (written before locks, or on
+/// read-only media) goes without; so does any open where the file system has no locks.
+fn lock_shared(dir: &Path, read_only: bool) -> Result<Option<fs::File>, IndexError> {
+    let path = dir.join(LOCK_FILE);
+    let file = if read_only {
+        match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(_) => return Ok(None),
+        }
+    } else {
+        fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| IndexError::Io {
+                dir: dir.to_owned(),
+                source,
+            })?
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Err(IndexError::Compacting {
+            dir: dir.to_owned(),
+        }),
+        Err(fs::TryLockError::Error(_)) => Ok(None),
     }
 }
 

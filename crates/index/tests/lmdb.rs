@@ -692,21 +692,7 @@ fn a_reader_process_sees_a_writer_process() {
 #[test]
 fn a_compacted_copy_is_a_smaller_complete_store() {
     let (dir, store) = temp_store();
-    let mut kept = Vec::new();
-    for t in 0..20u32 {
-        let path = format!("/t{t}");
-        let entries: Vec<Entry> = (0..2000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(t), i, 0, 0))
-            .collect();
-        let id = store
-            .put_track(&track_info(&path, &path, 1.0), &entries, None)
-            .expect("put");
-        if t % 4 == 0 {
-            kept.push((id, entries));
-        } else {
-            store.remove_track(id).expect("remove");
-        }
-    }
+    let keys = churned_store(&store);
     let original_bytes = store.stats().expect("stats").bytes_on_disk;
     let copy_dir = dir.path().join("compacted");
     let copy_bytes = store.copy_compacted(&copy_dir).expect("compact");
@@ -724,10 +710,89 @@ fn a_compacted_copy_is_a_smaller_complete_store() {
         copy.tracks().expect("tracks"),
         store.tracks().expect("tracks")
     );
-    let keys: Vec<u32> = kept
-        .iter()
-        .flat_map(|(_, e)| e.iter().map(|x| x.0))
-        .collect();
     assert_eq!(lookup_all(&copy, &keys), lookup_all(&store, &keys));
     assert_eq!(copy.stats().expect("stats").n_postings, 5 * 2000);
+}
+
+/// Puts 20 tracks of 2000 postings and removes three in four: returns the kept tracks'
+/// keys.
+fn churned_store(store: &LmdbStore) -> Vec<u32> {
+    let mut keys = Vec::new();
+    for t in 0..20u32 {
+        let path = format!("/t{t}");
+        let entries: Vec<Entry> = (0..2000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(t), i, 0, 0))
+            .collect();
+        let id = store
+            .put_track(&track_info(&path, &path, 1.0), &entries, None)
+            .expect("put");
+        if t % 4 == 0 {
+            keys.extend(entries.iter().map(|e| e.0));
+        } else {
+            store.remove_track(id).expect("remove");
+        }
+    }
+    keys
+}
+
+#[test]
+fn compacting_in_place_shrinks_the_file_and_keeps_every_posting() {
+    let (dir, store) = temp_store();
+    let keys = churned_store(&store);
+    let tracks = store.tracks().expect("tracks");
+    let postings = lookup_all(&store, &keys);
+    // A copy an interrupted compaction left behind is replaced.
+    let staging = dir.path().join("compacting");
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join("data.mdb"), b"half a copy").expect("leftover");
+
+    let (before, after) = store.compact_in_place().expect("compact");
+    assert!(after < before, "{after} >= {before}");
+    assert!(!staging.exists(), "the staging folder is removed");
+
+    let store = LmdbStore::open(dir.path(), PARAMS).expect("reopen");
+    assert_eq!(store.tracks().expect("tracks"), tracks);
+    assert_eq!(lookup_all(&store, &keys), postings);
+    let stats = store.stats().expect("stats");
+    assert_eq!(stats.n_postings, 5 * 2000);
+    assert_eq!(stats.bytes_on_disk, after);
+    // Still a working store.
+    let entries: Vec<Entry> = vec![(7, 1, 2, 3)];
+    store
+        .put_track(&track_info("/new", "/new", 1.0), &entries, None)
+        .expect("put after compaction");
+}
+
+#[test]
+fn compaction_needs_the_store_to_itself() {
+    let (dir, store) = temp_store();
+    let keys = churned_store(&store);
+    let postings = lookup_all(&store, &keys);
+    // Another process holding the store open holds a shared lock on its lock file (a
+    // separate open file takes the same kind of lock a second process would).
+    let other = std::fs::File::open(dir.path().join("cratedigger.lock")).expect("lock file");
+    other.lock_shared().expect("shared lock");
+    let error = store.compact_in_place().expect_err("refused while in use");
+    assert!(matches!(error, IndexError::InUse { .. }), "{error:?}");
+    drop(other);
+    let store = LmdbStore::open(dir.path(), PARAMS).expect("reopen");
+    assert_eq!(lookup_all(&store, &keys), postings, "nothing lost");
+}
+
+#[test]
+fn a_store_being_compacted_cannot_be_opened() {
+    let (dir, store) = temp_store();
+    drop(store);
+    // What compaction holds while it replaces the file.
+    let compaction = std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("cratedigger.lock"))
+        .expect("lock file");
+    compaction.lock().expect("exclusive lock");
+    let error = LmdbStore::open(dir.path(), PARAMS).expect_err("refused");
+    assert!(matches!(error, IndexError::Compacting { .. }), "{error:?}");
+    let error = LmdbStore::open_read_only(dir.path(), PARAMS).expect_err("refused");
+    assert!(matches!(error, IndexError::Compacting { .. }), "{error:?}");
+    drop(compaction);
+    LmdbStore::open(dir.path(), PARAMS).expect("open once compaction is over");
 }

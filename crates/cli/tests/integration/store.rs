@@ -203,3 +203,44 @@ fn undecodable_files_are_reported_by_name_and_the_rest_indexed() {
     assert_eq!((counts.new, counts.failed), (3, 2), "{out:?}");
     assert_eq!(listed_paths(&db), stored(&files));
 }
+
+#[test]
+fn compact_gives_back_space_and_keeps_the_store() {
+    if !have_tools(&["sox"]) {
+        return;
+    }
+    let dir = TestDir::new();
+    let (lib, files) = library(&dir);
+    let db = dir.db();
+    index(&db, &[&lib]).expect_code(0);
+    cratedigger(&db, ["remove".as_ref(), files[1].as_os_str()]).expect_code(0);
+    let bytes = |db: &std::path::Path| -> u64 {
+        let out = cratedigger(db, ["stats", "--json"]);
+        out.expect_code(0);
+        let stats: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("stats --json printed invalid JSON ({e}):\n{out:?}"));
+        stats["bytes_on_disk"].as_u64().unwrap_or(0)
+    };
+    let before = bytes(&db);
+    let out = cratedigger(&db, ["compact"]);
+    out.expect_code(0);
+    assert!(out.stdout.starts_with("compacted "), "{out:?}");
+    let after = bytes(&db);
+    assert!(after > 0 && after < before, "{before} -> {after}");
+    assert_eq!(
+        listed_paths(&db),
+        stored(&[files[0].clone(), files[2].clone()])
+    );
+    // The removed file is new again, the others unchanged: the catalogue survived whole.
+    let again = index(&db, &[&lib]);
+    again.expect_code(0);
+    let counts = IndexCounts::parse(&again);
+    assert_eq!((counts.new, counts.unchanged), (1, 2), "{again:?}");
+
+    let missing = cratedigger(&dir.join("no-store"), ["compact"]);
+    missing.expect_code(2);
+    assert!(
+        missing.stderr.contains("no cratedigger store"),
+        "{missing:?}"
+    );
+}
