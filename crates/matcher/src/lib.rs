@@ -142,7 +142,9 @@ pub struct MatchParams {
     /// recordings in one tempo built from the same kind of loops rather than of shared
     /// audio. Whole songs met one such match at 1.2 nats (warzone2100's track10 against
     /// track8, significance 101; their waveforms do not correlate); the weakest true sample
-    /// carried by its hits on the benchmark verifies at 12.5 (BENCHMARKS.md, session 12).
+    /// carried by its hits on the benchmark verifies at 12.5, a loop at 5.5, and loops are
+    /// exempt (`verify::is_loop`: their null lines meet their own repetitions and beats)
+    /// (BENCHMARKS.md, session 12).
     pub min_hash_verification: f64,
     /// Settings of the verification.
     pub verify: verify::VerifyParams,
@@ -221,7 +223,9 @@ impl SampleMatch {
     /// candidate that peak-level verification confirms.
     pub fn is_accepted(&self, p: &MatchParams) -> bool {
         let on_hits = self.significance >= p.min_significance
-            && (!self.verified || self.verification >= p.min_hash_verification);
+            && (!self.verified
+                || self.verification >= p.min_hash_verification
+                || verify::is_loop(self));
         on_hits
             || (self.significance >= p.min_candidate_significance
                 && self.verification >= p.min_verification)

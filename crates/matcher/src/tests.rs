@@ -764,6 +764,33 @@ fn a_hash_match_whose_peaks_say_nothing_is_not_reported() {
         ..m.clone()
     };
     assert!(supported.is_accepted(&p));
+    // A loop (three separate replays of one reference moment) is exempt: its null lines
+    // meet its own repetitions. Two overlapping pieces of one stretch are not a loop.
+    let replay = |q: f64, r: f64| crate::Occurrence {
+        query_start_s: q,
+        query_end_s: q + 2.0,
+        ref_start_s: r,
+        ref_end_s: r + 2.0,
+        hits: 4,
+    };
+    let looped = SampleMatch {
+        occurrences: vec![
+            replay(10.0, 300.0),
+            replay(14.0, 300.2),
+            replay(18.0, 299.9),
+        ],
+        ..contradicted.clone()
+    };
+    assert!(looped.is_accepted(&p));
+    let not_looped = SampleMatch {
+        occurrences: vec![
+            replay(10.0, 300.0),
+            replay(11.0, 300.2),
+            replay(18.0, 290.0),
+        ],
+        ..contradicted.clone()
+    };
+    assert!(!not_looped.is_accepted(&p));
     // A weak candidate still needs the full verification.
     let weak = SampleMatch {
         significance: p.min_candidate_significance,

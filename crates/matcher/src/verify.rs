@@ -412,6 +412,34 @@ fn loop_periods(m: &SampleMatch, frame_s: f64) -> Vec<f64> {
 
 /// Occurrences whose reference starts lie this close (seconds) repeat one moment.
 const LOOP_SAME_REF_S: f64 = 0.5;
+
+/// Whether `m` replays one reference moment at least [`MIN_LOOP_REPLAYS`] times, at
+/// separate places of the query: a loop. Null lines cannot judge a loop (a displaced line
+/// meets its next repetition, or its own beat), so [`SampleMatch::is_accepted`] does not
+/// hold a loop's weak verification against it.
+pub(crate) fn is_loop(m: &SampleMatch) -> bool {
+    m.occurrences.iter().any(|a| {
+        let mut replays: Vec<&Occurrence> = m
+            .occurrences
+            .iter()
+            .filter(|b| (a.ref_start_s - b.ref_start_s).abs() <= LOOP_SAME_REF_S)
+            .collect();
+        replays.sort_by(|x, y| x.query_start_s.total_cmp(&y.query_start_s));
+        // Count replays that start after the previous one ended.
+        let mut separate = 0;
+        let mut end = f64::NEG_INFINITY;
+        for o in replays {
+            if o.query_start_s >= end {
+                separate += 1;
+                end = o.query_end_s;
+            }
+        }
+        separate >= MIN_LOOP_REPLAYS
+    })
+}
+
+/// Separate replays of one reference moment that make a loop (see [`is_loop`]).
+const MIN_LOOP_REPLAYS: usize = 3;
 /// A null shift within this many frames (0.2 s) of a multiple of a loop period is skipped.
 const LOOP_SHIFT_TOLERANCE_FRAMES: f64 = 25.0;
 

@@ -1,10 +1,10 @@
-//! `index`, `remove`, `list` and `stats` on small stores of their own: re-indexing,
-//! duplicates, removal, and files that cannot be decoded.
+//! `index`, `remove`, `list`, `stats` and `compact` on small stores of their own:
+//! re-indexing, duplicates, removal, compaction, and files that cannot be decoded.
 
 use std::path::{Path, PathBuf};
 
 use crate::util::{
-    IndexCounts, TestDir, cratedigger, have_tools, index, run_tool, sox, store_path,
+    IndexCounts, TestDir, cratedigger, have_tools, index, run_tool, sox, stats_json, store_path,
 };
 
 /// A folder `lib` of three short, different, decodable files (WAV, FLAC, Ogg Vorbis).
@@ -119,10 +119,7 @@ fn remove_by_path_drops_the_track_from_list_and_stats() {
         stored(&[files[0].clone(), files[2].clone()])
     );
 
-    let stats = cratedigger(&db, ["stats", "--json"]);
-    stats.expect_code(0);
-    let stats: serde_json::Value = serde_json::from_str(&stats.stdout)
-        .unwrap_or_else(|e| panic!("stats --json printed invalid JSON ({e}):\n{stats:?}"));
+    let stats = stats_json(&db);
     assert_eq!(stats["tracks"], 2, "{stats}");
 
     // Removed, the file is new again.
@@ -156,10 +153,7 @@ fn stats_counts_tracks_and_audio() {
     let (lib, _) = library(&dir);
     let db = dir.db();
     index(&db, &[&lib]).expect_code(0);
-    let out = cratedigger(&db, ["stats", "--json"]);
-    out.expect_code(0);
-    let stats: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("stats --json printed invalid JSON ({e}):\n{out:?}"));
+    let stats = stats_json(&db);
     assert_eq!(stats["tracks"], 3, "{stats}");
     let hours = stats["audio_hours"].as_f64().unwrap_or(f64::NAN);
     assert!(
@@ -214,13 +208,7 @@ fn compact_gives_back_space_and_keeps_the_store() {
     let db = dir.db();
     index(&db, &[&lib]).expect_code(0);
     cratedigger(&db, ["remove".as_ref(), files[1].as_os_str()]).expect_code(0);
-    let bytes = |db: &std::path::Path| -> u64 {
-        let out = cratedigger(db, ["stats", "--json"]);
-        out.expect_code(0);
-        let stats: serde_json::Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("stats --json printed invalid JSON ({e}):\n{out:?}"));
-        stats["bytes_on_disk"].as_u64().unwrap_or(0)
-    };
+    let bytes = |db: &Path| stats_json(db)["bytes_on_disk"].as_u64().unwrap_or(0);
     let before = bytes(&db);
     let out = cratedigger(&db, ["compact"]);
     out.expect_code(0);

@@ -591,16 +591,21 @@ impl StoreContent {
     }
 }
 
+/// What `cratedigger stats --json` says of the store at `db` (which must succeed).
+pub fn stats_json(db: &Path) -> serde_json::Value {
+    let out = cratedigger(db, ["stats", "--json"]);
+    out.expect_code(0);
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stats --json printed invalid JSON ({e}):\n{out:?}"))
+}
+
 /// The fingerprint description the binary records in its stores (`stats --json`), which
 /// opening a store from the test needs.
 fn store_params(db: &Path) -> String {
     static PARAMS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PARAMS
         .get_or_init(|| {
-            let out = cratedigger(db, ["stats", "--json"]);
-            out.expect_code(0);
-            let stats: serde_json::Value = serde_json::from_str(&out.stdout)
-                .unwrap_or_else(|e| panic!("stats --json printed invalid JSON ({e}):\n{out:?}"));
+            let stats = stats_json(db);
             stats["fingerprint"]
                 .as_str()
                 .unwrap_or_else(|| panic!("stats --json has no fingerprint: {stats}"))
