@@ -108,8 +108,12 @@ pub struct MatchParams {
     pub min_occurrence_hits: usize,
     /// ...and a match at least this many over all its occurrences.
     pub min_match_hits: usize,
-    /// The matched anchors must span at least this many reference frames: shorter
-    /// material (a single drum hit) cannot be told from chance rhythmic coincidence.
+    /// The matched anchors must span at least this many reference frames (50, 0.4 s):
+    /// shorter material (a single drum hit) cannot be told from chance rhythmic
+    /// coincidence. It was 1 s before verification existed; a looped one-bar drum pattern
+    /// (sonic-pi's loop_perc1, 2.5 s) matches within 0.5-0.9 s of its reference, and
+    /// 0.4 s found it in 11 of 12 queries with no new chance on the benchmark or on whole
+    /// songs (BENCHMARKS.md, session 12).
     pub min_ref_extent_frames: f64,
     /// The slope fit takes a cluster as its runs of hits no more than this many reference
     /// frames apart (see `pooled_slope`). Off (infinite) by default: 1000 (8 s) fixed one
@@ -164,7 +168,7 @@ impl Default for MatchParams {
             inlier_frames: 4.0,
             min_occurrence_hits: 3,
             min_match_hits: 6,
-            min_ref_extent_frames: 125.0,
+            min_ref_extent_frames: 50.0,
             slope_run_gap_frames: f64::INFINITY,
             seed_intercept_frames: 8.0,
             seed_min_hits: 4,
@@ -540,9 +544,16 @@ fn match_track(
         if n_hits < p.min_match_hits || group.reference_extent(&points) < p.min_ref_extent_frames {
             continue;
         }
-        // Chance rate: the window's hits spread uniformly over the intercepts they span.
+        // Chance rate: the window's other hits spread uniformly over the intercepts they
+        // span. The group's own hits are not chance: counted in, a loop's repetitions
+        // raised the rate with every repetition while its evidence (distinct reference
+        // quads) stayed put, so a clean 1.9 s drum loop played 2, 3 and 4 times scored
+        // significance 30, 11 and 2, and 6 times not at all (BENCHMARKS.md, session 12).
+        // At least one hit is left to chance, so a window holding only the group is not
+        // taken for a certainty.
         let b_extent = query_frames + group.slope * grid.max_r(&points, &window) + 1.0;
-        let rate = window.len() as f64 / b_extent.max(1.0);
+        let own: usize = group.clusters.iter().map(Vec::len).sum();
+        let rate = window.len().saturating_sub(own).max(1) as f64 / b_extent.max(1.0);
         let occupied = group.clusters.len() as f64 * (2.0 * p.inlier_frames + 1.0);
         let sig = significance(n_hits, rate * occupied, trials);
         if sig < p.min_significance {
