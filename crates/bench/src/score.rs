@@ -45,12 +45,10 @@ pub struct SampleEval {
 pub struct QueryEval {
     pub any_match: bool,
     pub wrong_ref: bool,
-    /// A match on a reference the truth did not plant there and that does not hold the
-    /// audio the truth puts there (see `shared`).
-    pub wrong_unexplained: bool,
-    /// A match the truth does not explain, planted or shared (the false positives of a
-    /// query without a sample).
-    pub any_unexplained: bool,
+    /// A match that neither a planted sample nor shared audio explains (see `shared`):
+    /// the wrong references, or for a query without a sample the false positives, with
+    /// shared audio excused.
+    pub unexplained: bool,
     pub top1: Option<bool>,
     pub samples: Vec<SampleEval>,
 }
@@ -72,8 +70,7 @@ pub fn eval_query(truth: &TruthQuery, matches: &[Match], threshold: f64) -> Quer
     let mut e = QueryEval {
         any_match: !ms.is_empty(),
         wrong_ref: ms.iter().any(|m| !is_true(&m.path)),
-        wrong_unexplained: ms.iter().any(|m| !explained(m)),
-        any_unexplained: ms.iter().any(|m| !explained(m)),
+        unexplained: ms.iter().any(|m| !explained(m)),
         top1: None,
         samples: vec![],
     };
@@ -151,11 +148,10 @@ pub struct CondRow {
     pub pitch_err_st: Stat,
     /// Queries reporting a match whose reference is not a true sample.
     pub wrong_ref_rate: f64,
-    /// The same, less matches whose reference holds the audio the truth puts there.
-    pub wrong_ref_unexplained_rate: f64,
-    /// Queries reporting a match that neither a planted sample nor shared material
-    /// explains (the false-positive rate for `none`, shared material excused).
-    pub any_unexplained_rate: f64,
+    /// Queries reporting a match that neither a planted sample nor shared audio explains:
+    /// the wrong-reference rate, and for `none` the false-positive rate, with shared audio
+    /// excused.
+    pub unexplained_rate: f64,
     /// Queries reporting any match (the false-positive rate for `none`).
     pub any_match_rate: f64,
     pub missing_results: usize,
@@ -172,14 +168,13 @@ fn aggregate(name: &str, items: &[(&Scored, QueryEval)]) -> CondRow {
     let (mut sp, mut te, mut pi) = (vec![], vec![], vec![]);
     let (mut top1_n, mut top1_ok) = (0, 0);
     let (mut wrong, mut any) = (0, 0);
-    let (mut wrong_unexplained, mut any_unexplained) = (0, 0);
+    let mut unexplained = 0;
     for (s, e) in items {
         if s.matches.is_none() {
             r.missing_results += 1;
         }
         wrong += usize::from(e.wrong_ref);
-        wrong_unexplained += usize::from(e.wrong_unexplained);
-        any_unexplained += usize::from(e.any_unexplained);
+        unexplained += usize::from(e.unexplained);
         any += usize::from(e.any_match);
         if let Some(t) = e.top1 {
             top1_n += 1;
@@ -210,8 +205,7 @@ fn aggregate(name: &str, items: &[(&Scored, QueryEval)]) -> CondRow {
     r.pitch_err_st = Stat::of(&pi);
     if n > 0 {
         r.wrong_ref_rate = wrong as f64 / n as f64;
-        r.wrong_ref_unexplained_rate = wrong_unexplained as f64 / n as f64;
-        r.any_unexplained_rate = any_unexplained as f64 / n as f64;
+        r.unexplained_rate = unexplained as f64 / n as f64;
         r.any_match_rate = any as f64 / n as f64;
     }
     r
@@ -541,7 +535,7 @@ pub fn build_report(a: &ScoreArgs, scored: &[Scored], run: Option<&RunStats>) ->
         .collect();
     let none_row = (!none.is_empty()).then(|| aggregate("none", &none));
     let fp = none_row.as_ref().map(|r| r.any_match_rate);
-    let fp_unexplained = none_row.as_ref().map(|r| r.any_unexplained_rate);
+    let fp_unexplained = none_row.as_ref().map(|r| r.unexplained_rate);
     let all_row = aggregate("all", &evals);
 
     let thresholds = a
@@ -571,8 +565,8 @@ pub fn build_report(a: &ScoreArgs, scored: &[Scored], run: Option<&RunStats>) ->
                 top1: aw.top1,
                 fp_rate: an.as_ref().map(|r| r.any_match_rate),
                 wrong_ref_rate: ae.as_ref().map(|r| r.wrong_ref_rate),
-                fp_rate_unexplained: an.as_ref().map(|r| r.any_unexplained_rate),
-                wrong_ref_rate_unexplained: ae.as_ref().map(|r| r.wrong_ref_unexplained_rate),
+                fp_rate_unexplained: an.as_ref().map(|r| r.unexplained_rate),
+                wrong_ref_rate_unexplained: ae.as_ref().map(|r| r.unexplained_rate),
             }
         })
         .collect();
@@ -588,7 +582,7 @@ pub fn build_report(a: &ScoreArgs, scored: &[Scored], run: Option<&RunStats>) ->
         false_positive_rate: fp,
         wrong_ref_rate_all: all_row.wrong_ref_rate,
         false_positive_rate_unexplained: fp_unexplained,
-        wrong_ref_rate_unexplained_all: all_row.wrong_ref_unexplained_rate,
+        wrong_ref_rate_unexplained_all: all_row.unexplained_rate,
         sweep,
         timing: run.map(|r| timing(scored, r)),
     }
@@ -874,6 +868,28 @@ mod tests {
             5.0,
         );
         assert!(!e.wrong_ref && e.samples[0].found);
+    }
+
+    #[test]
+    fn shared_audio_excuses_a_wrong_reference() {
+        let t = tq(vec![sample("/r/a.ogg", 10.0, 18.0, 0.8)]);
+        let shared = crate::shared::Verdict {
+            peak: 0.6,
+            noise: 0.03,
+        };
+        let unrelated = crate::shared::Verdict {
+            peak: 0.1,
+            noise: 0.03,
+        };
+        let mut other = m("/r/b.ogg", 10.0, 18.0, 0.9);
+        let e = eval_query(&t, std::slice::from_ref(&other), 0.5);
+        assert!(e.wrong_ref && e.unexplained, "unchecked: {e:?}");
+        other.shared = Some(unrelated);
+        let e = eval_query(&t, std::slice::from_ref(&other), 0.5);
+        assert!(e.wrong_ref && e.unexplained, "not shared: {e:?}");
+        other.shared = Some(shared);
+        let e = eval_query(&t, std::slice::from_ref(&other), 0.5);
+        assert!(e.wrong_ref && !e.unexplained, "shared: {e:?}");
     }
 
     #[test]

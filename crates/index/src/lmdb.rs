@@ -616,8 +616,8 @@ impl LmdbStore {
     /// Returns the file's size before and after, in bytes.
     ///
     /// LMDB never shrinks its file, so this is how the space of removed tracks, merges and
-    /// unmerged runs comes back (a freshly indexed store is typically a third larger than
-    /// its compacted copy). It needs the store to itself: every process that opens a store
+    /// unmerged runs comes back (the benchmark's freshly indexed 82 references: 103.1 MB,
+    /// compacted 73.7 MB). It needs the store to itself: every process that opens a store
     /// holds a shared lock on its lock file, and this takes it exclusively, or fails with
     /// [`IndexError::InUse`]; a process that tries to open the store meanwhile gets
     /// [`IndexError::Compacting`]. The copy is written beside the file and renamed over it
