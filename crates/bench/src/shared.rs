@@ -21,6 +21,7 @@
 //! show.
 
 use crate::types::{Match, TruthQuery};
+use crate::util::median;
 use anyhow::{Context, Result};
 use realfft::RealFftPlanner;
 use std::collections::HashMap;
@@ -267,11 +268,9 @@ fn correlate(source: &[f32], from: f64, len: f64, reference: &[f32], at: f64) ->
         .iter()
         .copied()
         .fold(0.0, f64::max);
-    let mut sorted = ncc.clone();
-    sorted.sort_by(f64::total_cmp);
     Some(Verdict {
         peak,
-        noise: sorted[sorted.len() / 2],
+        noise: median(&ncc)?,
     })
 }
 

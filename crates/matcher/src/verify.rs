@@ -399,7 +399,7 @@ fn loop_periods(m: &SampleMatch, frame_s: f64) -> Vec<f64> {
     let mut periods = Vec::new();
     for (i, a) in m.occurrences.iter().enumerate() {
         for b in &m.occurrences[i + 1..] {
-            if (a.ref_start_s - b.ref_start_s).abs() <= LOOP_SAME_REF_S {
+            if same_moment(a, b) {
                 let period = (a.query_start_s - b.query_start_s).abs() / frame_s;
                 if period > 0.0 {
                     periods.push(period);
@@ -413,17 +413,19 @@ fn loop_periods(m: &SampleMatch, frame_s: f64) -> Vec<f64> {
 /// Occurrences whose reference starts lie this close (seconds) repeat one moment.
 const LOOP_SAME_REF_S: f64 = 0.5;
 
+/// Whether occurrences `a` and `b` play the same reference moment.
+fn same_moment(a: &Occurrence, b: &Occurrence) -> bool {
+    (a.ref_start_s - b.ref_start_s).abs() <= LOOP_SAME_REF_S
+}
+
 /// Whether `m` replays one reference moment at least [`MIN_LOOP_REPLAYS`] times, at
 /// separate places of the query: a loop. Null lines cannot judge a loop (a displaced line
 /// meets its next repetition, or its own beat), so [`SampleMatch::is_accepted`] does not
 /// hold a loop's weak verification against it.
 pub(crate) fn is_loop(m: &SampleMatch) -> bool {
     m.occurrences.iter().any(|a| {
-        let mut replays: Vec<&Occurrence> = m
-            .occurrences
-            .iter()
-            .filter(|b| (a.ref_start_s - b.ref_start_s).abs() <= LOOP_SAME_REF_S)
-            .collect();
+        let mut replays: Vec<&Occurrence> =
+            m.occurrences.iter().filter(|b| same_moment(a, b)).collect();
         replays.sort_by(|x, y| x.query_start_s.total_cmp(&y.query_start_s));
         // Count replays that start after the previous one ended.
         let mut separate = 0;

@@ -58,6 +58,19 @@ fn stored(paths: &[PathBuf]) -> Vec<String> {
     v
 }
 
+/// [`library`] indexed into a fresh store: (its folder, the library, the files, the
+/// store); None when sox, which makes the files, is missing.
+fn indexed_library() -> Option<(TestDir, PathBuf, Vec<PathBuf>, PathBuf)> {
+    if !have_tools(&["sox"]) {
+        return None;
+    }
+    let dir = TestDir::new();
+    let (lib, files) = library(&dir);
+    let db = dir.db();
+    index(&db, &[&lib]).expect_code(0);
+    Some((dir, lib, files, db))
+}
+
 #[test]
 fn reindexing_an_unchanged_folder_adds_nothing() {
     if !have_tools(&["sox"]) {
@@ -87,13 +100,9 @@ fn reindexing_an_unchanged_folder_adds_nothing() {
 
 #[test]
 fn a_copy_under_another_name_is_a_duplicate() {
-    if !have_tools(&["sox"]) {
+    let Some((_dir, lib, files, db)) = indexed_library() else {
         return;
-    }
-    let dir = TestDir::new();
-    let (lib, files) = library(&dir);
-    let db = dir.db();
-    index(&db, &[&lib]).expect_code(0);
+    };
     std::fs::copy(&files[0], lib.join("a copy.wav")).expect("copy a.wav");
     let again = index(&db, &[&lib]);
     again.expect_code(0);
@@ -104,13 +113,9 @@ fn a_copy_under_another_name_is_a_duplicate() {
 
 #[test]
 fn remove_by_path_drops_the_track_from_list_and_stats() {
-    if !have_tools(&["sox"]) {
+    let Some((_dir, lib, files, db)) = indexed_library() else {
         return;
-    }
-    let dir = TestDir::new();
-    let (lib, files) = library(&dir);
-    let db = dir.db();
-    index(&db, &[&lib]).expect_code(0);
+    };
     let removed = cratedigger(&db, ["remove".as_ref(), files[1].as_os_str()]);
     removed.expect_code(0);
     assert!(removed.stdout.starts_with("removed track "), "{removed:?}");
@@ -131,13 +136,9 @@ fn remove_by_path_drops_the_track_from_list_and_stats() {
 
 #[test]
 fn remove_of_an_unknown_track_fails_naming_it() {
-    if !have_tools(&["sox"]) {
+    let Some((_dir, _lib, _, db)) = indexed_library() else {
         return;
-    }
-    let dir = TestDir::new();
-    let (lib, _) = library(&dir);
-    let db = dir.db();
-    index(&db, &[&lib]).expect_code(0);
+    };
     let out = cratedigger(&db, ["remove", "no-such-track.mp3"]);
     out.expect_code(1);
     assert!(out.stderr.contains("no-such-track.mp3"), "{out:?}");
@@ -146,13 +147,9 @@ fn remove_of_an_unknown_track_fails_naming_it() {
 
 #[test]
 fn stats_counts_tracks_and_audio() {
-    if !have_tools(&["sox"]) {
+    let Some((_dir, _lib, _, db)) = indexed_library() else {
         return;
-    }
-    let dir = TestDir::new();
-    let (lib, _) = library(&dir);
-    let db = dir.db();
-    index(&db, &[&lib]).expect_code(0);
+    };
     let stats = stats_json(&db);
     assert_eq!(stats["tracks"], 3, "{stats}");
     let hours = stats["audio_hours"].as_f64().unwrap_or(f64::NAN);
@@ -200,13 +197,9 @@ fn undecodable_files_are_reported_by_name_and_the_rest_indexed() {
 
 #[test]
 fn compact_gives_back_space_and_keeps_the_store() {
-    if !have_tools(&["sox"]) {
+    let Some((dir, lib, files, db)) = indexed_library() else {
         return;
-    }
-    let dir = TestDir::new();
-    let (lib, files) = library(&dir);
-    let db = dir.db();
-    index(&db, &[&lib]).expect_code(0);
+    };
     cratedigger(&db, ["remove".as_ref(), files[1].as_os_str()]).expect_code(0);
     let bytes = |db: &Path| stats_json(db)["bytes_on_disk"].as_u64().unwrap_or(0);
     let before = bytes(&db);
