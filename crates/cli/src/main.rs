@@ -54,6 +54,11 @@ enum Command {
         /// peak-level verification confirms them.
         #[arg(long)]
         min_significance: Option<f64>,
+        /// Memory for a query's hits, in MB: a query with more (a long song against a big
+        /// library) is matched in passes over the references, each within it; same result,
+        /// one more lookup per pass.
+        #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB)]
+        identify_memory_mb: usize,
     },
     /// Remove tracks from the store, by id or by the path they were indexed from.
     Remove {
@@ -100,6 +105,11 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Memory for a query's hits, in MB: a query with more (a long song against a big
+        /// library) is matched in passes over the references, each within it; same result,
+        /// one more lookup per pass.
+        #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB)]
+        identify_memory_mb: usize,
     },
     /// What does this track sample? (run `scan` first)
     Samples(catalogue::WhichTrack),
@@ -139,6 +149,10 @@ struct ServeArgs {
     /// Longest audio decoded, in minutes (bounds the memory one upload can take).
     #[arg(long, default_value_t = 60.0)]
     max_audio_min: f64,
+    /// Memory for one query's hits, in MB: a query with more is matched in passes over the
+    /// references, each within it (same result, slower).
+    #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB)]
+    identify_memory_mb: usize,
 }
 
 fn main() -> ExitCode {
@@ -248,8 +262,10 @@ fn run() -> anyhow::Result<ExitCode> {
             queries,
             json,
             min_significance,
+            identify_memory_mb,
         } => {
             let mut engine = location.open_existing()?;
+            engine.set_identify_memory_mb(identify_memory_mb);
             if let Some(s) = min_significance {
                 let mut p = engine.match_params().clone();
                 p.min_significance = s;
@@ -322,7 +338,15 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::ImportTags { file, format } => {
             catalogue::import_tags(&location.open_writable()?, &file, format)
         }
-        Command::Scan { quiet, json } => catalogue::scan(&location.open_writable()?, quiet, json),
+        Command::Scan {
+            quiet,
+            json,
+            identify_memory_mb,
+        } => {
+            let mut engine = location.open_writable()?;
+            engine.set_identify_memory_mb(identify_memory_mb);
+            catalogue::scan(&engine, quiet, json)
+        }
         Command::Samples(which) => {
             catalogue::relations(&location.open_existing()?, &which, catalogue::Ask::Samples)
         }
@@ -345,7 +369,8 @@ fn serve(location: &Location, args: ServeArgs) -> anyhow::Result<ExitCode> {
              as files on this machine"
         ),
     };
-    let engine = location.open()?;
+    let mut engine = location.open()?;
+    engine.set_identify_memory_mb(args.identify_memory_mb);
     let mut config = server::ServerConfig::new(upload_dir);
     config.bind = args.bind;
     config.token = args.token;

@@ -20,6 +20,7 @@
 
 pub mod catalogue;
 pub mod graph;
+mod hits;
 mod report;
 pub mod scan;
 mod walk;
@@ -120,6 +121,14 @@ impl ReferenceFilter {
 const COMMON_KEY_FACTOR: f64 = 6.0;
 /// ...but never below this many postings.
 const MIN_COMMON_KEY_CAP: usize = 20;
+
+/// Default memory for a query's hits, in MB ([`Engine::set_identify_memory_mb`]): a 3-minute
+/// song makes about 0.5M hits (8 MB) per hour of references, so one pass serves it up to
+/// about 120 hours of references.
+pub const DEFAULT_IDENTIFY_MEMORY_MB: usize = 1024;
+
+/// Hits in a megabyte (a hit is 16 bytes).
+const HITS_PER_MB: usize = (1 << 20) / std::mem::size_of::<Hit>();
 
 /// The vectors a query's hits are looked up into (`Store::lookup_sharded`): a fixed
 /// number, so that the hits' order, and with it every result, does not depend on the
@@ -256,6 +265,16 @@ pub struct Engine {
     fingerprinter: Fingerprinter,
     match_params: MatchParams,
     decode: audio::DecodeOptions,
+    max_identify_hits: usize,
+}
+
+/// What searching one query found, before it becomes a report.
+struct Searched {
+    matches: Vec<SampleMatch>,
+    n_lookups: usize,
+    n_hits: usize,
+    n_passes: usize,
+    timings: report::Timings,
 }
 
 impl Engine {
@@ -317,6 +336,7 @@ impl Engine {
             fingerprinter,
             match_params,
             decode,
+            max_identify_hits: DEFAULT_IDENTIFY_MEMORY_MB * HITS_PER_MB,
         })
     }
 
@@ -572,8 +592,8 @@ impl Engine {
         // The samples (64 KB a second) are not needed past the fingerprint, so they are not
         // held through the lookup, when memory peaks.
         drop(decoded);
-        let name = path.display().to_string();
-        self.identify_print(&name, started, print, n_samples, &ReferenceFilter::all())
+        let searched = self.search(started, print, &ReferenceFilter::all())?;
+        self.report(&path.display().to_string(), n_samples, searched)
     }
 
     /// Finds every sample in mono audio at the engine rate ([`Self::sample_rate_hz`]).
@@ -595,38 +615,131 @@ impl Engine {
     ) -> Result<Identification, EngineError> {
         let started = Instant::now();
         let print = self.fingerprinter.query_print(samples);
-        self.identify_print(name, started, print, samples.len(), filter)
+        let searched = self.search(started, print, filter)?;
+        self.report(name, samples.len(), searched)
     }
 
-    /// Identifies a query fingerprinted from `n_samples` samples; `started` is when the
-    /// fingerprint was begun.
-    fn identify_print(
+    /// Turns what a search found into the report, with the references' catalogue entries.
+    fn report(
         &self,
         name: &str,
+        n_samples: usize,
+        searched: Searched,
+    ) -> Result<Identification, EngineError> {
+        let rate = f64::from(self.sample_rate_hz());
+        let mut matches = Vec::with_capacity(searched.matches.len());
+        for m in searched.matches {
+            let info = self.store.track(m.track)?;
+            matches.push(MatchReport::new(m, info, &self.match_params));
+        }
+        Ok(Identification {
+            query: name.to_string(),
+            duration_s: n_samples as f64 / rate,
+            n_lookups: searched.n_lookups,
+            n_hits: searched.n_hits,
+            n_passes: searched.n_passes,
+            timings: searched.timings,
+            matches,
+        })
+    }
+
+    /// Searches one fingerprinted query; `started` is when the fingerprint was begun.
+    fn search(
+        &self,
         started: Instant,
         mut print: QueryPrint,
-        n_samples: usize,
         filter: &ReferenceFilter,
-    ) -> Result<Identification, EngineError> {
-        let rate = self.fingerprinter.params().sample_rate_hz as f64;
+    ) -> Result<Searched, EngineError> {
         let fingerprint_s = started.elapsed().as_secs_f64();
+        let mut clock = Instant::now();
+        let mp = &self.match_params;
         let (keys, query) = lookup_order(std::mem::take(&mut print.quads))?;
+        let cap = self.max_postings_per_key()?;
+        let budget = self.max_identify_hits;
+        let (mut lookup_s, mut match_s) = (0.0, 0.0);
+        let mut lap = |total: &mut f64| {
+            let now = Instant::now();
+            *total += (now - clock).as_secs_f64();
+            clock = now;
+        };
+        let first = self.lookup_hits(&keys, &query, cap, filter, Some(budget))?;
+        lap(&mut lookup_s);
+        let (candidates, n_hits, n_passes) = match first {
+            hits::Collected::All(shards) => {
+                let n_hits = shards.iter().map(Vec::len).sum();
+                let candidates = matcher::find_candidates_sharded(shards, &query, mp);
+                lap(&mut match_s);
+                (candidates, n_hits, 1)
+            }
+            // More hits than the budget: one pass per range of references, each within it
+            // (see the `hits` module).
+            hits::Collected::Over { passes, scope } => {
+                let (mut candidates, mut n_hits, n_passes) = (Vec::new(), 0, passes.len());
+                for ids in passes {
+                    let pass = ReferenceFilter {
+                        ids,
+                        exclude: filter.exclude,
+                    };
+                    let hits::Collected::All(shards) =
+                        self.lookup_hits(&keys, &query, cap, &pass, None)?
+                    else {
+                        unreachable!("a lookup without a budget keeps every hit");
+                    };
+                    lap(&mut lookup_s);
+                    n_hits += shards.iter().map(Vec::len).sum::<usize>();
+                    candidates.extend(matcher::find_candidates_in_pass(shards, &query, mp, scope));
+                    lap(&mut match_s);
+                }
+                // Each pass is sorted; a stable sort of the passes joined in reference order
+                // is the order one pass would have given.
+                candidates.sort_by(|a, b| b.significance.total_cmp(&a.significance));
+                (candidates, n_hits, n_passes)
+            }
+        };
+        let n_lookups = keys.len();
+        drop(keys);
+        drop(query);
+        let matches = self.verify(candidates, &print)?;
+        let verify_s = clock.elapsed().as_secs_f64();
+        Ok(Searched {
+            matches,
+            n_lookups,
+            n_hits,
+            n_passes,
+            timings: report::Timings {
+                fingerprint_s,
+                lookup_s,
+                match_s,
+                verify_s,
+            },
+        })
+    }
 
-        // Hits that no searched transform can explain are dropped as they arrive, so
-        // memory follows the plausible hits only. Keys with more postings than the
-        // stop-word cap are skipped by the store without being read.
+    /// Looks the query's `keys` up into [`LOOKUP_SHARDS`] sinks, keeping the hits that
+    /// `filter` admits and some searched transform can explain (hits are dropped as they
+    /// arrive, so memory follows the plausible hits only). With a `budget`, a lookup whose
+    /// hits outgrow it returns the passes that will hold them instead (`hits` module).
+    /// Keys with more postings than `cap` are skipped by the store without being read.
+    fn lookup_hits(
+        &self,
+        keys: &[u32],
+        query: &[matcher::QueryQuad],
+        cap: usize,
+        filter: &ReferenceFilter,
+        budget: Option<usize>,
+    ) -> Result<hits::Collected, EngineError> {
         let mp = &self.match_params;
         let max_factor = mp.max_time_factor as f32;
         let max_pitch_bins = (mp.max_pitch_semitones * mp.bins_per_semitone) as f32;
-        let cap = self.max_postings_per_key()?;
         // The store serves the lookup from several threads, into LOOKUP_SHARDS vectors
         // that the matcher takes as they are (see `Store::lookup_sharded`). Two to three
         // hits per key are typical (2.5 for a 3-minute query against 12 hours), so each
         // vector starts at its share of three rather than doubling up from nothing: the
         // buffers a doubling leaves behind stay resident (a start at two cost 32 MB of
         // peak memory there). Reserved but unused capacity is address space only.
-        let mut shards: Vec<Vec<Hit>> = (0..LOOKUP_SHARDS)
-            .map(|_| Vec::with_capacity(3 * keys.len() / LOOKUP_SHARDS))
+        let limit = budget.map_or(usize::MAX, |b| b.div_ceil(LOOKUP_SHARDS));
+        let mut sinks: Vec<hits::HitSink> = (0..LOOKUP_SHARDS)
+            .map(|_| hits::HitSink::new(limit, 3 * keys.len() / LOOKUP_SHARDS))
             .collect();
         let admit = |i: usize, posting: Posting| -> Option<Hit> {
             if !filter.admits(posting.track) {
@@ -652,43 +765,29 @@ impl Engine {
             })
         };
         {
-            let mut visitors: Vec<_> = shards
+            let mut visitors: Vec<_> = sinks
                 .iter_mut()
-                .map(|hits| move |i, posting| hits.extend(admit(i, posting)))
+                .map(|sink| {
+                    move |i, posting| {
+                        if let Some(hit) = admit(i, posting) {
+                            sink.push(hit, query, mp);
+                        }
+                    }
+                })
                 .collect();
             let mut visitors: Vec<&mut (dyn FnMut(usize, Posting) + Send)> = visitors
                 .iter_mut()
                 .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
                 .collect();
-            self.store.lookup_sharded(&keys, cap, &mut visitors)?;
+            self.store.lookup_sharded(keys, cap, &mut visitors)?;
         }
-        let n_lookups = keys.len();
-        drop(keys);
-        let lookup_s = started.elapsed().as_secs_f64() - fingerprint_s;
-        let n_hits = shards.iter().map(Vec::len).sum();
-        let candidates = matcher::find_candidates_sharded(shards, &query, mp);
-        drop(query);
-        let match_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s;
-        let found = self.verify(candidates, &print)?;
-        let verify_s = started.elapsed().as_secs_f64() - fingerprint_s - lookup_s - match_s;
-        let mut matches = Vec::with_capacity(found.len());
-        for m in found {
-            let info = self.store.track(m.track)?;
-            matches.push(MatchReport::new(m, info, mp));
-        }
-        Ok(Identification {
-            query: name.to_string(),
-            duration_s: n_samples as f64 / rate,
-            n_lookups,
-            n_hits,
-            timings: report::Timings {
-                fingerprint_s,
-                lookup_s,
-                match_s,
-                verify_s,
-            },
-            matches,
-        })
+        Ok(hits::collect(
+            sinks,
+            query,
+            mp,
+            &filter.ids,
+            budget.unwrap_or(usize::MAX),
+        ))
     }
 
     /// Checks every candidate at the level of single peaks (see `matcher::verify`) and
@@ -745,6 +844,20 @@ impl Engine {
     /// per second, so a server sets this to bound what one upload can make it allocate.
     pub fn set_max_duration_s(&mut self, max_duration_s: f64) {
         self.decode.max_duration_s = max_duration_s;
+    }
+
+    /// Bounds the memory a query's hits may take at once, in MB (at least 1; default
+    /// [`DEFAULT_IDENTIFY_MEMORY_MB`]). Hits grow with the query's length times the
+    /// library's size; a query with more is matched in passes over ranges of references,
+    /// each within the bound, which gives the same result for one more lookup of the query
+    /// per pass.
+    pub fn set_identify_memory_mb(&mut self, mb: usize) {
+        self.set_max_identify_hits(mb.saturating_mul(HITS_PER_MB));
+    }
+
+    /// [`Self::set_identify_memory_mb`] in hits (16 bytes each; at least 1).
+    pub fn set_max_identify_hits(&mut self, hits: usize) {
+        self.max_identify_hits = hits.max(1);
     }
 
     /// Decodes audio held in memory (an upload) to the mono signal

@@ -15,6 +15,10 @@ pub struct Identification {
     pub n_lookups: usize,
     /// Hits those lookups returned.
     pub n_hits: usize,
+    /// Passes over the references the hits were matched in: 1 unless they outgrew the
+    /// memory bound for hits (`Engine::set_identify_memory_mb`); each pass looked the
+    /// query up once more.
+    pub n_passes: usize,
     /// Where the time went (decoding excluded).
     pub timings: Timings,
     /// Samples found, surest first. Empty means no sample was found.
