@@ -57,8 +57,9 @@ enum Command {
         /// Memory for a query's hits, in MB: a query with more (a long song against a big
         /// library) is matched in passes over the references, each within it; same result,
         /// one more lookup per pass.
-        #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB)]
-        identify_memory_mb: usize,
+        #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB as u64,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        identify_memory_mb: u64,
     },
     /// Remove tracks from the store, by id or by the path they were indexed from.
     Remove {
@@ -105,11 +106,12 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
-        /// Memory for a query's hits, in MB: a query with more (a long song against a big
-        /// library) is matched in passes over the references, each within it; same result,
-        /// one more lookup per pass.
-        #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB)]
-        identify_memory_mb: usize,
+        /// Memory for one track's hits, in MB (the scan searches one track per thread,
+        /// each within this): a track with more is matched in passes over the references;
+        /// same result, one more lookup per pass.
+        #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB as u64,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        identify_memory_mb: u64,
     },
     /// What does this track sample? (run `scan` first)
     Samples(catalogue::WhichTrack),
@@ -151,8 +153,9 @@ struct ServeArgs {
     max_audio_min: f64,
     /// Memory for one query's hits, in MB: a query with more is matched in passes over the
     /// references, each within it (same result, slower).
-    #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB)]
-    identify_memory_mb: usize,
+    #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB as u64,
+              value_parser = clap::value_parser!(u64).range(1..))]
+    identify_memory_mb: u64,
 }
 
 fn main() -> ExitCode {
@@ -265,7 +268,8 @@ fn run() -> anyhow::Result<ExitCode> {
             identify_memory_mb,
         } => {
             let mut engine = location.open_existing()?;
-            engine.set_identify_memory_mb(identify_memory_mb);
+            engine
+                .set_identify_memory_mb(usize::try_from(identify_memory_mb).unwrap_or(usize::MAX));
             if let Some(s) = min_significance {
                 let mut p = engine.match_params().clone();
                 p.min_significance = s;
@@ -344,7 +348,8 @@ fn run() -> anyhow::Result<ExitCode> {
             identify_memory_mb,
         } => {
             let mut engine = location.open_writable()?;
-            engine.set_identify_memory_mb(identify_memory_mb);
+            engine
+                .set_identify_memory_mb(usize::try_from(identify_memory_mb).unwrap_or(usize::MAX));
             catalogue::scan(&engine, quiet, json)
         }
         Command::Samples(which) => {
@@ -370,7 +375,7 @@ fn serve(location: &Location, args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let mut engine = location.open()?;
-    engine.set_identify_memory_mb(args.identify_memory_mb);
+    engine.set_identify_memory_mb(usize::try_from(args.identify_memory_mb).unwrap_or(usize::MAX));
     let mut config = server::ServerConfig::new(upload_dir);
     config.bind = args.bind;
     config.token = args.token;

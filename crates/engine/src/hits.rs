@@ -8,11 +8,16 @@
 //! first lookup collects hits until the budget runs out and then only counts them per
 //! reference; the counts plan the passes and give the matcher what it otherwise counts
 //! over all hits at once ([`matcher::PassScope`]), so the result is the one a single pass
-//! would give. A pass costs one more lookup of the whole query.
+//! would give, on a store that does not change meanwhile (each lookup reads the store as
+//! it is then; tracks added after the first are not searched). A pass costs one more
+//! lookup of the whole query. The bound is on the hits kept: a reference with more hits
+//! than the bound alone gets a pass of its own, and the vectors holding hits may reserve
+//! up to twice what they hold.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use index::TrackId;
 use matcher::{Hit, MatchParams, PassScope, QueryQuad};
@@ -37,17 +42,68 @@ impl Hasher for TrackIdHasher {
     }
 
     fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(GOLDEN);
+        // The map picks buckets from the low bits: fold the product's well-mixed high
+        // bits into them, so ids that differ only in high bits do not collide.
+        let h = u64::from(id).wrapping_mul(GOLDEN);
+        self.0 = h ^ (h >> 29);
     }
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// Where one lookup shard's hits go: kept while they fit in `limit`, counted after.
-pub(crate) struct HitSink {
+/// Where one lookup shard's hits go: kept while the lookup's hits, over all shards, fit
+/// in their budget (`kept`, shared), counted after.
+pub(crate) struct HitSink<'a> {
     hits: Vec<Hit>,
-    limit: usize,
+    /// Hits this sink may still keep before it asks the shared budget for more.
+    reserved: usize,
+    budget: Option<&'a Budget>,
     counted: Option<Counted>,
+}
+
+/// A lookup's budget of hits, shared by its sinks (which run on several threads): each
+/// takes [`BUDGET_BATCH`] hits at a time from it.
+pub(crate) struct Budget {
+    left: AtomicUsize,
+    overflowed: AtomicBool,
+}
+
+/// Hits a sink takes from the shared budget at a time: few enough that what the shards
+/// hold unused (under a batch each) is a small part of any useful budget (16 shards: 16K
+/// hits, 256 KB), so a lookup overflows only when its hits come that close to the budget.
+const BUDGET_BATCH: usize = 1024;
+
+impl Budget {
+    pub(crate) fn new(hits: usize) -> Self {
+        Self {
+            left: AtomicUsize::new(hits),
+            overflowed: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes up to a batch; 0 when the budget is spent (and from then on for every sink).
+    fn take(&self) -> usize {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let mut left = self.left.load(Ordering::Relaxed);
+        loop {
+            if left == 0 {
+                self.overflowed.store(true, Ordering::Relaxed);
+                return 0;
+            }
+            let n = left.min(BUDGET_BATCH);
+            match self.left.compare_exchange_weak(
+                left,
+                left - n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return n,
+                Err(now) => left = now,
+            }
+        }
+    }
 }
 
 /// Per-reference counts of plausible hits and the latest query time among them.
@@ -58,12 +114,12 @@ pub(crate) struct Counted {
 }
 
 impl Counted {
-    fn add(&mut self, hit: &Hit, query: &[QueryQuad], p: &MatchParams) {
-        if !matcher::is_plausible(hit, query, p) {
+    fn add(&mut self, hit: &Hit, plausible: &Plausible<'_>) {
+        if !plausible.range.admits(hit, plausible.query) {
             return;
         }
         *self.per_track.entry(hit.track).or_default() += 1;
-        let time = query[hit.query as usize].time;
+        let time = plausible.query[hit.query as usize].time;
         self.latest_query_time = Some(self.latest_query_time.map_or(time, |t| t.max(time)));
     }
 
@@ -78,40 +134,51 @@ impl Counted {
     }
 }
 
-impl HitSink {
-    /// A sink that keeps at most `limit` hits, reserving `expected` (at most `limit`).
-    pub(crate) fn new(limit: usize, expected: usize) -> Self {
+impl<'a> HitSink<'a> {
+    /// A sink that keeps hits while `budget` (if any) lasts, reserving room for
+    /// `expected` of them to start with.
+    pub(crate) fn new(budget: Option<&'a Budget>, expected: usize) -> Self {
         Self {
-            hits: Vec::with_capacity(expected.min(limit)),
-            limit,
+            hits: Vec::with_capacity(expected),
+            reserved: if budget.is_some() { 0 } else { usize::MAX },
+            budget,
             counted: None,
         }
     }
 
     /// Takes one admitted hit.
     #[inline]
-    pub(crate) fn push(&mut self, hit: Hit, query: &[QueryQuad], p: &MatchParams) {
-        if let Some(counted) = &mut self.counted {
-            counted.add(&hit, query, p);
-        } else if self.hits.len() < self.limit {
-            self.hits.push(hit);
-        } else {
-            self.overflow(query, p);
-            if let Some(counted) = &mut self.counted {
-                counted.add(&hit, query, p);
+    pub(crate) fn push(&mut self, hit: Hit, plausible: &Plausible<'_>) {
+        if self.counted.is_none() && self.reserved == 0 {
+            self.reserved = self.budget.map_or(0, Budget::take);
+            if self.reserved == 0 {
+                self.overflow(plausible);
+            }
+        }
+        match &mut self.counted {
+            Some(counted) => counted.add(&hit, plausible),
+            None => {
+                self.reserved -= 1;
+                self.hits.push(hit);
             }
         }
     }
 
     /// Turns the kept hits into counts and frees them.
-    fn overflow(&mut self, query: &[QueryQuad], p: &MatchParams) {
+    fn overflow(&mut self, plausible: &Plausible<'_>) {
         let mut counted = Counted::default();
         for hit in &self.hits {
-            counted.add(hit, query, p);
+            counted.add(hit, plausible);
         }
         self.hits = Vec::new();
         self.counted = Some(counted);
     }
+}
+
+/// The matcher's plausibility test with the query it indexes into.
+pub(crate) struct Plausible<'q> {
+    pub(crate) query: &'q [QueryQuad],
+    pub(crate) range: matcher::TransformRange,
 }
 
 /// What a lookup into several sinks gave: every hit, or (when they outgrew the budget)
@@ -127,11 +194,11 @@ pub(crate) enum Collected {
     },
 }
 
-/// Ends a lookup into `sinks`: their hits if no sink overflowed, else passes of at most
-/// `budget` hits each over `ids`.
+/// Ends a lookup into `sinks`: their hits if the budget held, else passes over `ids` of at
+/// most `budget` hits each (see [`plan_passes`]).
 pub(crate) fn collect(
-    sinks: Vec<HitSink>,
-    query: &[QueryQuad],
+    sinks: Vec<HitSink<'_>>,
+    plausible: &Plausible<'_>,
     p: &MatchParams,
     ids: &RangeInclusive<TrackId>,
     budget: usize,
@@ -142,7 +209,7 @@ pub(crate) fn collect(
     let mut total = Counted::default();
     for mut sink in sinks {
         if sink.counted.is_none() {
-            sink.overflow(query, p);
+            sink.overflow(plausible);
         }
         if let Some(counted) = sink.counted {
             total.merge(counted);
@@ -155,8 +222,12 @@ pub(crate) fn collect(
     );
     let mut counts: Vec<(TrackId, usize)> = total.per_track.into_iter().collect();
     counts.sort_unstable();
+    // Tracks stored after this lookup (their ids are higher) are left out: the passes
+    // search what this lookup counted.
+    let last = counts.last().map_or(*ids.end(), |&(track, _)| track);
+    let ids = *ids.start()..=last.min(*ids.end());
     Collected::Over {
-        passes: plan_passes(&counts, ids, budget),
+        passes: plan_passes(&counts, &ids, budget),
         scope,
     }
 }
@@ -169,17 +240,22 @@ pub(crate) fn plan_passes(
     ids: &RangeInclusive<TrackId>,
     budget: usize,
 ) -> Vec<RangeInclusive<TrackId>> {
+    debug_assert!(counts.windows(2).all(|w| w[0].0 < w[1].0), "sorted, unique");
     let mut passes = Vec::new();
     let mut start = *ids.start();
     let mut held = 0usize;
     for &(track, n) in counts.iter().filter(|(t, _)| ids.contains(t)) {
-        if held > 0 && held + n > budget {
-            // `track` > `start` here: `held` counts tracks from `start` up to before it.
-            passes.push(start..=track - 1);
+        // `held > 0` means tracks from `start` up to before `track` were counted, so
+        // `track > start` (the counts are sorted and unique).
+        if held > 0
+            && held.saturating_add(n) > budget
+            && let Some(end) = track.checked_sub(1)
+        {
+            passes.push(start..=end);
             start = track;
             held = 0;
         }
-        held += n;
+        held = held.saturating_add(n);
     }
     passes.push(start..=*ids.end());
     passes
@@ -188,6 +264,54 @@ pub(crate) fn plan_passes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lookup(budget: usize, per_sink: &[usize]) -> Collected {
+        let p = MatchParams::default();
+        let query = [QueryQuad {
+            time: 10.0,
+            bin: 50.0,
+            span: 20.0,
+        }];
+        let plausible = Plausible {
+            query: &query,
+            range: matcher::TransformRange::new(&p),
+        };
+        let shared = Budget::new(budget);
+        let mut sinks: Vec<HitSink> = per_sink
+            .iter()
+            .map(|_| HitSink::new(Some(&shared), 16))
+            .collect();
+        for (sink, &n) in sinks.iter_mut().zip(per_sink) {
+            for t in 0..n {
+                let hit = Hit {
+                    track: (t % 7) as TrackId,
+                    query: 0,
+                    r_time: t as u32,
+                    r_bin: 50 * 64,
+                    r_span: 20 * 16,
+                };
+                sink.push(hit, &plausible);
+            }
+        }
+        collect(sinks, &plausible, &p, &(0..=TrackId::MAX), budget)
+    }
+
+    #[test]
+    fn the_budget_is_shared_by_the_shards() {
+        // One shard taking most of the hits does not overflow while the total fits (with
+        // room for the batches the shards hold unused).
+        let Collected::All(shards) = lookup(100_000, &[80_000, 10, 0, 15_000]) else {
+            panic!("95,010 hits fit a budget of 100,000");
+        };
+        assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), 95_010);
+        // More than the budget: counted, and planned into passes within it.
+        let Collected::Over { passes, scope } = lookup(100_000, &[80_000, 10, 0, 40_000]) else {
+            panic!("120,010 hits do not fit a budget of 100,000");
+        };
+        assert_eq!(scope.n_tracks_hit, 7);
+        assert_eq!(passes.len(), 2, "{passes:?}");
+        assert_eq!(*passes[1].end(), 6, "up to the last track counted");
+    }
 
     #[test]
     fn passes_cover_the_ids_in_budgeted_ranges() {

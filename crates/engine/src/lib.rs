@@ -664,12 +664,12 @@ impl Engine {
         };
         let first = self.lookup_hits(&keys, &query, cap, filter, Some(budget))?;
         lap(&mut lookup_s);
-        let (candidates, n_hits, n_passes) = match first {
+        let (candidates, n_hits, n_passes, lookups) = match first {
             hits::Collected::All(shards) => {
                 let n_hits = shards.iter().map(Vec::len).sum();
                 let candidates = matcher::find_candidates_sharded(shards, &query, mp);
                 lap(&mut match_s);
-                (candidates, n_hits, 1)
+                (candidates, n_hits, 1, 1)
             }
             // More hits than the budget: one pass per range of references, each within it
             // (see the `hits` module).
@@ -693,10 +693,11 @@ impl Engine {
                 // Each pass is sorted; a stable sort of the passes joined in reference order
                 // is the order one pass would have given.
                 candidates.sort_by(|a, b| b.significance.total_cmp(&a.significance));
-                (candidates, n_hits, n_passes)
+                // The first lookup only counted.
+                (candidates, n_hits, n_passes, n_passes + 1)
             }
         };
-        let n_lookups = keys.len();
+        let n_lookups = keys.len() * lookups;
         drop(keys);
         drop(query);
         let matches = self.verify(candidates, &print)?;
@@ -717,8 +718,9 @@ impl Engine {
 
     /// Looks the query's `keys` up into [`LOOKUP_SHARDS`] sinks, keeping the hits that
     /// `filter` admits and some searched transform can explain (hits are dropped as they
-    /// arrive, so memory follows the plausible hits only). With a `budget`, a lookup whose
-    /// hits outgrow it returns the passes that will hold them instead (`hits` module).
+    /// arrive, so memory follows the plausible hits only). With a `budget` (hits, shared by
+    /// the sinks), a lookup whose hits outgrow it returns the passes that will hold them
+    /// instead (`hits` module).
     /// Keys with more postings than `cap` are skipped by the store without being read.
     fn lookup_hits(
         &self,
@@ -737,10 +739,15 @@ impl Engine {
         // vector starts at its share of three rather than doubling up from nothing: the
         // buffers a doubling leaves behind stay resident (a start at two cost 32 MB of
         // peak memory there). Reserved but unused capacity is address space only.
-        let limit = budget.map_or(usize::MAX, |b| b.div_ceil(LOOKUP_SHARDS));
+        let shared = budget.map(hits::Budget::new);
+        let expected = (3 * keys.len() / LOOKUP_SHARDS).min(budget.unwrap_or(usize::MAX));
         let mut sinks: Vec<hits::HitSink> = (0..LOOKUP_SHARDS)
-            .map(|_| hits::HitSink::new(limit, 3 * keys.len() / LOOKUP_SHARDS))
+            .map(|_| hits::HitSink::new(shared.as_ref(), expected))
             .collect();
+        let plausible = &hits::Plausible {
+            query,
+            range: matcher::TransformRange::new(mp),
+        };
         let admit = |i: usize, posting: Posting| -> Option<Hit> {
             if !filter.admits(posting.track) {
                 return None;
@@ -770,7 +777,7 @@ impl Engine {
                 .map(|sink| {
                     move |i, posting| {
                         if let Some(hit) = admit(i, posting) {
-                            sink.push(hit, query, mp);
+                            sink.push(hit, plausible);
                         }
                     }
                 })
@@ -783,7 +790,7 @@ impl Engine {
         }
         Ok(hits::collect(
             sinks,
-            query,
+            plausible,
             mp,
             &filter.ids,
             budget.unwrap_or(usize::MAX),
@@ -852,7 +859,7 @@ impl Engine {
     /// each within the bound, which gives the same result for one more lookup of the query
     /// per pass.
     pub fn set_identify_memory_mb(&mut self, mb: usize) {
-        self.set_max_identify_hits(mb.saturating_mul(HITS_PER_MB));
+        self.set_max_identify_hits(mb.max(1).saturating_mul(HITS_PER_MB));
     }
 
     /// [`Self::set_identify_memory_mb`] in hits (16 bytes each; at least 1).

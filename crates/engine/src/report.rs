@@ -11,7 +11,8 @@ pub struct Identification {
     pub query: String,
     /// Length of the query audio.
     pub duration_s: f64,
-    /// Hash lookups made.
+    /// Hash lookups made (the query's keys times the lookups of them: one, or one to
+    /// count and one a pass).
     pub n_lookups: usize,
     /// Hits those lookups returned.
     pub n_hits: usize,

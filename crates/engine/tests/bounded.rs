@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::Engine;
+use engine::{Engine, ReferenceFilter};
 use fingerprint::Params;
-use index::MemStore;
+use index::{MemStore, TrackId};
 
 const RATE_HZ: u32 = 16_000;
 
@@ -115,5 +115,41 @@ fn matching_in_passes_finds_what_one_pass_finds() {
         );
         assert_eq!(passed.n_hits, whole.n_hits, "budget {budget}");
         assert_eq!(as_json(&passed), as_json(&whole), "budget {budget}");
+    }
+
+    // Among some references only (as a scan searches), one of the sampled ones excluded:
+    // passes keep to the filter.
+    let mut ids: Vec<TrackId> = engine
+        .store()
+        .tracks()
+        .expect("tracks")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    let filter = ReferenceFilter {
+        ids: ids[1]..=ids[ids.len() - 2],
+        exclude: found
+            .iter()
+            .copied()
+            .find(|id| (ids[1]..=ids[ids.len() - 2]).contains(id)),
+    };
+    engine.set_max_identify_hits(usize::MAX);
+    let among = engine
+        .identify_samples_among("query", &query, &filter)
+        .expect("identify");
+    assert!(among.matches.iter().all(|m| filter.admits(m.track_id)));
+    assert!(
+        !among.matches.is_empty(),
+        "a sampled reference is left in the range"
+    );
+    for budget in [among.n_hits / 3, 1] {
+        engine.set_max_identify_hits(budget);
+        let passed = engine
+            .identify_samples_among("query", &query, &filter)
+            .expect("identify");
+        assert!(passed.n_passes > 1, "budget {budget}");
+        assert_eq!(passed.n_hits, among.n_hits, "budget {budget}");
+        assert_eq!(as_json(&passed), as_json(&among), "budget {budget}");
     }
 }

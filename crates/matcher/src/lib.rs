@@ -63,17 +63,16 @@ pub const REF_BIN_SCALE: f32 = 64.0;
 /// Fixed-point scale of [`Hit::r_span`] (the store's: 1/16 frame).
 pub const REF_SPAN_SCALE: f32 = 16.0;
 
-/// Sorts hits by track, then query quad, then the rest of the hit: a track's hits then
-/// come in an order of their own, whatever other tracks share the vector, so matching a
-/// track alone (a pass) adds up the same numbers in the same order. Sorting on the first
-/// two fields (one u64) and then on the whole hit within the short runs where they tie
-/// costs about what a sort by track alone does (a u128 key took 20% longer on 50M hits).
-fn sort_canonically(hits: &mut [Hit]) {
-    hits.sort_unstable_by_key(|h| (u64::from(h.track) << 32) | u64::from(h.query));
-    let whole = |h: &Hit| (h.r_time, h.r_bin, h.r_span);
-    for run in hits.chunk_by_mut(|a, b| a.track == b.track && a.query == b.query) {
+/// Sorts one track's hits by their content (query quad, reference time, then the rest):
+/// the order matching adds their numbers up in then depends on the hits alone, not on how
+/// they were sharded or which other tracks' hits shared the shards, so a track matched in
+/// a pass of its own, or from any number of shards, gives the same result to the last
+/// bit. One u64 key and a fix-up of the rare runs it leaves tied.
+fn sort_track_hits(hits: &mut [Hit]) {
+    hits.sort_unstable_by_key(|h| (u64::from(h.query) << 32) | u64::from(h.r_time));
+    for run in hits.chunk_by_mut(|a, b| a.query == b.query && a.r_time == b.r_time) {
         if run.len() > 1 {
-            run.sort_unstable_by_key(whole);
+            run.sort_unstable_by_key(|h| (h.r_bin, h.r_span, h.track));
         }
     }
 }
@@ -306,7 +305,10 @@ pub fn find_candidates_sharded(
 /// of references at a time; since every reference is matched on its own hits and the
 /// scope carries what is counted over all of them, the passes' candidates, joined in
 /// reference order and sorted by significance (a stable sort), are those one pass would
-/// have found.
+/// have found, provided that: each reference's hits are all in one pass and reach the
+/// same shards as in one pass (shards are chosen by key, as `index::lookup_shard` does);
+/// the passes are disjoint ranges of references; and `scope` was counted over the hits
+/// that [`TransformRange`] admits, with the same [`MatchParams::min_match_hits`].
 pub fn find_candidates_in_pass(
     shards: Vec<Vec<Hit>>,
     query: &[QueryQuad],
@@ -320,7 +322,8 @@ pub fn find_candidates_in_pass(
     matches_in_scope(shards, query, &p, Some(scope))
 }
 
-/// What matching takes from all of a query's plausible hits, not just one reference's: the
+/// What matching takes from all of a query's plausible hits (those [`TransformRange`]
+/// admits), not just one reference's: the
 /// query's extent (the chance rates' time base) and how many references were hit at all
 /// (the places searched).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -350,17 +353,40 @@ impl PassScope {
     }
 }
 
-/// Whether a hit's transform lies within the searched range (time factor and pitch shift):
-/// only such hits are matched, so only they are counted or kept.
-#[inline]
-pub fn is_plausible(h: &Hit, query: &[QueryQuad], p: &MatchParams) -> bool {
-    let q = &query[h.query as usize];
-    let r_span = h.r_span_frames();
-    let factor = (q.span / r_span) as f64;
-    q.span > 0.0
-        && r_span > 0.0
-        && (1.0 / p.max_time_factor..=p.max_time_factor).contains(&factor)
-        && ((q.bin - h.r_bin_bins()) as f64).abs() <= p.max_pitch_semitones * p.bins_per_semitone
+/// The transforms searched (time factor and pitch shift), as a test on hits: only hits
+/// within it are matched, so only they are counted or kept.
+#[derive(Clone, Copy, Debug)]
+pub struct TransformRange {
+    min_factor: f64,
+    max_factor: f64,
+    max_pitch_bins: f64,
+}
+
+impl TransformRange {
+    /// The range `p` searches.
+    pub fn new(p: &MatchParams) -> Self {
+        Self {
+            min_factor: 1.0 / p.max_time_factor,
+            max_factor: p.max_time_factor,
+            max_pitch_bins: p.max_pitch_semitones * p.bins_per_semitone,
+        }
+    }
+
+    /// Whether the transform `h` implies lies within the range.
+    ///
+    /// # Panics
+    ///
+    /// If `h.query` is not an index into `query`.
+    #[inline]
+    pub fn admits(&self, h: &Hit, query: &[QueryQuad]) -> bool {
+        let q = &query[h.query as usize];
+        let r_span = h.r_span_frames();
+        let factor = (q.span / r_span) as f64;
+        q.span > 0.0
+            && r_span > 0.0
+            && (self.min_factor..=self.max_factor).contains(&factor)
+            && ((q.bin - h.r_bin_bins()) as f64).abs() <= self.max_pitch_bins
+    }
 }
 
 /// Finds every sample occurrence the hits support, strongest first. `query` holds the
@@ -397,11 +423,10 @@ fn matches_in_scope(
     p: &MatchParams,
     scope: Option<PassScope>,
 ) -> Vec<SampleMatch> {
+    let range = TransformRange::new(p);
     shards.par_iter_mut().for_each(|hits| {
-        hits.retain(|h| is_plausible(h, query, p));
-        // (A stable sort by track would do too, but took 30% longer on 50M hits and a
-        // buffer of its own.)
-        sort_canonically(hits);
+        hits.retain(|h| range.admits(h, query));
+        hits.sort_unstable_by_key(|h| h.track);
     });
     let query_frames = match scope {
         Some(scope) => scope.query_frames,
@@ -435,14 +460,9 @@ fn matches_in_scope(
         .par_iter()
         .flat_map_iter(|parts| {
             let slice = |&(_, s, a, b): &(u32, usize, usize, usize)| &shards[s][a..b];
-            let gathered: Vec<Hit>;
-            let track_hits = if let [one] = parts {
-                slice(one)
-            } else {
-                gathered = parts.iter().flat_map(slice).copied().collect();
-                &gathered
-            };
-            match_track(track_hits, query, p, query_frames, n_tracks_hit)
+            let mut track_hits: Vec<Hit> = parts.iter().flat_map(slice).copied().collect();
+            sort_track_hits(&mut track_hits);
+            match_track(&track_hits, query, p, query_frames, n_tracks_hit)
         })
         .collect();
     out.sort_by(|a, b| b.significance.total_cmp(&a.significance));
