@@ -786,7 +786,10 @@ impl Engine {
                 .iter_mut()
                 .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
                 .collect();
-            self.store.lookup_sharded(keys, cap, &mut visitors)?;
+            // Only the filter's range of tracks is read where the store can skip the rest
+            // (a pass over a range of references).
+            self.store
+                .lookup_sharded_among(keys, cap, filter.ids.clone(), &mut visitors)?;
         }
         Ok(hits::collect(
             sinks,

@@ -131,6 +131,19 @@ pub fn decode_posting_list(
     bytes: &[u8],
     mut visit: impl FnMut(Posting),
 ) -> Result<(), &'static str> {
+    decode_posting_list_while(bytes, |posting| {
+        visit(posting);
+        true
+    })
+}
+
+/// [`decode_posting_list`] that stops, without reading further, at the first posting for
+/// which `visit` returns false (postings come sorted by track, so a caller wanting tracks
+/// up to some id stops past it).
+pub fn decode_posting_list_while(
+    bytes: &[u8],
+    mut visit: impl FnMut(Posting) -> bool,
+) -> Result<(), &'static str> {
     let mut cursor = bytes;
     let count = read_varint(&mut cursor)? as usize;
     if count > cursor.len() / MIN_LIST_POSTING_BYTES {
@@ -151,12 +164,14 @@ pub fn decode_posting_list(
         }
         let freq = read_u16(&mut cursor)?;
         let span = read_u16(&mut cursor)?;
-        visit(Posting {
+        if !visit(Posting {
             track,
             time,
             freq,
             span,
-        });
+        }) {
+            return Ok(());
+        }
     }
     if !cursor.is_empty() {
         return Err("it has trailing bytes");

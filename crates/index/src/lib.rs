@@ -248,6 +248,36 @@ pub trait Store: Send + Sync {
         })
     }
 
+    /// [`Store::lookup_sharded`] for the postings of tracks in `tracks` only: exactly its
+    /// visits with the other tracks' left out. The cap still counts every posting of a
+    /// key, in `tracks` or not. A backend may skip reading what lies outside the range
+    /// (LMDB reads a posting list only up to its last track in range); the default
+    /// filters the visits.
+    fn lookup_sharded_among(
+        &self,
+        keys: &[u32],
+        max_postings_per_key: usize,
+        tracks: RangeInclusive<TrackId>,
+        visitors: &mut [&mut (dyn FnMut(usize, Posting) + Send)],
+    ) -> Result<(), IndexError> {
+        let mut filtered: Vec<_> = visitors
+            .iter_mut()
+            .map(|visit| {
+                let tracks = tracks.clone();
+                move |i: usize, posting: Posting| {
+                    if tracks.contains(&posting.track) {
+                        visit(i, posting);
+                    }
+                }
+            })
+            .collect();
+        let mut filtered: Vec<&mut (dyn FnMut(usize, Posting) + Send)> = filtered
+            .iter_mut()
+            .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
+            .collect();
+        self.lookup_sharded(keys, max_postings_per_key, &mut filtered)
+    }
+
     /// Returns the store's size counters.
     fn stats(&self) -> Result<StoreStats, IndexError>;
 

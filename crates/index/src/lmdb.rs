@@ -83,9 +83,10 @@ use heed::{
 
 use crate::codec::{
     ALL_PARTITIONS, N_PARTITIONS, Run, Section, SortedQueries, catalogue_key,
-    catalogue_key_is_exact, decode_posting_list, duration_us, encode_posting_list, encode_run,
-    merged_metadata, partition_of, posting_list_len, prepare_entries, run_order, sort_queries,
-    validate_scan, validate_side_data, validate_track_info,
+    catalogue_key_is_exact, decode_posting_list, decode_posting_list_while, duration_us,
+    encode_posting_list, encode_run, merged_metadata, partition_of, posting_list_len,
+    prepare_entries, run_order, sort_queries, validate_scan, validate_side_data,
+    validate_track_info,
 };
 use crate::{
     Entry, FORMAT_VERSION, IndexError, Posting, Relation, Store, StoreMeta, StoreStats, TrackId,
@@ -811,14 +812,40 @@ impl LmdbStore {
         Ok(None)
     }
 
-    /// The postings of the keys of `queries` that fall in the partitions marked in
-    /// `serves`, from the snapshot of `rtxn`, in key order; `visit(partition, i, posting)`.
-    /// What it reads through the map is released past `resident_budget` bytes.
+    /// [`Store::lookup`] restricted to the postings of `tracks`, on one thread.
+    fn lookup_among(
+        &self,
+        keys: &[u32],
+        max_postings_per_key: usize,
+        tracks: &RangeInclusive<TrackId>,
+        visit: &mut dyn FnMut(usize, Posting),
+    ) -> Result<(), IndexError> {
+        let queries = sort_queries(keys)?;
+        let rtxn = self.read_txn()?;
+        self.lookup_partitions(
+            &rtxn,
+            &queries,
+            max_postings_per_key,
+            tracks,
+            &[true; N_PARTITIONS],
+            self.options.lookup_resident_bytes,
+            &mut |_, i, posting| visit(i, posting),
+        )
+    }
+
+    /// The postings of tracks in `tracks` of the keys of `queries` that fall in the
+    /// partitions marked in `serves`, from the snapshot of `rtxn`, in key order;
+    /// `visit(partition, i, posting)`. The cap counts every live posting of a key, in
+    /// `tracks` or not; a posting list is read only up to its last track in `tracks` when
+    /// no tombstone asks for the rest to be counted. What it reads through the map is
+    /// released past `resident_budget` bytes.
+    #[allow(clippy::too_many_arguments)]
     fn lookup_partitions(
         &self,
         rtxn: &RoTxn<'_, WithoutTls>,
         queries: &SortedQueries<'_>,
         max_postings_per_key: usize,
+        tracks: &RangeInclusive<TrackId>,
         serves: &[bool; N_PARTITIONS],
         resident_budget: usize,
         visit: &mut dyn FnMut(usize, usize, Posting),
@@ -865,6 +892,8 @@ impl LmdbStore {
                 continue;
             }
             list.clear();
+            // Live postings of the key, in `tracks` or not: what the cap counts.
+            let mut n_live = 0usize;
             let head = walkers[partition].seek(key)?;
             if let Some((_, blob)) = head {
                 residency.touch(&mut main_read[partition], blob);
@@ -875,36 +904,56 @@ impl LmdbStore {
                 let dead = &dead[partition];
                 let corrupt_list =
                     |what| self.corrupt(format!("posting list of key {key}: {what}"));
-                // Without tombstones the header alone decides the cap, so over-cap keys
-                // cost no decoding at all.
-                if dead.is_empty()
-                    && posting_list_len(blob).map_err(corrupt_list)? > max_postings_per_key
-                {
-                    continue;
-                }
-                decode_posting_list(blob, |posting| {
-                    if dead.is_empty() || dead.binary_search(&posting.track).is_err() {
-                        list.push(posting);
+                if dead.is_empty() {
+                    // Without tombstones the header alone decides the cap, so over-cap keys
+                    // cost no decoding at all, and a list sorted by track is read only as
+                    // far as `tracks` reaches.
+                    n_live = posting_list_len(blob).map_err(corrupt_list)?;
+                    if n_live > max_postings_per_key {
+                        continue;
                     }
-                })
-                .map_err(corrupt_list)?;
-                if list.len() > max_postings_per_key {
-                    continue;
+                    decode_posting_list_while(blob, |posting| {
+                        if posting.track > *tracks.end() {
+                            return false;
+                        }
+                        if posting.track >= *tracks.start() {
+                            list.push(posting);
+                        }
+                        true
+                    })
+                    .map_err(corrupt_list)?;
+                } else {
+                    decode_posting_list(blob, |posting| {
+                        if dead.binary_search(&posting.track).is_err() {
+                            n_live += 1;
+                            if tracks.contains(&posting.track) {
+                                list.push(posting);
+                            }
+                        }
+                    })
+                    .map_err(corrupt_list)?;
+                    if n_live > max_postings_per_key {
+                        continue;
+                    }
                 }
             }
             for ((track, section, cursor), read) in sections[partition]
                 .iter_mut()
                 .zip(&mut sections_read[partition])
             {
-                let mut i = section.seek(*cursor, key);
+                let start = section.seek(*cursor, key);
+                let mut i = start;
                 while i < section.len() && section.key(i) == key {
-                    list.push(section.posting(i, *track));
                     i += 1;
+                }
+                n_live += i - start;
+                if tracks.contains(track) {
+                    list.extend((start..i).map(|j| section.posting(j, *track)));
                 }
                 residency.touch(read, section.records_bytes(*cursor, i));
                 *cursor = i;
             }
-            if list.len() > max_postings_per_key {
+            if n_live > max_postings_per_key {
                 continue;
             }
             for &posting in &list {
@@ -1727,22 +1776,23 @@ impl Store for LmdbStore {
         max_postings_per_key: usize,
         visit: &mut dyn FnMut(usize, Posting),
     ) -> Result<(), IndexError> {
-        let queries = sort_queries(keys)?;
-        let rtxn = self.read_txn()?;
-        self.lookup_partitions(
-            &rtxn,
-            &queries,
-            max_postings_per_key,
-            &[true; N_PARTITIONS],
-            self.options.lookup_resident_bytes,
-            &mut |_, i, posting| visit(i, posting),
-        )
+        self.lookup_among(keys, max_postings_per_key, &(0..=TrackId::MAX), visit)
     }
 
     fn lookup_sharded(
         &self,
         keys: &[u32],
         max_postings_per_key: usize,
+        visitors: &mut [&mut (dyn FnMut(usize, Posting) + Send)],
+    ) -> Result<(), IndexError> {
+        self.lookup_sharded_among(keys, max_postings_per_key, 0..=TrackId::MAX, visitors)
+    }
+
+    fn lookup_sharded_among(
+        &self,
+        keys: &[u32],
+        max_postings_per_key: usize,
+        tracks: RangeInclusive<TrackId>,
         visitors: &mut [&mut (dyn FnMut(usize, Posting) + Send)],
     ) -> Result<(), IndexError> {
         let n_shards = visitors.len();
@@ -1753,7 +1803,7 @@ impl Store for LmdbStore {
             None
         };
         let Some(txns) = txns else {
-            return self.lookup(keys, max_postings_per_key, &mut |i, posting| {
+            return self.lookup_among(keys, max_postings_per_key, &tracks, &mut |i, posting| {
                 (visitors[lookup_shard(keys[i], n_shards)])(i, posting)
             });
         };
@@ -1780,6 +1830,7 @@ impl Store for LmdbStore {
                     &txn,
                     &queries,
                     max_postings_per_key,
+                    &tracks,
                     &serves,
                     budget,
                     &mut |partition, i, posting| (mine[slot[partition % n_shards]].1)(i, posting),

@@ -754,7 +754,38 @@ fn check_against_model(
             .lookup(&keys, cap, &mut |i, p| actual.push((i, p)))
             .map_err(fail)?;
         actual.sort_unstable();
-        prop_assert_eq!(actual, model.expected_visits(&keys, cap), "cap {}", cap);
+        let expected = model.expected_visits(&keys, cap);
+        prop_assert_eq!(&actual, &expected, "cap {}", cap);
+        // Restricted to a range of tracks: the same visits of those tracks, the cap still
+        // counting every posting; over one visitor and over three shards.
+        let ids: Vec<TrackId> = model.tracks.keys().copied().collect();
+        let mid = ids.get(ids.len() / 2).copied().unwrap_or(0);
+        for tracks in [0..=TrackId::MAX, 0..=mid, mid..=TrackId::MAX, mid..=mid] {
+            let wanted: Vec<(usize, Posting)> = expected
+                .iter()
+                .filter(|(_, p)| tracks.contains(&p.track))
+                .copied()
+                .collect();
+            for n_shards in [1, 3] {
+                let mut shards: Vec<Vec<(usize, Posting)>> = vec![Vec::new(); n_shards];
+                {
+                    let mut visitors: Vec<_> = shards
+                        .iter_mut()
+                        .map(|v| move |i: usize, p: Posting| v.push((i, p)))
+                        .collect();
+                    let mut visitors: Vec<&mut (dyn FnMut(usize, Posting) + Send)> = visitors
+                        .iter_mut()
+                        .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
+                        .collect();
+                    store
+                        .lookup_sharded_among(&keys, cap, tracks.clone(), &mut visitors)
+                        .map_err(fail)?;
+                }
+                let mut among: Vec<(usize, Posting)> = shards.concat();
+                among.sort_unstable();
+                prop_assert_eq!(&among, &wanted, "cap {} tracks {:?}", cap, tracks);
+            }
+        }
     }
 
     let stats = store.stats().map_err(fail)?;
