@@ -68,6 +68,29 @@ pub fn lookup_all(store: &dyn Store, keys: &[u32]) -> Vec<(usize, Posting)> {
     lookup_capped(store, keys, usize::MAX)
 }
 
+/// The visits of [`Store::lookup_sharded_among`] over `n_shards` visitors, one vector
+/// each, in the order each visitor received them.
+pub fn sharded_visits(
+    store: &dyn Store,
+    keys: &[u32],
+    cap: usize,
+    tracks: std::ops::RangeInclusive<TrackId>,
+    n_shards: usize,
+) -> Result<Vec<Vec<(usize, Posting)>>, IndexError> {
+    let mut shards: Vec<Vec<(usize, Posting)>> = vec![Vec::new(); n_shards];
+    let mut visitors: Vec<_> = shards
+        .iter_mut()
+        .map(|v| move |i: usize, p: Posting| v.push((i, p)))
+        .collect();
+    let mut visitors: Vec<&mut (dyn FnMut(usize, Posting) + Send)> = visitors
+        .iter_mut()
+        .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
+        .collect();
+    store.lookup_sharded_among(keys, cap, tracks, &mut visitors)?;
+    drop(visitors);
+    Ok(shards)
+}
+
 /// Every `(index, posting)` visit of a lookup with the given cap, sorted.
 pub fn lookup_capped(store: &dyn Store, keys: &[u32], cap: usize) -> Vec<(usize, Posting)> {
     let mut visits = Vec::new();
@@ -767,20 +790,8 @@ fn check_against_model(
                 .copied()
                 .collect();
             for n_shards in [1, 3] {
-                let mut shards: Vec<Vec<(usize, Posting)>> = vec![Vec::new(); n_shards];
-                {
-                    let mut visitors: Vec<_> = shards
-                        .iter_mut()
-                        .map(|v| move |i: usize, p: Posting| v.push((i, p)))
-                        .collect();
-                    let mut visitors: Vec<&mut (dyn FnMut(usize, Posting) + Send)> = visitors
-                        .iter_mut()
-                        .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
-                        .collect();
-                    store
-                        .lookup_sharded_among(&keys, cap, tracks.clone(), &mut visitors)
-                        .map_err(fail)?;
-                }
+                let shards =
+                    sharded_visits(store, &keys, cap, tracks.clone(), n_shards).map_err(fail)?;
                 let mut among: Vec<(usize, Posting)> = shards.concat();
                 among.sort_unstable();
                 prop_assert_eq!(&among, &wanted, "cap {} tracks {:?}", cap, tracks);

@@ -184,28 +184,28 @@ fn lookups_that_release_the_map_visit_the_same_postings() {
                 .lookup(&keys, cap, &mut |i, posting| sequential.push((i, posting)))
                 .expect("lookup");
             assert!(!sequential.is_empty());
-            for n_shards in [1, 2, 5, 16] {
-                let mut shards: Vec<Vec<(usize, Posting)>> = vec![Vec::new(); n_shards];
-                let mut visitors: Vec<_> = shards
-                    .iter_mut()
-                    .map(|v| move |i, posting| v.push((i, posting)))
-                    .collect();
-                let mut visitors: Vec<&mut (dyn FnMut(usize, Posting) + Send)> = visitors
-                    .iter_mut()
-                    .map(|v| v as &mut (dyn FnMut(usize, Posting) + Send))
-                    .collect();
-                store
-                    .lookup_sharded(&keys, cap, &mut visitors)
-                    .expect("sharded lookup");
+            // Every track, then (the parallel path of a pass) a middle range of them.
+            let mid = sequential[sequential.len() / 2].1.track;
+            for (tracks, n_shards) in [1, 2, 5, 16]
+                .into_iter()
+                .map(|n| (0..=index::TrackId::MAX, n))
+                .chain([(mid..=mid + 2, 16), (mid..=mid + 2, 1)])
+            {
+                let shards =
+                    index::testsuite::sharded_visits(&store, &keys, cap, tracks.clone(), n_shards)
+                        .expect("sharded lookup");
                 for (shard, got) in shards.iter().enumerate() {
                     let expected: Vec<(usize, Posting)> = sequential
                         .iter()
-                        .filter(|(i, _)| index::lookup_shard(keys[*i], n_shards) == shard)
+                        .filter(|(i, p)| {
+                            index::lookup_shard(keys[*i], n_shards) == shard
+                                && tracks.contains(&p.track)
+                        })
                         .copied()
                         .collect();
                     assert!(
                         *got == expected,
-                        "shard {shard} of {n_shards}, cap {cap}: {} visits, expected {}",
+                        "shard {shard} of {n_shards}, cap {cap}, tracks {tracks:?}: {} visits, expected {}",
                         got.len(),
                         expected.len()
                     );
