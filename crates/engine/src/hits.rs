@@ -10,9 +10,10 @@
 //! over all hits at once ([`matcher::PassScope`]), so the result is the one a single pass
 //! would give, on a store that does not change meanwhile (each lookup reads the store as
 //! it is then; tracks added after the first are not searched). A pass costs one more
-//! lookup of the whole query. The bound is on the hits kept: a reference with more hits
-//! than the bound alone gets a pass of its own, and the vectors holding hits may reserve
-//! up to twice what they hold.
+//! lookup of the whole query. The bound is on the hits kept (give or take a batch of
+//! 1,024 a shard while a lookup runs): a reference with more hits than the bound alone
+//! gets a pass of its own, and the vectors holding hits may reserve up to twice what they
+//! hold.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -62,7 +63,10 @@ pub(crate) struct HitSink<'a> {
 }
 
 /// A lookup's budget of hits, shared by its sinks (which run on several threads): each
-/// takes [`BUDGET_BATCH`] hits at a time from it.
+/// takes [`BUDGET_BATCH`] hits at a time from it. It holds a batch per sink beyond the
+/// budget, so running out means more than the budget was kept whatever the threads'
+/// timing, and [`collect`] decides the rest exactly: a lookup's hits fit if and only if
+/// they number at most the budget.
 pub(crate) struct Budget {
     left: AtomicUsize,
     overflowed: AtomicBool,
@@ -74,9 +78,10 @@ pub(crate) struct Budget {
 const BUDGET_BATCH: usize = 1024;
 
 impl Budget {
-    pub(crate) fn new(hits: usize) -> Self {
+    /// The budget of `hits` for a lookup into `n_sinks` sinks.
+    pub(crate) fn new(hits: usize, n_sinks: usize) -> Self {
         Self {
-            left: AtomicUsize::new(hits),
+            left: AtomicUsize::new(hits.saturating_add(n_sinks.saturating_mul(BUDGET_BATCH))),
             overflowed: AtomicBool::new(false),
         }
     }
@@ -203,7 +208,8 @@ pub(crate) fn collect(
     ids: &RangeInclusive<TrackId>,
     budget: usize,
 ) -> Collected {
-    if sinks.iter().all(|s| s.counted.is_none()) {
+    let kept: usize = sinks.iter().map(|s| s.hits.len()).sum();
+    if sinks.iter().all(|s| s.counted.is_none()) && kept <= budget {
         return Collected::All(sinks.into_iter().map(|s| s.hits).collect());
     }
     let mut total = Counted::default();
@@ -276,7 +282,7 @@ mod tests {
             query: &query,
             range: matcher::TransformRange::new(&p),
         };
-        let shared = Budget::new(budget);
+        let shared = Budget::new(budget, per_sink.len());
         let mut sinks: Vec<HitSink> = per_sink
             .iter()
             .map(|_| HitSink::new(Some(&shared), 16))
@@ -309,6 +315,17 @@ mod tests {
             panic!("120,010 hits do not fit a budget of 100,000");
         };
         assert_eq!(scope.n_tracks_hit, 7);
+        // The decision is exact whatever the order in which shards took their batches.
+        assert!(matches!(lookup(3_000, &[1_500, 1_500]), Collected::All(_)));
+        assert!(matches!(lookup(3_000, &[3_000, 1]), Collected::Over { .. }));
+        assert!(matches!(
+            lookup(3_000, &[1, 1_499, 1_000, 500]),
+            Collected::All(_)
+        ));
+        assert!(matches!(
+            lookup(3_000, &[1, 1_500, 1_000, 500]),
+            Collected::Over { .. }
+        ));
         assert_eq!(passes.len(), 2, "{passes:?}");
         assert_eq!(*passes[1].end(), 6, "up to the last track counted");
     }

@@ -697,7 +697,7 @@ impl Engine {
                 (candidates, n_hits, n_passes, n_passes + 1)
             }
         };
-        let n_lookups = keys.len() * lookups;
+        let n_lookups = keys.len().saturating_mul(lookups);
         drop(keys);
         drop(query);
         let matches = self.verify(candidates, &print)?;
@@ -739,8 +739,9 @@ impl Engine {
         // vector starts at its share of three rather than doubling up from nothing: the
         // buffers a doubling leaves behind stay resident (a start at two cost 32 MB of
         // peak memory there). Reserved but unused capacity is address space only.
-        let shared = budget.map(hits::Budget::new);
-        let expected = (3 * keys.len() / LOOKUP_SHARDS).min(budget.unwrap_or(usize::MAX));
+        let shared = budget.map(|b| hits::Budget::new(b, LOOKUP_SHARDS));
+        let expected = (3 * keys.len() / LOOKUP_SHARDS)
+            .min(budget.map_or(usize::MAX, |b| b.div_ceil(LOOKUP_SHARDS)));
         let mut sinks: Vec<hits::HitSink> = (0..LOOKUP_SHARDS)
             .map(|_| hits::HitSink::new(shared.as_ref(), expected))
             .collect();

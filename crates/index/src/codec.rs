@@ -139,7 +139,7 @@ pub fn decode_posting_list(
 
 /// [`decode_posting_list`] that stops, without reading further, at the first posting for
 /// which `visit` returns false (postings come sorted by track, so a caller wanting tracks
-/// up to some id stops past it).
+/// up to some id stops past it). Damage past that point goes unnoticed by this read.
 pub fn decode_posting_list_while(
     bytes: &[u8],
     mut visit: impl FnMut(Posting) -> bool,

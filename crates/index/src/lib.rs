@@ -251,8 +251,9 @@ pub trait Store: Send + Sync {
     /// [`Store::lookup_sharded`] for the postings of tracks in `tracks` only: exactly its
     /// visits with the other tracks' left out. The cap still counts every posting of a
     /// key, in `tracks` or not. A backend may skip reading what lies outside the range
-    /// (LMDB reads a posting list only up to its last track in range); the default
-    /// filters the visits.
+    /// (LMDB reads a posting list only up to its last track in range, unless a removed
+    /// track in the list's partition asks for its live postings to be counted, so damage
+    /// past the range may go unnoticed); the default filters the visits.
     fn lookup_sharded_among(
         &self,
         keys: &[u32],

@@ -1796,6 +1796,9 @@ impl Store for LmdbStore {
         visitors: &mut [&mut (dyn FnMut(usize, Posting) + Send)],
     ) -> Result<(), IndexError> {
         let n_shards = visitors.len();
+        if n_shards == 0 {
+            return Ok(());
+        }
         let n_workers = rayon::current_num_threads().min(n_shards).min(N_PARTITIONS);
         let txns = if n_workers > 1 && keys.len() >= PARALLEL_LOOKUP_MIN_KEYS {
             self.snapshot(n_workers)?

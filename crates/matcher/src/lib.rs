@@ -305,10 +305,9 @@ pub fn find_candidates_sharded(
 /// of references at a time; since every reference is matched on its own hits and the
 /// scope carries what is counted over all of them, the passes' candidates, joined in
 /// reference order and sorted by significance (a stable sort), are those one pass would
-/// have found, provided that: each reference's hits are all in one pass and reach the
-/// same shards as in one pass (shards are chosen by key, as `index::lookup_shard` does);
-/// the passes are disjoint ranges of references; and `scope` was counted over the hits
-/// that [`TransformRange`] admits, with the same [`MatchParams::min_match_hits`].
+/// have found, provided that: each reference's hits are all in one pass; the passes are
+/// disjoint ranges of references; and `scope` was counted over the hits that
+/// [`TransformRange`] admits, with the same [`MatchParams::min_match_hits`].
 pub fn find_candidates_in_pass(
     shards: Vec<Vec<Hit>>,
     query: &[QueryQuad],
@@ -402,7 +401,8 @@ pub fn find_matches(hits: Vec<Hit>, query: &[QueryQuad], p: &MatchParams) -> Vec
 /// [`find_matches`] over hits that arrive in several vectors (a store's lookup shards, see
 /// `index::Store::lookup_sharded`), without first copying them into one: each shard is
 /// filtered and ordered by track in parallel, and a track's hits are gathered from the
-/// shards in shard order. The result depends on the shards' contents and order only.
+/// shards and sorted by content. The result depends on the hits only (as a multiset),
+/// not on how they were sharded or ordered.
 ///
 /// # Panics
 ///
