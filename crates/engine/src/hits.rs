@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use index::TrackId;
 use matcher::{Hit, MatchParams, PassScope, QueryQuad};
@@ -69,7 +69,6 @@ pub(crate) struct HitSink<'a> {
 /// they number at most the budget.
 pub(crate) struct Budget {
     left: AtomicUsize,
-    overflowed: AtomicBool,
 }
 
 /// Hits a sink takes from the shared budget at a time: few enough that what the shards
@@ -82,19 +81,14 @@ impl Budget {
     pub(crate) fn new(hits: usize, n_sinks: usize) -> Self {
         Self {
             left: AtomicUsize::new(hits.saturating_add(n_sinks.saturating_mul(BUDGET_BATCH))),
-            overflowed: AtomicBool::new(false),
         }
     }
 
     /// Takes up to a batch; 0 when the budget is spent (and from then on for every sink).
     fn take(&self) -> usize {
-        if self.overflowed.load(Ordering::Relaxed) {
-            return 0;
-        }
         let mut left = self.left.load(Ordering::Relaxed);
         loop {
             if left == 0 {
-                self.overflowed.store(true, Ordering::Relaxed);
                 return 0;
             }
             let n = left.min(BUDGET_BATCH);

@@ -690,9 +690,8 @@ impl Engine {
                     candidates.extend(matcher::find_candidates_in_pass(shards, &query, mp, scope));
                     lap(&mut match_s);
                 }
-                // Each pass is sorted; a stable sort of the passes joined in reference order
-                // is the order one pass would have given.
-                candidates.sort_by(|a, b| b.significance.total_cmp(&a.significance));
+                // Joined in reference order, each reference's candidates in one pass's order:
+                // all that `verify` (which takes them by reference) depends on.
                 // The first lookup only counted.
                 (candidates, n_hits, n_passes, n_passes + 1)
             }

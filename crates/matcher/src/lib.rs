@@ -304,8 +304,8 @@ pub fn find_candidates_sharded(
 /// plausible hits. A query whose hits would not fit in memory at once is matched one range
 /// of references at a time; since every reference is matched on its own hits and the
 /// scope carries what is counted over all of them, the passes' candidates, joined in
-/// reference order and sorted by significance (a stable sort), are those one pass would
-/// have found, provided that: each reference's hits are all in one pass; the passes are
+/// reference order, are those one pass would have found, each reference's in the same
+/// order, provided that: each reference's hits are all in one pass; the passes are
 /// disjoint ranges of references; and `scope` was counted over the hits that
 /// [`TransformRange`] admits, with the same [`MatchParams::min_match_hits`].
 pub fn find_candidates_in_pass(
@@ -428,17 +428,6 @@ fn matches_in_scope(
         hits.retain(|h| range.admits(h, query));
         hits.sort_unstable_by_key(|h| h.track);
     });
-    let query_frames = match scope {
-        Some(scope) => scope.query_frames,
-        None => {
-            shards
-                .iter()
-                .flatten()
-                .map(|h| query[h.query as usize].time)
-                .fold(0f32, f32::max) as f64
-                + 1.0
-        }
-    };
     // Each track's stretch of each shard, as (track, shard, start, end), by track and
     // then shard.
     let mut spans: Vec<(u32, usize, usize, usize)> = Vec::new();
@@ -450,11 +439,29 @@ fn matches_in_scope(
         }
     }
     spans.sort_unstable();
+    let n_hits = |parts: &[(u32, usize, usize, usize)]| -> usize {
+        parts.iter().map(|&(_, _, a, b)| b - a).sum()
+    };
+    // Without a scope these hits are all of the query's: the scope is counted over them,
+    // exactly as a pass's scope is counted over every pass's hits.
+    let PassScope {
+        query_frames,
+        n_tracks_hit,
+    } = scope.unwrap_or_else(|| {
+        PassScope::from_counts(
+            spans.chunk_by(|a, b| a.0 == b.0).map(n_hits),
+            shards
+                .iter()
+                .flatten()
+                .map(|h| query[h.query as usize].time)
+                .reduce(f32::max),
+            p,
+        )
+    });
     let tracks: Vec<&[(u32, usize, usize, usize)]> = spans
         .chunk_by(|a, b| a.0 == b.0)
-        .filter(|parts| parts.iter().map(|&(_, _, a, b)| b - a).sum::<usize>() >= p.min_match_hits)
+        .filter(|parts| n_hits(parts) >= p.min_match_hits)
         .collect();
-    let n_tracks_hit = scope.map_or(tracks.len().max(1), |scope| scope.n_tracks_hit);
     // Tracks are independent, so they are matched in parallel.
     let mut out: Vec<SampleMatch> = tracks
         .par_iter()
