@@ -631,26 +631,21 @@ impl LmdbStore {
         let in_use = || IndexError::InUse {
             dir: self.dir.clone(),
         };
+        let io_error = |source| IndexError::Io {
+            dir: self.dir.clone(),
+            source,
+        };
         let lock = self.lock.as_ref().ok_or_else(in_use)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(in_use()),
-            Err(fs::TryLockError::Error(source)) => {
-                return Err(IndexError::Io {
-                    dir: self.dir.clone(),
-                    source,
-                });
-            }
+            Err(fs::TryLockError::Error(source)) => return Err(io_error(source)),
         }
         self.compact()?;
         let before = self
             .env
             .real_disk_size()
             .map_err(self.err("reading the file size"))?;
-        let io_error = |source| IndexError::Io {
-            dir: self.dir.clone(),
-            source,
-        };
         let staging = self.dir.join(COMPACT_STAGING_DIR);
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(io_error)?;
