@@ -124,6 +124,20 @@ pub struct Params {
     pub ref_verify_radius_frames: usize,
     /// ...and in bins.
     pub ref_verify_radius_bins: usize,
+    /// The grid a reference's hashes store their anchor time on, in frames. The store's
+    /// blocks drop the low bits that are zero in every value, so a coarser grid costs fewer
+    /// bits; by default every field keeps its full precision (1, 1, 1), because every grid
+    /// measured cost recall (BENCHMARKS.md, session 14): bins on 1/2 bin and spans on a
+    /// frame took the benchmark's store from 7.22 to 5.97 MB per hour but found 5 of 332
+    /// samples fewer over the four sweeps, 1/8 bin and 1/4 frame 6.56 MB per hour and 3
+    /// fewer (short, chopped and looped samples have few hits, and a coarse time factor
+    /// or pitch per hit spreads their votes), and times on 2 frames moved the fitted tempo
+    /// of 2-second loops by up to 0.6%.
+    pub stored_time_step: u32,
+    /// The grid of the stored anchor bin, in units of 1/[`FREQ_SCALE`] bin.
+    pub stored_freq_step: u16,
+    /// The grid of the stored span, in units of 1/[`SPAN_SCALE`] frame.
+    pub stored_span_step: u16,
 }
 
 impl Default for Params {
@@ -166,6 +180,9 @@ impl Default for Params {
             ref_verify_peaks_per_s: 48.0,
             ref_verify_radius_frames: 4,
             ref_verify_radius_bins: 4,
+            stored_time_step: 1,
+            stored_freq_step: 1,
+            stored_span_step: 1,
         }
     }
 }
@@ -259,6 +276,12 @@ impl Params {
         {
             return bad("peak densities must be positive");
         }
+        if !(1..=64).contains(&self.stored_time_step)
+            || !(1..=4 * FREQ_SCALE as u16).contains(&self.stored_freq_step)
+            || !(1..=4 * SPAN_SCALE as u16).contains(&self.stored_span_step)
+        {
+            return bad("stored grid steps must be 1..=64 frames, 1..=4 bins and 1..=4 frames");
+        }
         Ok(())
     }
 
@@ -290,9 +313,18 @@ impl Params {
                 self.ref_verify_radius_bins
             )
         };
+        // Full precision (the default, as every store before format 4 kept) adds nothing.
+        let grid = match (
+            self.stored_time_step,
+            self.stored_freq_step,
+            self.stored_span_step,
+        ) {
+            (1, 1, 1) => String::new(),
+            (time, freq, span) => format!(" grid={time}/{freq}/{span}"),
+        };
         format!(
             "cratedigger-fp/{} sr={} fft={} hop={} fmin={} bpo={} oct={} pr={}x{} minp={} dr={} \
-             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}{hash}{order}{verify}",
+             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}{hash}{order}{verify}{grid}",
             ALGORITHM_VERSION,
             self.sample_rate_hz,
             self.fft_size,
@@ -533,7 +565,18 @@ mod tests {
             ref_verify_peaks_per_s: 24.0,
             ..Params::default()
         };
+        // And the grid its hashes store positions on, when it is not full precision.
+        let coarse = Params {
+            stored_freq_step: 32,
+            stored_span_step: 16,
+            ..Params::default()
+        };
         assert!(a.describe().ends_with(" rv=48/4x4"), "{}", a.describe());
+        assert!(
+            coarse.describe().ends_with(" rv=48/4x4 grid=1/32/16"),
+            "{}",
+            coarse.describe()
+        );
         assert_ne!(a.describe(), sparse_verify.describe());
         // Verification on the hash peaks themselves, as stores before session 10 kept,
         // describes itself as those stores do.

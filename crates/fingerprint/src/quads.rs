@@ -215,6 +215,9 @@ fn for_each_choice(partners: &[Peak], k: usize, mut f: impl FnMut(&[Peak])) {
 /// The quads a reference recording stores.
 pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
     let grid = Grid::new(p);
+    let time_step = p.stored_time_step as f32;
+    let freq_step = f32::from(p.stored_freq_step);
+    let span_step = f32::from(p.stored_span_step);
     let mut out = Vec::new();
     for_each_anchor(
         peaks,
@@ -235,16 +238,21 @@ pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
                 );
                 out.push(RefQuad {
                     hash,
-                    time: a.time.max(0.0).round() as u32,
-                    freq: (a.bin.max(0.0) * FREQ_SCALE).round().min(u16::MAX as f32) as u16,
-                    span: ((d.time - a.time) * SPAN_SCALE)
-                        .round()
-                        .min(u16::MAX as f32) as u16,
+                    time: on_grid(a.time.max(0.0), time_step) as u32,
+                    freq: on_grid(a.bin.max(0.0) * FREQ_SCALE, freq_step).min(u16::MAX as f32)
+                        as u16,
+                    span: on_grid((d.time - a.time) * SPAN_SCALE, span_step).min(u16::MAX as f32)
+                        as u16,
                 });
             });
         },
     );
     out
+}
+
+/// `value` rounded to the nearest multiple of `step`.
+fn on_grid(value: f32, step: f32) -> f32 {
+    (value / step).round() * step
 }
 
 /// The quads a query looks up: more partners over a time zone widened by the largest
@@ -477,9 +485,13 @@ mod tests {
             !found.is_empty(),
             "the stored hash was not among the query's"
         );
+        // The store keeps span and bin on a grid: they read back within half a step.
         let ref_span = stored[0].span as f32 / SPAN_SCALE;
-        assert!((found[0].span / ref_span - scale).abs() < 5e-3);
-        assert!((found[0].bin - stored[0].freq as f32 / FREQ_SCALE - shift).abs() < 0.02);
+        let span_step = f32::from(p.stored_span_step) / SPAN_SCALE;
+        assert!((found[0].span / scale - ref_span).abs() <= span_step / 2.0 + 5e-3 * ref_span);
+        let bin_step = f32::from(p.stored_freq_step) / FREQ_SCALE;
+        let ref_bin = stored[0].freq as f32 / FREQ_SCALE;
+        assert!((found[0].bin - shift - ref_bin).abs() <= bin_step / 2.0 + 0.02);
     }
 
     /// Quad hashing (`hash_peaks` 4) on the grid it was tuned with, without order bits.

@@ -125,9 +125,10 @@ fn natural_keys(db: RawDb) -> Vec<Vec<u8>> {
         RawDb::Tracks | RawDb::Runs | RawDb::RunState | RawDb::Deleted => ids().collect(),
         RawDb::Paths => TRACKS.iter().map(|t| catalogue(t.0)).collect(),
         RawDb::Contents => TRACKS.iter().map(|t| catalogue(t.1)).collect(),
+        // Main holds blocks of 64 keys under `key >> 6`.
         RawDb::LiveMain(_) => TRACKS
             .iter()
-            .flat_map(|t| t.2.iter().map(|k| k.to_be_bytes().to_vec()))
+            .flat_map(|t| t.2.iter().map(|k| (k >> 6).to_be_bytes().to_vec()))
             .collect(),
     }
 }

@@ -27,7 +27,7 @@ pub fn prepare_entries(track: TrackId, entries: &[Entry]) -> Vec<(u32, Posting)>
     prepared
 }
 
-fn write_varint(out: &mut Vec<u8>, mut value: u32) {
+pub(crate) fn write_varint(out: &mut Vec<u8>, mut value: u32) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -37,7 +37,7 @@ fn write_varint(out: &mut Vec<u8>, mut value: u32) {
 
 /// Reads one LEB128 varint; numbers below 128, the common case, take the first branch.
 #[inline]
-fn read_varint(cursor: &mut &[u8]) -> Result<u32, &'static str> {
+pub(crate) fn read_varint(cursor: &mut &[u8]) -> Result<u32, &'static str> {
     if let Some((&byte, rest)) = cursor.split_first()
         && byte < 0x80
     {
@@ -64,133 +64,20 @@ fn read_varint_slow(cursor: &mut &[u8]) -> Result<u32, &'static str> {
     Err("a number is longer than five bytes")
 }
 
-fn read_u16(cursor: &mut &[u8]) -> Result<u16, &'static str> {
-    let (bytes, rest) = cursor
-        .split_first_chunk::<2>()
-        .ok_or("it ends inside a posting")?;
-    *cursor = rest;
-    Ok(u16::from_be_bytes(*bytes))
-}
-
-/// Fewest bytes one posting of a posting list can take: one-byte track and time deltas
-/// plus the two fixed-width fields. Bounds the count a list header may claim.
-const MIN_LIST_POSTING_BYTES: usize = 6;
-
-/// Encodes postings sorted ascending (as [`Posting`]'s `Ord`, without duplicates) as one
-/// compact list, appending to `out`.
-///
-/// Layout: a varint count, then per posting a varint track delta from the previous posting
-/// (the first is absolute), a varint time (a delta from the previous posting's time when
-/// the track is unchanged, absolute when it changes or for the first posting), then freq
-/// and span as fixed big-endian u16. Fixed u16 is as small as varints on real fingerprints
-/// (both fields are almost always 128..16384, which is two varint bytes) and decodes faster.
-pub fn encode_posting_list(postings: &[Posting], out: &mut Vec<u8>) {
-    debug_assert!(postings.is_sorted(), "posting lists must be sorted");
-    // A list holds one key's postings, each with its own (track, time, freq, span), so it
-    // cannot reach 2^32 entries before the store runs out of track ids or disk.
-    write_varint(out, u32::try_from(postings.len()).unwrap_or(u32::MAX));
-    let mut previous: Option<&Posting> = None;
-    for posting in postings {
-        match previous {
-            Some(previous) if previous.track == posting.track => {
-                write_varint(out, 0);
-                write_varint(out, posting.time.wrapping_sub(previous.time));
-            }
-            Some(previous) => {
-                write_varint(out, posting.track.wrapping_sub(previous.track));
-                write_varint(out, posting.time);
-            }
-            None => {
-                write_varint(out, posting.track);
-                write_varint(out, posting.time);
-            }
-        }
-        out.extend_from_slice(&posting.freq.to_be_bytes());
-        out.extend_from_slice(&posting.span.to_be_bytes());
-        previous = Some(posting);
-    }
-}
-
-/// The number of postings an [`encode_posting_list`] value claims to hold, checked against
-/// its length so a damaged header cannot claim more postings than bytes.
-#[inline]
-pub fn posting_list_len(bytes: &[u8]) -> Result<usize, &'static str> {
-    let mut cursor = bytes;
-    let count = read_varint(&mut cursor)? as usize;
-    if count > cursor.len() / MIN_LIST_POSTING_BYTES {
-        return Err("its count exceeds what its length can hold");
-    }
-    Ok(count)
-}
-
-/// Calls `visit` for every posting of an [`encode_posting_list`] value, in order.
-///
-/// Damaged values give an error (possibly after some postings were visited), never a panic.
-#[inline]
-pub fn decode_posting_list(
-    bytes: &[u8],
-    mut visit: impl FnMut(Posting),
-) -> Result<(), &'static str> {
-    decode_posting_list_while(bytes, |posting| {
-        visit(posting);
-        true
-    })
-}
-
-/// [`decode_posting_list`] that stops, without reading further, at the first posting for
-/// which `visit` returns false (postings come sorted by track, so a caller wanting tracks
-/// up to some id stops past it). Damage past that point goes unnoticed by this read.
-pub fn decode_posting_list_while(
-    bytes: &[u8],
-    mut visit: impl FnMut(Posting) -> bool,
-) -> Result<(), &'static str> {
-    let mut cursor = bytes;
-    let count = read_varint(&mut cursor)? as usize;
-    if count > cursor.len() / MIN_LIST_POSTING_BYTES {
-        return Err("its count exceeds what its length can hold");
-    }
-    let mut track = 0u32;
-    let mut time = 0u32;
-    for index in 0..count {
-        let track_delta = read_varint(&mut cursor)?;
-        let time_field = read_varint(&mut cursor)?;
-        if index == 0 || track_delta != 0 {
-            track = track
-                .checked_add(track_delta)
-                .ok_or("a track id overflows u32")?;
-            time = time_field;
-        } else {
-            time = time.checked_add(time_field).ok_or("a time overflows u32")?;
-        }
-        let freq = read_u16(&mut cursor)?;
-        let span = read_u16(&mut cursor)?;
-        if !visit(Posting {
-            track,
-            time,
-            freq,
-            span,
-        }) {
-            return Ok(());
-        }
-    }
-    if !cursor.is_empty() {
-        return Err("it has trailing bytes");
-    }
-    Ok(())
-}
-
 /// Number of key partitions of the LMDB store's main tier; each merges on its own.
 pub const N_PARTITIONS: usize = 16;
 
 /// A mask with one bit per partition, all set.
 pub const ALL_PARTITIONS: u32 = (1 << N_PARTITIONS) - 1;
 
-/// The partition of a key: the top bits of a multiplicative hash, so partitions are even
-/// whatever part of the `u32` range the keys occupy. Part of the on-disk format: changing
-/// it (or [`N_PARTITIONS`]) needs a new format version.
+/// The partition of a key: the top bits of a multiplicative hash of its block
+/// ([`crate::block::block_of`]), so a block's keys share a partition and partitions are
+/// even whatever part of the `u32` range the keys occupy. Part of the on-disk format:
+/// changing it (or [`N_PARTITIONS`]) needs a new format version.
 #[inline]
 pub fn partition_of(key: u32) -> usize {
-    (key.wrapping_mul(0x9E37_79B1) >> (32 - N_PARTITIONS.trailing_zeros())) as usize
+    let block = crate::block::block_of(key);
+    (block.wrapping_mul(0x9E37_79B1) >> (32 - N_PARTITIONS.trailing_zeros())) as usize
 }
 
 /// Bytes of one run record: key, time, freq, span, all big-endian (the track is the run's).
@@ -598,99 +485,6 @@ fn fnv1a_64(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn posting_list_round_trips(
-            raw in proptest::collection::vec(
-                (0u32..6, prop_oneof![0u32..300, any::<u32>()], any::<u16>(), any::<u16>()),
-                0..200,
-            ),
-            base in prop_oneof![Just(0u32), any::<u32>()],
-        ) {
-            let mut postings: Vec<Posting> = raw
-                .iter()
-                .map(|&(track, time, freq, span)| Posting {
-                    track: base.saturating_add(track),
-                    time,
-                    freq,
-                    span,
-                })
-                .collect();
-            postings.sort_unstable();
-            postings.dedup();
-            let mut encoded = Vec::new();
-            encode_posting_list(&postings, &mut encoded);
-            let mut decoded = Vec::new();
-            prop_assert_eq!(decode_posting_list(&encoded, |p| decoded.push(p)), Ok(()));
-            prop_assert_eq!(decoded, postings.clone());
-            prop_assert_eq!(posting_list_len(&encoded), Ok(postings.len()));
-        }
-
-        #[test]
-        fn posting_list_decoder_never_panics(
-            bytes in proptest::collection::vec(any::<u8>(), 0..96),
-        ) {
-            let mut n = 0usize;
-            let result = decode_posting_list(&bytes, |_| n += 1);
-            prop_assert!(n <= bytes.len() / MIN_LIST_POSTING_BYTES);
-            if let (Ok(len), Ok(())) = (posting_list_len(&bytes), result) {
-                prop_assert_eq!(len, n);
-            }
-        }
-    }
-
-    #[test]
-    fn damaged_posting_lists_are_errors() {
-        let postings = [
-            Posting {
-                track: 3,
-                time: 1000,
-                freq: 700,
-                span: 300,
-            },
-            Posting {
-                track: 3,
-                time: 1200,
-                freq: 1,
-                span: 2,
-            },
-            Posting {
-                track: 9,
-                time: 5,
-                freq: 3,
-                span: 4,
-            },
-        ];
-        let mut encoded = Vec::new();
-        encode_posting_list(&postings, &mut encoded);
-        // One byte track and time deltas where they fit: the second posting costs 6 bytes.
-        assert_eq!(encoded.len(), 1 + (1 + 2 + 4) + (1 + 2 + 4) + (1 + 1 + 4));
-        for cut in 0..encoded.len() {
-            assert!(
-                decode_posting_list(&encoded[..cut], |_| {}).is_err(),
-                "cut at {cut}"
-            );
-        }
-        let mut trailing = encoded.clone();
-        trailing.push(0);
-        assert!(decode_posting_list(&trailing, |_| {}).is_err());
-        // A huge count in a short value is refused before anything is decoded or reserved.
-        let huge = [0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3, 4, 5, 6];
-        assert!(posting_list_len(&huge).is_err());
-        assert!(decode_posting_list(&huge, |_| panic!("nothing to visit")).is_err());
-        // Track ids that overflow are refused rather than wrapped.
-        let mut overflow = Vec::new();
-        write_varint(&mut overflow, 2);
-        for _ in 0..2 {
-            write_varint(&mut overflow, u32::MAX);
-            write_varint(&mut overflow, 0);
-            overflow.extend_from_slice(&[0, 0, 0, 0]);
-        }
-        assert!(decode_posting_list(&overflow, |_| {}).is_err());
-        assert_eq!(posting_list_len(&[0]), Ok(0));
-        assert_eq!(decode_posting_list(&[0], |_| panic!("empty")), Ok(()));
-    }
 
     #[test]
     fn runs_group_sections_by_partition() {

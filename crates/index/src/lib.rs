@@ -12,6 +12,7 @@
 //! Every backend must pass the shared behavioural suite in the `testsuite` module (enabled
 //! by the `testsuite` cargo feature), so a new backend only has to call it to be checked.
 
+mod block;
 mod codec;
 mod error;
 mod lmdb;
@@ -44,7 +45,7 @@ pub mod backend {
 pub type TrackId = u32;
 
 /// Version of the on-disk layout; a store written with another version must be rebuilt.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// One occurrence of a hash key: which track it came from plus three opaque fields.
 ///

@@ -1,13 +1,13 @@
 //! Persistent [`Store`] on LMDB (through heed): one environment per store directory.
 //!
-//! # Layout (format version 3)
+//! # Layout (format version 4)
 //!
 //! All databases live in one environment, so every change is a single transaction:
 //!
 //! | database           | key                       | value                                    |
 //! |--------------------|---------------------------|------------------------------------------|
 //! | `meta`             | name                      | format version (u32 BE) / params (UTF-8) |
-//! | `main_PP_a`, `_b`  | hash key (u32 BE)         | the key's posting list (see below)       |
+//! | `main_PP_a`, `_b`  | block id (u32 BE)         | the block's posting lists (see below)    |
 //! | `runs`             | track id (u32 BE)         | the track's postings as a run            |
 //! | `run_state`        | track id (u32 BE)         | partitions already merged (u32 BE mask)  |
 //! | `deleted`          | track id (u32 BE)         | partitions already purged (u32 BE mask)  |
@@ -22,16 +22,16 @@
 //!
 //! Postings sit in two tiers, like a two-level LSM tree.
 //!
-//! **Main** is compact and immutable between merges. Keys are split into
-//! `N_PARTITIONS` (16) partitions by a hash of the key (`codec::partition_of`), and each
-//! partition `PP` has two databases, `main_PP_a` and `main_PP_b`, of which the per-partition
-//! counter `current` names the live one; the other is empty. A main database has one value
-//! per key, the key's postings of every merged track encoded by
-//! `codec::encode_posting_list`: a varint count, then per posting (sorted by track, then
-//! time) a varint track delta, a varint time that is a delta from the previous posting's
-//! time while the track repeats and absolute when it changes, and freq and span as fixed
-//! big-endian u16. Only a merge writes main, in key order with `MDB_APPEND` into the empty
-//! database, so its pages are full and written once.
+//! **Main** is compact and immutable between merges. Keys are grouped in *blocks* of 64
+//! (`block::block_of`: `key >> 6`) and blocks split into `N_PARTITIONS` (16) partitions by
+//! a hash of the block (`codec::partition_of`), and each partition `PP` has two databases,
+//! `main_PP_a` and `main_PP_b`, of which the per-partition counter `current` names the
+//! live one; the other is empty. A main database has one value per block holding the
+//! postings of every merged track of its keys, bit-packed (`block`: a presence bitmap,
+//! the block's field widths, a varint count per key, then per posting, sorted by track
+//! then time, the track delta, time, freq and span at the block's widths, each without the
+//! low bits that are zero throughout the block). Only a merge writes main, in block order
+//! with `MDB_APPEND` into the empty database, so its pages are full and written once.
 //!
 //! **The delta** is one *run* per recently added track, written whole by its `put_track`:
 //! a header of per-partition section offsets, then 12-byte records (key, time, freq, span)
@@ -65,10 +65,12 @@
 //! Big-endian keys make LMDB's byte order equal numeric order, so sorted batches walk the
 //! B-trees front to back.
 //!
-//! On 11.9 hours of real music (11.55M postings on 2.32M keys) a fully merged main takes
-//! 10.9 bytes per posting and the file about 13 while indexing (format version 1 took 70).
-//! Version 3 added the three relation databases and `side_data` to version 2. Stores of other versions (1:
-//! one `DUP_SORT` database of 12-byte postings; 2: no relations) are refused as
+//! On the benchmark's 7.41 hours of real music (6.20M postings on 1.35M keys) a compacted
+//! store takes 53.5 MB, side data included (7.22 MB per hour; format 3, one value per key
+//! with varint and u16 fields, took 73.7 MB; BENCHMARKS.md, session 14).
+//! Version 4 stores main in blocks; 3 had a value per key and added the three relation
+//! databases and `side_data` to version 2. Stores of other versions (1: one `DUP_SORT`
+//! database of 12-byte postings; 2: no relations; 3: a value per key) are refused as
 //! incompatible and must be rebuilt.
 
 use std::fs;
@@ -81,10 +83,10 @@ use heed::{
     EnvOpenOptions, MdbError, OnCommit, PutFlags, RoRange, RoTxn, RwTxn, WithoutTls,
 };
 
+use crate::block::{BLOCK_BITS, Block, BlockBuilder, List, block_of};
 use crate::codec::{
     ALL_PARTITIONS, N_PARTITIONS, Run, Section, SortedQueries, catalogue_key,
-    catalogue_key_is_exact, decode_posting_list, decode_posting_list_while, duration_us,
-    encode_posting_list, encode_run, merged_metadata, partition_of, posting_list_len,
+    catalogue_key_is_exact, duration_us, encode_run, merged_metadata, partition_of,
     prepare_entries, run_order, sort_queries, validate_scan, validate_side_data,
     validate_track_info,
 };
@@ -139,8 +141,8 @@ type ShardVisitor<'v, 'f> = (usize, &'v mut (dyn FnMut(usize, Posting) + Send + 
 /// Tries at opening the read transactions of a parallel lookup on one snapshot.
 const SNAPSHOT_ATTEMPTS: usize = 4;
 
-/// Keys a merge encodes before writing them out; bounds the merge's extra memory.
-const MERGE_BATCH_KEYS: usize = 4096;
+/// Blocks a merge encodes before writing them out; bounds the merge's extra memory.
+const MERGE_BATCH_BLOCKS: usize = 256;
 
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 const META_FINGERPRINT_PARAMS: &[u8] = b"fingerprint_params";
@@ -890,43 +892,45 @@ impl LmdbStore {
             // Live postings of the key, in `tracks` or not: what the cap counts.
             let mut n_live = 0usize;
             let head = walkers[partition].seek(key)?;
-            if let Some((_, blob)) = head {
-                residency.touch(&mut main_read[partition], blob);
+            if let Some((_, _, value)) = head {
+                residency.touch(&mut main_read[partition], value);
             }
-            if let Some((found, blob)) = head
+            if let Some((found, found_list, _)) = head
                 && found == key
             {
                 let dead = &dead[partition];
                 let corrupt_list =
                     |what| self.corrupt(format!("posting list of key {key}: {what}"));
                 if dead.is_empty() {
-                    // Without tombstones the header alone decides the cap, so over-cap keys
-                    // cost no decoding at all, and a list sorted by track is read only as
-                    // far as `tracks` reaches.
-                    n_live = posting_list_len(blob).map_err(corrupt_list)?;
+                    // Without tombstones the block's directory alone decides the cap, so
+                    // over-cap keys cost no decoding at all, and a list sorted by track is
+                    // read only as far as `tracks` reaches.
+                    n_live = found_list.len();
                     if n_live > max_postings_per_key {
                         continue;
                     }
-                    decode_posting_list_while(blob, |posting| {
-                        if posting.track > *tracks.end() {
-                            return false;
-                        }
-                        if posting.track >= *tracks.start() {
-                            list.push(posting);
-                        }
-                        true
-                    })
-                    .map_err(corrupt_list)?;
-                } else {
-                    decode_posting_list(blob, |posting| {
-                        if dead.binary_search(&posting.track).is_err() {
-                            n_live += 1;
-                            if tracks.contains(&posting.track) {
+                    found_list
+                        .decode_while(|posting| {
+                            if posting.track > *tracks.end() {
+                                return false;
+                            }
+                            if posting.track >= *tracks.start() {
                                 list.push(posting);
                             }
-                        }
-                    })
-                    .map_err(corrupt_list)?;
+                            true
+                        })
+                        .map_err(corrupt_list)?;
+                } else {
+                    found_list
+                        .decode(|posting| {
+                            if dead.binary_search(&posting.track).is_err() {
+                                n_live += 1;
+                                if tracks.contains(&posting.track) {
+                                    list.push(posting);
+                                }
+                            }
+                        })
+                        .map_err(corrupt_list)?;
                     if n_live > max_postings_per_key {
                         continue;
                     }
@@ -1019,7 +1023,7 @@ impl LmdbStore {
                 .collect();
             let mut cursors = vec![0usize; live.len()];
             for &key in group {
-                if main.seek(key)?.is_some_and(|(found, _)| found == key) {
+                if main.seek(key)?.is_some_and(|(found, _, _)| found == key) {
                     continue;
                 }
                 let mut elsewhere = false;
@@ -1271,11 +1275,13 @@ impl LmdbStore {
         let mut dropped = 0u64;
         let mut cursors = vec![0usize; runs.len()];
         let mut list: Vec<Posting> = Vec::new();
+        let mut builder = BlockBuilder::default();
+        let mut last_key: Option<u32> = None;
         let mut blobs: Vec<u8> = Vec::new();
-        let mut batch: Vec<(u32, usize, usize)> = Vec::with_capacity(MERGE_BATCH_KEYS);
+        let mut batch: Vec<(u32, usize, usize)> = Vec::with_capacity(MERGE_BATCH_BLOCKS);
         let mut next = Some(0u32);
         // Walking borrows the transaction that the appends need mutably, so the merge
-        // alternates: read and encode a batch of keys, then write it out.
+        // alternates: read and encode a batch of blocks, then write it out.
         while let Some(start) = next {
             batch.clear();
             blobs.clear();
@@ -1295,33 +1301,51 @@ impl LmdbStore {
             let mut mains = Walker::new(from, wtxn, &self.dir);
             let mut main_head = mains.seek(start)?;
             loop {
-                let mut key = main_head.map(|(key, _)| key);
+                let mut key = main_head.map(|(key, _, _)| key);
                 for (section, &cursor) in sections.iter().zip(&cursors) {
                     if cursor < section.len() {
                         let candidate = section.key(cursor);
                         key = Some(key.map_or(candidate, |key| key.min(candidate)));
                     }
                 }
+                // A finished block is encoded; a full batch stops at a block's start, so a
+                // block is never split between batches.
+                let pending = builder.block();
+                if pending.is_some() && pending != key.map(block_of) {
+                    let begin = blobs.len();
+                    if let Some(block) = builder.finish(&mut blobs) {
+                        batch.push((block, begin, blobs.len()));
+                    }
+                    if batch.len() == MERGE_BATCH_BLOCKS {
+                        next = key;
+                        break;
+                    }
+                }
                 let Some(key) = key else {
                     break;
                 };
-                if batch.len() == MERGE_BATCH_KEYS {
-                    next = Some(key);
-                    break;
+                // Sorted tiers give ascending keys; tampered runs may not, and a block must
+                // never be written from them.
+                if last_key.is_some_and(|last| last >= key) {
+                    return Err(self.corrupt(format!("a run of partition {partition} is unsorted")));
                 }
+                last_key = Some(key);
                 keys_in += 1;
                 list.clear();
-                if let Some((found, blob)) = main_head
+                if let Some((found, found_list, _)) = main_head
                     && found == key
                 {
-                    decode_posting_list(blob, |posting| {
-                        if dead.binary_search(&posting.track).is_ok() {
-                            dropped += 1;
-                        } else {
-                            list.push(posting);
-                        }
-                    })
-                    .map_err(|what| self.corrupt(format!("posting list of key {key}: {what}")))?;
+                    found_list
+                        .decode(|posting| {
+                            if dead.binary_search(&posting.track).is_ok() {
+                                dropped += 1;
+                            } else {
+                                list.push(posting);
+                            }
+                        })
+                        .map_err(|what| {
+                            self.corrupt(format!("posting list of key {key}: {what}"))
+                        })?;
                     main_head = mains.advance()?;
                 }
                 for ((section, cursor), &(track, _)) in sections.iter().zip(&mut cursors).zip(&runs)
@@ -1341,20 +1365,18 @@ impl LmdbStore {
                 if list.is_empty() {
                     continue;
                 }
-                let begin = blobs.len();
-                encode_posting_list(&list, &mut blobs);
-                batch.push((key, begin, blobs.len()));
+                builder.push(key, &list);
                 keys_out += 1;
                 postings_out += list.len() as u64;
             }
             drop((mains, sections));
-            for &(key, begin, end) in &batch {
-                // Keys arrive ascending into an empty database: APPEND fills each page
+            for &(block, begin, end) in &batch {
+                // Blocks arrive ascending into an empty database: APPEND fills each page
                 // completely and never searches. Unsorted (tampered) runs make LMDB refuse.
                 to.put_with_flags(
                     wtxn,
                     PutFlags::APPEND,
-                    &key.to_be_bytes(),
+                    &block.to_be_bytes(),
                     &blobs[begin..end],
                 )
                 .map_err(|error| match error {
@@ -1420,16 +1442,23 @@ impl LmdbStore {
     }
 }
 
-/// Walks one database in key order for ascending target keys: it steps forward while the
-/// next target is near and seeks when it is far, so dense and sparse lookups both cost
-/// little. Values borrow the transaction, which must not be written to meanwhile.
+/// A [`Walker`]'s key, its list, and the whole stored value of the block holding it (what
+/// the lookup's [`MapResidency`] counts).
+type Head<'t> = (u32, List<'t>, &'t [u8]);
+
+/// Walks one main database key by key for ascending target keys: it steps forward over
+/// blocks while the next target is near and seeks when it is far, so dense and sparse
+/// lookups both cost little. Lists borrow the transaction, which must not be written to
+/// meanwhile.
 struct Walker<'t> {
     db: BytesDb<'static>,
     txn: &'t RoTxn<'t>,
     dir: &'t Path,
     range: Option<RoRange<'t, Bytes, Bytes>>,
-    /// The entry at the cursor, `None` before the first seek or once the end is reached.
-    head: Option<(u32, &'t [u8])>,
+    /// The block at the cursor, `None` before the first seek or once the end is reached.
+    block: Option<Block<'t>>,
+    /// The key at the cursor, one of `block`'s.
+    key: u32,
     at_end: bool,
 }
 
@@ -1440,58 +1469,100 @@ impl<'t> Walker<'t> {
             txn,
             dir,
             range: None,
-            head: None,
+            block: None,
+            key: 0,
             at_end: false,
         }
     }
 
-    /// Moves to the first entry whose key is at least `target` and returns it; `target`s
-    /// should not decrease between calls (a smaller one just returns the current entry).
-    fn seek(&mut self, target: u32) -> Result<Option<(u32, &'t [u8])>, IndexError> {
-        if self.at_end {
-            return Ok(None);
-        }
-        if let Some(head) = self.head
-            && head.0 >= target
-        {
-            return Ok(Some(head));
-        }
-        if self.range.is_some() {
-            for _ in 0..WALK_STEPS_BEFORE_SEEK {
-                match self.advance()? {
-                    None => return Ok(None),
-                    Some(head) if head.0 >= target => return Ok(Some(head)),
-                    Some(_) => {}
+    /// The key at the cursor with its list and the whole stored value of its block.
+    fn head(&self) -> Option<Head<'t>> {
+        let block = self.block.as_ref()?;
+        let list = block.list(self.key)?;
+        Some((self.key, list, block.value()))
+    }
+
+    /// Moves to the first key that is at least `target` and returns it; `target`s should
+    /// not decrease between calls (a smaller one just returns the current key).
+    fn seek(&mut self, target: u32) -> Result<Option<Head<'t>>, IndexError> {
+        let wanted = block_of(target);
+        let mut steps = 0;
+        loop {
+            if self.at_end {
+                return Ok(None);
+            }
+            if let Some(head) = self.head()
+                && head.0 >= target
+            {
+                return Ok(Some(head));
+            }
+            match &self.block {
+                Some(block) if block.id() == wanted => {
+                    return match block.next_key(target) {
+                        Some(key) => {
+                            self.key = key;
+                            Ok(self.head())
+                        }
+                        None => self.next_block(),
+                    };
+                }
+                Some(_) if steps < WALK_STEPS_BEFORE_SEEK => {
+                    steps += 1;
+                    self.next_block()?;
+                }
+                _ => {
+                    let bound = wanted.to_be_bytes();
+                    let range = (Bound::Included(&bound[..]), Bound::Unbounded);
+                    self.range = Some(
+                        self.db
+                            .range(self.txn, &range)
+                            .map_err(|e| map_heed(self.dir, "reading postings", e))?,
+                    );
+                    // The block reached is `wanted` or a later one: no more walking.
+                    steps = WALK_STEPS_BEFORE_SEEK;
+                    self.next_block()?;
                 }
             }
         }
-        let bound = target.to_be_bytes();
-        let range = (Bound::Included(&bound[..]), Bound::Unbounded);
-        self.range = Some(
-            self.db
-                .range(self.txn, &range)
-                .map_err(|e| map_heed(self.dir, "reading postings", e))?,
-        );
-        self.advance()
     }
 
-    /// Moves to the next entry and returns it.
-    fn advance(&mut self) -> Result<Option<(u32, &'t [u8])>, IndexError> {
+    /// Moves to the next key and returns it.
+    fn advance(&mut self) -> Result<Option<Head<'t>>, IndexError> {
+        let next = match &self.block {
+            None => return Ok(None),
+            Some(block) => self.key.checked_add(1).and_then(|key| block.next_key(key)),
+        };
+        match next {
+            Some(key) => {
+                self.key = key;
+                Ok(self.head())
+            }
+            None => self.next_block(),
+        }
+    }
+
+    /// Moves to the first key of the next block and returns it.
+    fn next_block(&mut self) -> Result<Option<Head<'t>>, IndexError> {
         let Some(range) = self.range.as_mut() else {
             return Ok(None);
         };
-        self.head = match range.next() {
+        self.block = match range.next() {
             None => None,
             Some(Err(error)) => return Err(map_heed(self.dir, "reading postings", error)),
             Some(Ok((key, value))) => {
-                let key: [u8; 4] = key
+                let id: [u8; 4] = key
                     .try_into()
-                    .map_err(|_| corrupt(self.dir, "a posting key is not 4 bytes"))?;
-                Some((u32::from_be_bytes(key), value))
+                    .map_err(|_| corrupt(self.dir, "a posting block key is not 4 bytes"))?;
+                let id = u32::from_be_bytes(id);
+                let block = Block::parse(id, value)
+                    .map_err(|what| corrupt(self.dir, format!("posting block {id}: {what}")))?;
+                // A parsed block holds at least one list.
+                self.key = block.next_key(id << BLOCK_BITS).unwrap_or(0);
+                Some(block)
             }
         };
-        self.at_end = self.head.is_none();
-        Ok(self.head)
+        self.at_end = self.block.is_none();
+        Ok(self.head())
     }
 }
 
@@ -2290,17 +2361,21 @@ pub mod test_hooks {
                 .collect();
             let main = store.live_main(&counters, partition);
             for item in main.iter(&rtxn).map_err(store.err("reading postings"))? {
-                let (key, blob) = item.map_err(store.err("reading postings"))?;
-                let key: [u8; 4] = key
+                let (id, value) = item.map_err(store.err("reading postings"))?;
+                let id: [u8; 4] = id
                     .try_into()
-                    .map_err(|_| store.corrupt("a posting key is not 4 bytes"))?;
-                let key = u32::from_be_bytes(key);
-                decode_posting_list(blob, |posting| {
-                    if !dead.contains(&posting.track) {
-                        out.push((key, posting));
-                    }
-                })
-                .map_err(|what| store.corrupt(format!("posting list of key {key}: {what}")))?;
+                    .map_err(|_| store.corrupt("a posting block key is not 4 bytes"))?;
+                let id = u32::from_be_bytes(id);
+                let block = Block::parse(id, value)
+                    .map_err(|what| store.corrupt(format!("posting block {id}: {what}")))?;
+                for (key, list) in block.lists() {
+                    list.decode(|posting| {
+                        if !dead.contains(&posting.track) {
+                            out.push((key, posting));
+                        }
+                    })
+                    .map_err(|what| store.corrupt(format!("posting list of key {key}: {what}")))?;
+                }
             }
             for run in runs.iter().filter(|run| run.is_live_in(partition)) {
                 let section = run.run.section(partition);
@@ -2313,24 +2388,24 @@ pub mod test_hooks {
         Ok(out)
     }
 
-    /// The raw posting list of `key` in its partition's live main, if it has one.
-    pub fn raw_main_list(store: &LmdbStore, key: u32) -> Result<Option<Vec<u8>>, IndexError> {
+    /// The raw block holding `key`'s list in its partition's live main, if there is one.
+    pub fn raw_main_block(store: &LmdbStore, key: u32) -> Result<Option<Vec<u8>>, IndexError> {
         let rtxn = store.read_txn()?;
         let counters = store.read_counters(&rtxn)?;
         Ok(store
             .live_main(&counters, partition_of(key))
-            .get(&rtxn, &key.to_be_bytes())
+            .get(&rtxn, &block_of(key).to_be_bytes())
             .map_err(store.err("reading postings"))?
             .map(<[u8]>::to_vec))
     }
 
-    /// Overwrites the posting list of `key` in its partition's live main.
-    pub fn set_raw_main_list(store: &LmdbStore, key: u32, bytes: &[u8]) -> Result<(), IndexError> {
+    /// Overwrites the block holding `key`'s list in its partition's live main.
+    pub fn set_raw_main_block(store: &LmdbStore, key: u32, bytes: &[u8]) -> Result<(), IndexError> {
         let mut wtxn = store.write_txn()?;
         let counters = store.read_counters(&wtxn)?;
         store
             .live_main(&counters, partition_of(key))
-            .put(&mut wtxn, &key.to_be_bytes(), bytes)
+            .put(&mut wtxn, &block_of(key).to_be_bytes(), bytes)
             .map_err(store.err("writing postings"))?;
         wtxn.commit().map_err(store.err("committing"))
     }
@@ -2342,6 +2417,8 @@ pub mod test_hooks {
         pub main_postings: u64,
         /// Keys in main.
         pub main_keys: u64,
+        /// Blocks in main (LMDB entries, each the lists of up to 64 keys).
+        pub main_blocks: u64,
         /// Unmerged postings of runs.
         pub delta_postings: u64,
         /// Tracks with a run.
@@ -2374,16 +2451,25 @@ pub mod test_hooks {
         let mut main_pages = 0;
         let mut main_keys = 0;
         let mut page_size = 0;
+        let mut main_blocks = 0;
         for partition in 0..N_PARTITIONS {
-            let (p, k, s) = pages(store.live_main(&counters, partition))?;
+            let main = store.live_main(&counters, partition);
+            let (p, blocks, s) = pages(main)?;
             main_pages += p;
-            main_keys += k;
+            main_blocks += blocks;
             page_size = s;
+            let mut walker = Walker::new(main, &rtxn, &store.dir);
+            let mut head = walker.seek(0)?;
+            while head.is_some() {
+                main_keys += 1;
+                head = walker.advance()?;
+            }
         }
         let (run_pages, delta_tracks, _) = pages(store.dbs.runs)?;
         Ok(Tiers {
             main_postings: counters.main_postings(),
             main_keys,
+            main_blocks,
             delta_postings: counters.delta_postings,
             delta_tracks,
             dead_postings: counters.dead_postings,

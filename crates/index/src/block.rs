@@ -1,0 +1,627 @@
+//! The LMDB main tier's unit of storage: a *block* holds the posting lists of the
+//! [`BLOCK_KEYS`] consecutive hash keys that share `key >> BLOCK_BITS`, bit-packed.
+//!
+//! One LMDB entry per key cost about 13 bytes of node and key for a list of ~5 postings of
+//! ~8 bytes; a block pays that once for up to 64 lists. Within a block every field is
+//! stored at the fewest bits that the block's largest value needs, after dropping the low
+//! bits that are zero in every value of the block: a fingerprint that stores times,
+//! frequencies or spans on a coarser grid than their units (as ours does) costs no bits
+//! for the grid. The store learns nothing about the fields to do this; they stay opaque.
+//!
+//! Layout of a block value:
+//! - the presence bitmap, u64 BE: bit `i` (from the least significant) set when key
+//!   `block << BLOCK_BITS | i` has a list; never 0;
+//! - the format, 8 bytes: widths of the list's first track, of a track delta, then width
+//!   and dropped low bits of time, freq and span ([`Format`]);
+//! - per present key in ascending order, its number of postings as a varint (at least 1);
+//! - the bit stream, big-endian bit order, padded with zero bits to a whole byte: per list,
+//!   per posting in order, the track (absolute for a list's first posting, else the delta
+//!   from the previous posting's track), then time, freq and span, each shifted right by
+//!   its dropped bits.
+//!
+//! Values are untrusted (a damaged or tampered file): [`Block::parse`] checks that the
+//! counts and widths describe exactly the bytes present, and every posting takes at least
+//! one bit, so no damaged count can make a decoder loop or allocate beyond the value's
+//! size; decoding never panics.
+
+use crate::codec::{read_varint, write_varint};
+use crate::{Posting, TrackId};
+
+/// Bits of a key that address its list within a block.
+pub const BLOCK_BITS: u32 = 6;
+
+/// Keys per block.
+pub const BLOCK_KEYS: usize = 1 << BLOCK_BITS;
+
+/// The block holding `key`'s list.
+#[inline]
+pub fn block_of(key: u32) -> u32 {
+    key >> BLOCK_BITS
+}
+
+#[inline]
+fn slot_of(key: u32) -> usize {
+    (key as usize) & (BLOCK_KEYS - 1)
+}
+
+/// Bytes of a block before its counts: bitmap and format.
+const HEADER_BYTES: usize = 8 + 8;
+
+/// How a block packs its postings: a width in bits per field and, for time, freq and span,
+/// the number of low bits dropped (zero in every value of the block).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Format {
+    first: u8,
+    delta: u8,
+    time: u8,
+    time_shift: u8,
+    freq: u8,
+    freq_shift: u8,
+    span: u8,
+    span_shift: u8,
+}
+
+impl Format {
+    fn to_bytes(self) -> [u8; 8] {
+        [
+            self.first,
+            self.delta,
+            self.time,
+            self.time_shift,
+            self.freq,
+            self.freq_shift,
+            self.span,
+            self.span_shift,
+        ]
+    }
+
+    fn from_bytes(b: [u8; 8]) -> Result<Self, &'static str> {
+        let format = Self {
+            first: b[0],
+            delta: b[1],
+            time: b[2],
+            time_shift: b[3],
+            freq: b[4],
+            freq_shift: b[5],
+            span: b[6],
+            span_shift: b[7],
+        };
+        // A time of at least one bit makes every posting cost a bit, which bounds counts
+        // by the value's length; widths plus shifts must fit the field's type.
+        let fits =
+            |width: u8, shift: u8, bits: u8| u16::from(width) + u16::from(shift) <= u16::from(bits);
+        if format.first > 32
+            || format.delta > 32
+            || format.time == 0
+            || !fits(format.time, format.time_shift, 32)
+            || !fits(format.freq, format.freq_shift, 16)
+            || !fits(format.span, format.span_shift, 16)
+        {
+            return Err("its field widths are impossible");
+        }
+        Ok(format)
+    }
+
+    /// Bits of every posting but its track.
+    fn payload_bits(self) -> u64 {
+        u64::from(self.time) + u64::from(self.freq) + u64::from(self.span)
+    }
+
+    /// Bits of a list of `n >= 1` postings.
+    fn list_bits(self, n: u64) -> u64 {
+        u64::from(self.first) + (n - 1) * u64::from(self.delta) + n * self.payload_bits()
+    }
+}
+
+/// Fewest bits that hold `value`.
+fn bit_len(value: u32) -> u8 {
+    (32 - value.leading_zeros()) as u8
+}
+
+/// Low bits that are zero in every value whose bitwise OR is `or`, at most `max` (0 for
+/// no values or all zero).
+fn common_zeros(or: u32, max: u8) -> u8 {
+    if or == 0 {
+        0
+    } else {
+        (or.trailing_zeros() as u8).min(max)
+    }
+}
+
+/// Collects the lists of one block, then encodes them with [`BlockBuilder::finish`].
+#[derive(Debug, Default)]
+pub struct BlockBuilder {
+    keys: Vec<u32>,
+    ends: Vec<usize>,
+    postings: Vec<Posting>,
+}
+
+impl BlockBuilder {
+    /// The block of the lists added so far, or `None` when there are none.
+    pub fn block(&self) -> Option<u32> {
+        self.keys.first().map(|&key| block_of(key))
+    }
+
+    /// Adds `key`'s list. Keys must ascend within one block; the list must be non-empty,
+    /// sorted as [`Posting`]'s `Ord` and free of duplicates.
+    pub fn push(&mut self, key: u32, list: &[Posting]) {
+        debug_assert!(!list.is_empty() && list.is_sorted());
+        debug_assert!(self.block().is_none_or(|block| block == block_of(key)));
+        debug_assert!(self.keys.last().is_none_or(|&last| last < key));
+        self.keys.push(key);
+        self.postings.extend_from_slice(list);
+        self.ends.push(self.postings.len());
+    }
+
+    /// Appends the block of the lists added so far to `out` and starts a new one; returns
+    /// the block's id, or `None` (writing nothing) when no list was added.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Option<u32> {
+        let block = self.block()?;
+        let format = self.format();
+        let mut present = 0u64;
+        for &key in &self.keys {
+            present |= 1 << slot_of(key);
+        }
+        out.extend_from_slice(&present.to_be_bytes());
+        out.extend_from_slice(&format.to_bytes());
+        let mut begin = 0;
+        for &end in &self.ends {
+            // A list is one key's postings of distinct (track, time, freq, span), far
+            // fewer than 2^32 before the store runs out of track ids or disk.
+            write_varint(out, u32::try_from(end - begin).unwrap_or(u32::MAX));
+            begin = end;
+        }
+        let mut writer = BitWriter::new(out);
+        let mut begin = 0;
+        for &end in &self.ends {
+            let mut previous: Option<TrackId> = None;
+            for posting in &self.postings[begin..end] {
+                match previous {
+                    None => writer.put(posting.track, format.first),
+                    Some(track) => writer.put(posting.track - track, format.delta),
+                }
+                previous = Some(posting.track);
+                writer.put(posting.time >> format.time_shift, format.time);
+                writer.put(u32::from(posting.freq >> format.freq_shift), format.freq);
+                writer.put(u32::from(posting.span >> format.span_shift), format.span);
+            }
+            begin = end;
+        }
+        writer.flush();
+        self.keys.clear();
+        self.ends.clear();
+        self.postings.clear();
+        Some(block)
+    }
+
+    fn format(&self) -> Format {
+        let (mut first, mut delta) = (0u32, 0u32);
+        let (mut time_or, mut freq_or, mut span_or) = (0u32, 0u16, 0u16);
+        let mut begin = 0;
+        for &end in &self.ends {
+            let list = &self.postings[begin..end];
+            first = first.max(list[0].track);
+            for pair in list.windows(2) {
+                delta = delta.max(pair[1].track - pair[0].track);
+            }
+            for posting in list {
+                time_or |= posting.time;
+                freq_or |= posting.freq;
+                span_or |= posting.span;
+            }
+            begin = end;
+        }
+        let time_shift = common_zeros(time_or, 31);
+        let freq_shift = common_zeros(u32::from(freq_or), 15);
+        let span_shift = common_zeros(u32::from(span_or), 15);
+        // The largest value of a field has the same bit length as the OR of them all.
+        Format {
+            first: bit_len(first),
+            delta: bit_len(delta),
+            time: bit_len(time_or >> time_shift).max(1),
+            time_shift,
+            freq: bit_len(u32::from(freq_or >> freq_shift)),
+            freq_shift,
+            span: bit_len(u32::from(span_or >> span_shift)),
+            span_shift,
+        }
+    }
+}
+
+/// Writes values of up to 32 bits, most significant bit first.
+struct BitWriter<'a> {
+    out: &'a mut Vec<u8>,
+    buffer: u64,
+    filled: u32,
+}
+
+impl<'a> BitWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        Self {
+            out,
+            buffer: 0,
+            filled: 0,
+        }
+    }
+
+    fn put(&mut self, value: u32, width: u8) {
+        if width == 0 {
+            return;
+        }
+        let width = u32::from(width);
+        debug_assert!(
+            width == 32 || value >> width == 0,
+            "{value} needs more than {width} bits"
+        );
+        self.buffer = (self.buffer << width) | u64::from(value);
+        self.filled += width;
+        while self.filled >= 8 {
+            self.filled -= 8;
+            self.out.push((self.buffer >> self.filled) as u8);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.filled > 0 {
+            self.out.push((self.buffer << (8 - self.filled)) as u8);
+            self.filled = 0;
+        }
+    }
+}
+
+/// Reads `width` (at most 32) bits at bit `pos` of `bits`; bits past the end read as 0.
+#[inline]
+fn read_bits(bits: &[u8], pos: u64, width: u8) -> u32 {
+    if width == 0 {
+        return 0;
+    }
+    let byte = (pos / 8) as usize;
+    let word = match bits.get(byte..byte.saturating_add(8)) {
+        Some(eight) => u64::from_be_bytes(eight.try_into().unwrap_or([0; 8])),
+        None => {
+            let mut buffer = [0u8; 8];
+            let tail = bits.get(byte..).unwrap_or(&[]);
+            buffer[..tail.len()].copy_from_slice(tail);
+            u64::from_be_bytes(buffer)
+        }
+    };
+    ((word << (pos % 8)) >> (64 - u32::from(width))) as u32
+}
+
+/// A parsed block; borrows the stored bytes.
+#[derive(Clone, Debug)]
+pub struct Block<'a> {
+    id: u32,
+    present: u64,
+    format: Format,
+    counts: [u32; BLOCK_KEYS],
+    starts: [u64; BLOCK_KEYS],
+    bits: &'a [u8],
+    value: &'a [u8],
+}
+
+impl<'a> Block<'a> {
+    /// Parses and checks the value stored for block `id`.
+    pub fn parse(id: u32, value: &'a [u8]) -> Result<Self, &'static str> {
+        if id > block_of(u32::MAX) {
+            return Err("its block id is out of range");
+        }
+        let (header, mut cursor) = value
+            .split_first_chunk::<HEADER_BYTES>()
+            .ok_or("it is shorter than a block header")?;
+        let present = u64::from_be_bytes(header[..8].try_into().unwrap_or([0; 8]));
+        if present == 0 {
+            return Err("it holds no list");
+        }
+        let format = Format::from_bytes(header[8..].try_into().unwrap_or([0; 8]))?;
+        let mut counts = [0u32; BLOCK_KEYS];
+        let mut starts = [0u64; BLOCK_KEYS];
+        let mut total_bits = 0u64;
+        for slot in 0..BLOCK_KEYS {
+            if present & (1 << slot) == 0 {
+                continue;
+            }
+            let count = read_varint(&mut cursor)?;
+            if count == 0 {
+                return Err("a list is empty");
+            }
+            counts[slot] = count;
+            starts[slot] = total_bits;
+            total_bits = total_bits
+                .checked_add(format.list_bits(u64::from(count)))
+                .ok_or("its lists are impossibly long")?;
+        }
+        if total_bits.div_ceil(8) != cursor.len() as u64 {
+            return Err("its length does not match its lists");
+        }
+        Ok(Self {
+            id,
+            present,
+            format,
+            counts,
+            starts,
+            bits: cursor,
+            value,
+        })
+    }
+
+    /// The block's id (its keys' common `key >> BLOCK_BITS`).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The whole stored value.
+    pub fn value(&self) -> &'a [u8] {
+        self.value
+    }
+
+    /// The first key of the block at or after `key` that has a list (`key` in or before
+    /// this block).
+    pub fn next_key(&self, key: u32) -> Option<u32> {
+        let from = match block_of(key).cmp(&self.id) {
+            std::cmp::Ordering::Less => 0,
+            std::cmp::Ordering::Equal => slot_of(key),
+            std::cmp::Ordering::Greater => return None,
+        };
+        let rest = self.present >> from;
+        (rest != 0).then(|| (self.id << BLOCK_BITS) | (from as u32 + rest.trailing_zeros()))
+    }
+
+    /// The list of `key`, if this block holds one.
+    pub fn list(&self, key: u32) -> Option<List<'a>> {
+        let slot = slot_of(key);
+        (block_of(key) == self.id && self.present & (1 << slot) != 0).then(|| List {
+            bits: self.bits,
+            start: self.starts[slot],
+            count: self.counts[slot],
+            format: self.format,
+        })
+    }
+
+    /// Every key of the block with its list, ascending.
+    #[cfg(any(test, feature = "testsuite"))]
+    pub fn lists(&self) -> impl Iterator<Item = (u32, List<'a>)> + '_ {
+        (0..BLOCK_KEYS).filter_map(move |slot| {
+            let key = (self.id << BLOCK_BITS) | slot as u32;
+            self.list(key).map(|list| (key, list))
+        })
+    }
+}
+
+/// One key's postings inside a parsed [`Block`].
+#[derive(Clone, Copy, Debug)]
+pub struct List<'a> {
+    bits: &'a [u8],
+    start: u64,
+    count: u32,
+    format: Format,
+}
+
+impl List<'_> {
+    /// Number of postings (checked against the block's length when it was parsed).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Calls `visit` for every posting in order.
+    pub fn decode(&self, mut visit: impl FnMut(Posting)) -> Result<(), &'static str> {
+        self.decode_while(|posting| {
+            visit(posting);
+            true
+        })
+    }
+
+    /// Calls `visit` for the postings in order until it returns false (postings come
+    /// sorted by track, so a caller wanting tracks up to some id stops past it).
+    #[inline]
+    pub fn decode_while(&self, mut visit: impl FnMut(Posting) -> bool) -> Result<(), &'static str> {
+        let f = self.format;
+        let mut pos = self.start;
+        let mut track = 0u32;
+        for index in 0..self.count {
+            if index == 0 {
+                track = read_bits(self.bits, pos, f.first);
+                pos += u64::from(f.first);
+            } else {
+                track = track
+                    .checked_add(read_bits(self.bits, pos, f.delta))
+                    .ok_or("a track id overflows u32")?;
+                pos += u64::from(f.delta);
+            }
+            let time = read_bits(self.bits, pos, f.time) << f.time_shift;
+            pos += u64::from(f.time);
+            let freq = (read_bits(self.bits, pos, f.freq) << f.freq_shift) as u16;
+            pos += u64::from(f.freq);
+            let span = (read_bits(self.bits, pos, f.span) << f.span_shift) as u16;
+            pos += u64::from(f.span);
+            if !visit(Posting {
+                track,
+                time,
+                freq,
+                span,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(lists: &[(u32, Vec<Posting>)]) -> Vec<u8> {
+        let mut builder = BlockBuilder::default();
+        for (key, list) in lists {
+            builder.push(*key, list);
+        }
+        let mut out = Vec::new();
+        builder.finish(&mut out);
+        out
+    }
+
+    fn decode_all(block: &Block) -> Vec<(u32, Vec<Posting>)> {
+        block
+            .lists()
+            .map(|(key, list)| {
+                let mut postings = Vec::new();
+                list.decode(|p| postings.push(p)).expect("decodes");
+                (key, postings)
+            })
+            .collect()
+    }
+
+    fn posting(track: u32, time: u32, freq: u16, span: u16) -> Posting {
+        Posting {
+            track,
+            time,
+            freq,
+            span,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn blocks_round_trip(
+            id in prop_oneof![0u32..4, Just(block_of(u32::MAX))],
+            raw in proptest::collection::btree_map(
+                0u32..BLOCK_KEYS as u32,
+                proptest::collection::vec(
+                    (
+                        prop_oneof![0u32..6, any::<u32>()],
+                        prop_oneof![(0u32..300).prop_map(|t| t * 2), any::<u32>()],
+                        prop_oneof![(0u16..400).prop_map(|f| f * 32), any::<u16>()],
+                        prop_oneof![Just(0u16), any::<u16>()],
+                    ),
+                    1..20,
+                ),
+                1..12,
+            ),
+        ) {
+            let lists: Vec<(u32, Vec<Posting>)> = raw
+                .into_iter()
+                .map(|(slot, raw)| {
+                    let mut list: Vec<Posting> =
+                        raw.into_iter().map(|(a, b, c, d)| posting(a, b, c, d)).collect();
+                    list.sort_unstable();
+                    list.dedup();
+                    ((id << BLOCK_BITS) | slot, list)
+                })
+                .collect();
+            let bytes = encode(&lists);
+            let block = Block::parse(id, &bytes).expect("parses");
+            prop_assert_eq!(decode_all(&block), lists.clone());
+            for (key, list) in &lists {
+                prop_assert_eq!(block.list(*key).map(|l| l.len()), Some(list.len()));
+                prop_assert_eq!(block.next_key(*key), Some(*key));
+            }
+        }
+
+        #[test]
+        fn damaged_blocks_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..160),
+        ) {
+            if let Ok(block) = Block::parse(7, &bytes) {
+                let mut n = 0usize;
+                for (_, list) in block.lists() {
+                    let _ = list.decode(|_| n += 1);
+                }
+                // Every posting takes at least one bit of the value.
+                prop_assert!(n <= bytes.len() * 8);
+            }
+        }
+    }
+
+    #[test]
+    fn fields_on_a_grid_cost_no_bits_for_it() {
+        // Times on multiples of 2, freqs of 32, spans of 16: the dropped bits are the grid.
+        let list: Vec<Posting> = (0..100u32)
+            .map(|i| {
+                posting(
+                    i,
+                    2 * (i * 37 % 1000),
+                    (i % 300) as u16 * 32,
+                    (i % 100) as u16 * 16,
+                )
+            })
+            .collect();
+        let bytes = encode(&[(5, list.clone())]);
+        let block = Block::parse(0, &bytes).expect("parses");
+        assert_eq!(block.format.time_shift, 1);
+        assert_eq!(block.format.freq_shift, 5);
+        assert_eq!(block.format.span_shift, 4);
+        // The first track (0) takes no bits, a delta 1, time 10 bits, freq 7, span 7.
+        let bits = 99 + 100 * (10 + 7 + 7);
+        assert_eq!(bytes.len(), HEADER_BYTES + 1 + bits / 8 + 1);
+        assert_eq!(decode_all(&block), vec![(5, list)]);
+    }
+
+    #[test]
+    fn next_key_and_list_address_the_block() {
+        let lists = vec![
+            (64 + 3, vec![posting(1, 10, 20, 30)]),
+            (64 + 40, vec![posting(2, 10, 20, 30), posting(9, 1, 2, 3)]),
+        ];
+        let bytes = encode(&lists);
+        let block = Block::parse(1, &bytes).expect("parses");
+        assert_eq!(block.next_key(0), Some(67));
+        assert_eq!(block.next_key(67), Some(67));
+        assert_eq!(block.next_key(68), Some(104));
+        assert_eq!(block.next_key(105), None);
+        assert_eq!(block.next_key(128), None);
+        assert!(block.list(3).is_none(), "key 3 is in block 0");
+        assert!(block.list(66).is_none());
+        assert_eq!(block.list(104).map(|l| l.len()), Some(2));
+        // Stopping early visits no further.
+        let mut seen = Vec::new();
+        block
+            .list(104)
+            .expect("present")
+            .decode_while(|p| {
+                seen.push(p.track);
+                false
+            })
+            .expect("decodes");
+        assert_eq!(seen, vec![2]);
+    }
+
+    #[test]
+    fn damaged_blocks_are_errors() {
+        let lists = vec![
+            (3, vec![posting(1, 1000, 700, 300), posting(1, 1200, 1, 2)]),
+            (9, vec![posting(9, 5, 3, 4)]),
+        ];
+        let bytes = encode(&lists);
+        Block::parse(0, &bytes).expect("the original parses");
+        for cut in 0..bytes.len() {
+            assert!(Block::parse(0, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Block::parse(0, &trailing).is_err());
+        let mut empty_map = bytes.clone();
+        empty_map[..8].fill(0);
+        assert!(Block::parse(0, &empty_map).is_err());
+        // A width that cannot hold its field, or a zero-bit time, is refused.
+        for (at, value) in [(8, 33), (10, 0), (10, 33), (12, 17), (13, 16), (14, 17)] {
+            let mut bad = bytes.clone();
+            bad[at] = value;
+            assert!(Block::parse(0, &bad).is_err(), "byte {at} = {value}");
+        }
+        // A huge count in a short value is refused before anything is decoded.
+        let mut huge = bytes[..HEADER_BYTES].to_vec();
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1]);
+        huge.extend_from_slice(&bytes[HEADER_BYTES + 2..]);
+        assert!(Block::parse(0, &huge).is_err());
+        // Track ids that overflow are refused rather than wrapped: a first track of
+        // u32::MAX (32 bits), time 0 (1 bit), then a delta of 1 (1 bit), time 0.
+        let mut overflow = 1u64.to_be_bytes().to_vec();
+        overflow.extend_from_slice(&[32, 1, 1, 0, 0, 0, 0, 0, 2]);
+        overflow.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0b0100_0000]);
+        let block = Block::parse(0, &overflow).expect("parses");
+        let result = block.list(0).expect("present").decode(|_| {});
+        assert_eq!(result, Err("a track id overflows u32"));
+    }
+}
