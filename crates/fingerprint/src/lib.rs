@@ -124,9 +124,9 @@ pub struct Params {
     pub ref_verify_radius_frames: usize,
     /// ...and in bins.
     pub ref_verify_radius_bins: usize,
-    /// The grid a reference's hashes store their anchor time on, in frames. The store's
-    /// blocks drop the low bits that are zero in every value, so a coarser grid costs fewer
-    /// bits; by default every field keeps its full precision (1, 1, 1), because every grid
+    /// The grid a reference's hashes store their anchor time on, in frames (a power of
+    /// two, as are the two steps below). The store's blocks drop the low bits that are zero
+    /// in every value, so a coarser grid costs fewer bits; by default every field keeps its full precision (1, 1, 1), because every grid
     /// measured cost recall (BENCHMARKS.md, session 14): bins on 1/2 bin and spans on a
     /// frame took the benchmark's store from 7.22 to 5.97 MB per hour but found 5 of 332
     /// samples fewer over the four sweeps, 1/8 bin and 1/4 frame 6.56 MB per hour and 3
@@ -276,11 +276,18 @@ impl Params {
         {
             return bad("peak densities must be positive");
         }
-        if !(1..=64).contains(&self.stored_time_step)
-            || !(1..=4 * FREQ_SCALE as u16).contains(&self.stored_freq_step)
-            || !(1..=4 * SPAN_SCALE as u16).contains(&self.stored_span_step)
-        {
-            return bad("stored grid steps must be 1..=64 frames, 1..=4 bins and 1..=4 frames");
+        // The store saves the low bits that are zero in every value: only a power-of-two
+        // grid has them.
+        let grid_ok = self.stored_time_step.is_power_of_two()
+            && self.stored_time_step <= 64
+            && self.stored_freq_step.is_power_of_two()
+            && self.stored_freq_step <= 4 * 64
+            && self.stored_span_step.is_power_of_two()
+            && self.stored_span_step <= 4 * 16;
+        if !grid_ok {
+            return bad(
+                "stored grid steps must be powers of two up to 64 frames, 4 bins, 4 frames",
+            );
         }
         Ok(())
     }
@@ -526,6 +533,19 @@ mod tests {
             },
             Params {
                 ref_verify_peaks_per_s: 0.0,
+                ..d()
+            },
+            // A stored grid must be a power of two (only those save bits) and not zero.
+            Params {
+                stored_freq_step: 3,
+                ..d()
+            },
+            Params {
+                stored_time_step: 0,
+                ..d()
+            },
+            Params {
+                stored_span_step: 128,
                 ..d()
             },
         ];

@@ -127,8 +127,8 @@ const DEFAULT_DELTA_FRACTION: f64 = 0.25;
 /// Default of [`LmdbOptions::max_delta_tracks`]; see [`LmdbOptions`] for the measurements.
 const DEFAULT_MAX_DELTA_TRACKS: u64 = 64;
 
-/// A sorted walk steps forward this many entries before it gives up and seeks: a step is a
-/// few nanoseconds within a page, a seek a descent from the root plus a cursor allocation.
+/// A sorted walk steps forward over this many blocks before it gives up and seeks: a step
+/// is a block's parse, a seek a descent from the root plus a cursor allocation.
 const WALK_STEPS_BEFORE_SEEK: usize = 16;
 
 /// A lookup of fewer keys than this runs on one thread: below it, starting the others
@@ -309,8 +309,8 @@ impl Counters {
 /// tracks took 7.4 s with 1M/0.25, 7.0 s with 2M/0.25, 6.4 s with 2M/0.5 and 5.9 s with
 /// 4M/0.25, while an uncapped lookup with the delta left at the end cost 0.10, 0.11, 0.13
 /// and 0.15 µs per key (9, 14, 28 and 46 runs; 0.09 fully merged), and the file ended at
-/// 14-15 bytes per posting in every case. 2M/0.25 keeps indexing within 20% of the fastest
-/// and lookups within 20% of a fully merged store.
+/// 14-15 bytes per posting in every case (format 3, a value per key). 2M/0.25 keeps
+/// indexing within 20% of the fastest and lookups within 20% of a fully merged store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LmdbOptions {
     min_delta_postings: u64,
@@ -875,6 +875,7 @@ impl LmdbStore {
         // What the lookup has read through the map, per main partition and per section.
         let mut residency = MapResidency::new(resident_budget);
         let mut main_read = [NOTHING_READ; N_PARTITIONS];
+        let mut main_block = [0usize; N_PARTITIONS];
         let mut sections_read: Vec<Vec<usize>> = sections
             .iter()
             .map(|s| vec![NOTHING_READ; s.len()])
@@ -892,7 +893,11 @@ impl LmdbStore {
             // Live postings of the key, in `tracks` or not: what the cap counts.
             let mut n_live = 0usize;
             let head = walkers[partition].seek(key)?;
-            if let Some((_, _, value)) = head {
+            // A block is counted once, when the walk enters it: its keys share its bytes.
+            if let Some((_, _, value)) = head
+                && value.as_ptr() as usize != main_block[partition]
+            {
+                main_block[partition] = value.as_ptr() as usize;
                 residency.touch(&mut main_read[partition], value);
             }
             if let Some((found, found_list, _)) = head
@@ -1372,7 +1377,8 @@ impl LmdbStore {
             drop((mains, sections));
             for &(block, begin, end) in &batch {
                 // Blocks arrive ascending into an empty database: APPEND fills each page
-                // completely and never searches. Unsorted (tampered) runs make LMDB refuse.
+                // completely and never searches. Keys were checked ascending above; LMDB
+                // refusing an append is the fallback for anything else out of order.
                 to.put_with_flags(
                     wtxn,
                     PutFlags::APPEND,

@@ -631,9 +631,10 @@ enum Op {
     },
 }
 
-/// Keys mostly from a small range, so tracks share keys, with a few from anywhere.
+/// Keys mostly from small ranges, so tracks share keys (one range crosses the LMDB main's
+/// block boundaries at 64 and 128), with a few from anywhere.
 fn entries_strategy() -> impl Strategy<Value = Vec<Entry>> {
-    let key = prop_oneof![4 => 0u32..48, 1 => any::<u32>()];
+    let key = prop_oneof![3 => 0u32..48, 2 => 56u32..136, 1 => any::<u32>()];
     proptest::collection::vec((key, 0u32..6, 0u16..3, 0u16..2), 0..40)
 }
 

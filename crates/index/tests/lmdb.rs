@@ -284,7 +284,9 @@ fn reopen_keeps_everything() {
     assert_eq!(store.track(id).expect("track"), Some(info));
     assert_eq!(store.find_by_path("/a.flac").expect("find"), Some(id));
     assert_eq!(store.find_by_content("aa").expect("find"), Some(id));
-    let keys: Vec<u32> = entries.iter().map(|e| e.0).collect();
+    let mut keys: Vec<u32> = entries.iter().map(|e| e.0).collect();
+    keys.sort_unstable();
+    keys.dedup();
     assert_eq!(lookup_all(&store, &keys).len(), 1000);
     let stats = store.stats().expect("stats");
     assert_eq!(
@@ -319,8 +321,10 @@ fn other_fingerprint_params_are_refused() {
 }
 
 #[test]
-fn damaged_main_lists_are_errors_not_panics() {
-    let (_dir, store) = temp_store_with(merge_always());
+fn damaged_main_blocks_are_errors_not_panics() {
+    // Default options: puts stay in the delta until `compact`, so each case below has a
+    // run of key 5 for the merge to read the damaged block with.
+    let (_dir, store) = temp_store_with(LmdbOptions::default());
     let entries: Vec<Entry> = (0..50u32).map(|i| (5, i * 3, 700, 300)).collect();
     store
         .put_track(&track_info("/a", "a", 1.0), &entries, None)
@@ -332,6 +336,7 @@ fn damaged_main_lists_are_errors_not_panics() {
             None,
         )
         .expect("put");
+    store.compact().expect("compact");
     let good = test_hooks::raw_main_block(&store, 5)
         .expect("read")
         .expect("key 5 is in main");
@@ -365,52 +370,73 @@ fn damaged_main_lists_are_errors_not_panics() {
         ("no lists", no_lists),
         ("impossible width", wide),
     ];
-    let mut extra = 0;
-    for (what, bytes) in damaged {
-        test_hooks::set_raw_main_block(&store, 5, &bytes).expect("damage");
-        let error = store
-            .lookup(&[5, 6], usize::MAX, &mut |_, _| {})
-            .expect_err(what);
-        assert!(
-            matches!(error, IndexError::Corrupt { .. }),
-            "{what}: {error:?}"
-        );
-        // A capped lookup skips a list whose header claims too many postings unread, so
-        // damage behind the header may go unnoticed, but it is never a panic.
-        match store.lookup(&[5, 6], 10, &mut |_, _| {}) {
-            Ok(()) | Err(IndexError::Corrupt { .. }) => {}
-            Err(error) => panic!("{what}: {error:?}"),
-        }
-        // Merging the partition reads the list. With nothing to merge there is nothing to
-        // read, so a new track of that key makes sure there is; its put commits even though
-        // its merge fails.
-        // A put reads the blocks of its keys too (to count the keys it adds), so it may
-        // be the one to find the damage; nothing of it is stored then.
-        let mut put_refused = false;
-        if store.compact().is_ok() {
-            match store.put_track(
+    for (n, (what, bytes)) in damaged.into_iter().enumerate() {
+        store
+            .put_track(
                 &track_info(&format!("/{what}"), what, 1.0),
                 &[(5, 1000, 1, 1)],
                 None,
-            ) {
-                Ok(_) => extra += 1,
-                Err(IndexError::Corrupt { .. }) => put_refused = true,
-                Err(error) => panic!("{what}: {error:?}"),
-            }
-        }
-        if !put_refused {
-            let error = store.compact().expect_err(what);
-            assert!(
-                matches!(error, IndexError::Corrupt { .. }),
-                "{what}: {error:?}"
-            );
-        }
+            )
+            .expect("put");
+        test_hooks::set_raw_main_block(&store, 5, &bytes).expect("damage");
+        let corrupt = |result: Result<(), IndexError>, doing: &str| match result {
+            Err(IndexError::Corrupt { .. }) => {}
+            other => panic!("{what}, {doing}: {other:?}"),
+        };
+        corrupt(store.lookup(&[5, 6], usize::MAX, &mut |_, _| {}), "lookup");
+        corrupt(store.lookup(&[5, 6], 10, &mut |_, _| {}), "capped lookup");
+        // Merging the partition reads the block (the put above left a run to merge);
+        // the merge's transaction is abandoned.
+        corrupt(store.compact(), "compact");
+        // A put reads the blocks of its keys too (to count the keys it adds): refused,
+        // nothing of it stored.
+        corrupt(
+            store
+                .put_track(
+                    &track_info("/refused", "refused", 1.0),
+                    &[(5, 7, 1, 1)],
+                    None,
+                )
+                .map(|_| ()),
+            "put",
+        );
+        // Restoring the block heals the store, and nothing committed was lost.
+        test_hooks::set_raw_main_block(&store, 5, &good).expect("restore");
+        assert_eq!(lookup_all(&store, &[5]).len(), 51 + n + 1, "{what}");
     }
-    // Restoring the list heals the store.
-    test_hooks::set_raw_main_block(&store, 5, &good).expect("restore");
-    assert_eq!(lookup_all(&store, &[5]).len(), 51 + extra);
     store.compact().expect("merges again");
-    assert_eq!(lookup_all(&store, &[5]).len(), 51 + extra);
+    assert_eq!(lookup_all(&store, &[5]).len(), 51 + 8);
+}
+
+/// A merge writes main in batches of blocks; more blocks in a partition than a batch holds
+/// resume where the last batch ended, and every key's list survives the round trip.
+#[test]
+fn merges_write_many_blocks_in_batches() {
+    let (_dir, store) = temp_store_with(LmdbOptions::default());
+    // One key in each of 6,000 blocks (about 375 per partition, over a batch of 256), and
+    // a dense run of keys across block boundaries.
+    let mut entries: Vec<Entry> = (0..6_000u32).map(|i| (i * 64 + i % 64, i, 1, 2)).collect();
+    entries.extend((60..200u32).map(|key| (key, key, 3, 4)));
+    store
+        .put_track(&track_info("/a", "a", 1.0), &entries, None)
+        .expect("put");
+    let mut keys: Vec<u32> = entries.iter().map(|e| e.0).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let before = lookup_all(&store, &keys);
+    store.compact().expect("compact");
+    let tiers = test_hooks::tiers(&store).expect("tiers");
+    assert_eq!(tiers.delta_postings, 0);
+    assert_eq!(tiers.main_keys, keys.len() as u64);
+    assert_eq!(tiers.main_blocks, 6_000);
+    assert_eq!(lookup_all(&store, &keys), before);
+    assert_eq!(before.len(), entries.len());
+    // A second track merged into the same blocks.
+    store
+        .put_track(&track_info("/b", "b", 1.0), &entries, None)
+        .expect("put");
+    store.compact().expect("compact");
+    assert_eq!(lookup_all(&store, &keys).len(), 2 * entries.len());
 }
 
 /// Writes a store exactly as format version 1 laid it out: meta plus `postings`, `tracks`
