@@ -490,6 +490,25 @@ mod tests {
         }
     }
 
+    /// The lists of block `id` from generated (slot, postings) pairs: keys addressed in the
+    /// block, postings sorted and without duplicates, as stores hand them over.
+    fn block_lists(
+        id: u32,
+        raw: std::collections::BTreeMap<u32, Vec<(u32, u32, u16, u16)>>,
+    ) -> Vec<(u32, Vec<Posting>)> {
+        raw.into_iter()
+            .map(|(slot, raw)| {
+                let mut list: Vec<Posting> = raw
+                    .into_iter()
+                    .map(|(a, b, c, d)| posting(a, b, c, d))
+                    .collect();
+                list.sort_unstable();
+                list.dedup();
+                ((id << BLOCK_BITS) | slot, list)
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn blocks_round_trip(
@@ -508,16 +527,7 @@ mod tests {
                 1..12,
             ),
         ) {
-            let lists: Vec<(u32, Vec<Posting>)> = raw
-                .into_iter()
-                .map(|(slot, raw)| {
-                    let mut list: Vec<Posting> =
-                        raw.into_iter().map(|(a, b, c, d)| posting(a, b, c, d)).collect();
-                    list.sort_unstable();
-                    list.dedup();
-                    ((id << BLOCK_BITS) | slot, list)
-                })
-                .collect();
+            let lists = block_lists(id, raw);
             let bytes = encode(&lists);
             let block = Block::parse(id, &bytes).expect("parses");
             prop_assert_eq!(decode_all(&block), lists.clone());
@@ -538,16 +548,7 @@ mod tests {
         ) {
             // Valid blocks, then bytes overwritten, removed or inserted: random bytes would
             // almost never get past the header's checks.
-            let lists: Vec<(u32, Vec<Posting>)> = lists
-                .into_iter()
-                .map(|(slot, raw)| {
-                    let mut list: Vec<Posting> =
-                        raw.into_iter().map(|(a, b, c, d)| posting(a, b, c, d)).collect();
-                    list.sort_unstable();
-                    list.dedup();
-                    (slot, list)
-                })
-                .collect();
+            let lists = block_lists(0, lists);
             let mut bytes = encode(&lists);
             for (at, value, how) in damage {
                 let at = at % (bytes.len() + 1);
