@@ -875,7 +875,6 @@ impl LmdbStore {
         // What the lookup has read through the map, per main partition and per section.
         let mut residency = MapResidency::new(resident_budget);
         let mut main_read = [NOTHING_READ; N_PARTITIONS];
-        let mut main_block = [0usize; N_PARTITIONS];
         let mut sections_read: Vec<Vec<usize>> = sections
             .iter()
             .map(|s| vec![NOTHING_READ; s.len()])
@@ -893,11 +892,7 @@ impl LmdbStore {
             // Live postings of the key, in `tracks` or not: what the cap counts.
             let mut n_live = 0usize;
             let head = walkers[partition].seek(key)?;
-            // A block is counted once, when the walk enters it: its keys share its bytes.
-            if let Some((_, _, value)) = head
-                && value.as_ptr() as usize != main_block[partition]
-            {
-                main_block[partition] = value.as_ptr() as usize;
+            if let Some((_, _, value)) = head {
                 residency.touch(&mut main_read[partition], value);
             }
             if let Some((found, found_list, _)) = head
@@ -1619,8 +1614,9 @@ impl MapResidency {
     }
 
     /// Counts `bytes`, read through the map by one reader that moves forward through it;
-    /// `last` is the last window that reader read. Releases what was read once the count
-    /// exceeds the budget.
+    /// `last` is the last window that reader read. Only windows past `last` count, so
+    /// bytes read again (a main block's keys share its value) count nothing. Releases what
+    /// was read once the count exceeds the budget.
     fn touch(&mut self, last: &mut usize, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
@@ -1633,8 +1629,14 @@ impl MapResidency {
             start / RESIDENCY_WINDOW_BYTES,
             (end - 1) / RESIDENCY_WINDOW_BYTES,
         );
-        self.windows += final_window - first + usize::from(first != *last);
-        *last = final_window;
+        let counted_from = match *last {
+            NOTHING_READ => first,
+            last => first.max(last + 1),
+        };
+        self.windows += (final_window + 1).saturating_sub(counted_from);
+        if *last == NOTHING_READ || final_window > *last {
+            *last = final_window;
+        }
         if self.windows * RESIDENCY_WINDOW_BYTES >= self.budget {
             self.release();
         }
@@ -2486,5 +2488,36 @@ pub mod test_hooks {
             file_pages: store.env.info().last_page_number as u64 + 1,
             page_size,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader counts a window once, when it enters it: bytes read again (a main block
+    /// whose keys share its value) count nothing, however many windows they straddle.
+    #[test]
+    fn residency_counts_each_window_of_a_reader_once() {
+        let memory = vec![0u8; 4 * RESIDENCY_WINDOW_BYTES];
+        // Bytes from the middle of a window to the middle of the next.
+        let base = memory.as_ptr() as usize;
+        let into = RESIDENCY_WINDOW_BYTES - base % RESIDENCY_WINDOW_BYTES;
+        let half = RESIDENCY_WINDOW_BYTES / 2;
+        let straddling = &memory[into + half..into + half + RESIDENCY_WINDOW_BYTES];
+        let mut residency = MapResidency::new(usize::MAX);
+        let mut last = NOTHING_READ;
+        residency.touch(&mut last, straddling);
+        assert_eq!(residency.windows, 2);
+        residency.touch(&mut last, straddling);
+        assert_eq!(residency.windows, 2, "read again, not counted again");
+        // Moving on into the window after them counts that one only.
+        let next = &memory[into + 2 * RESIDENCY_WINDOW_BYTES..][..half];
+        residency.touch(&mut last, next);
+        assert_eq!(residency.windows, 3);
+        // Another reader counts its own.
+        let mut other = NOTHING_READ;
+        residency.touch(&mut other, straddling);
+        assert_eq!(residency.windows, 5);
     }
 }
