@@ -2,15 +2,21 @@
 //! [`BLOCK_KEYS`] consecutive hash keys that share `key >> BLOCK_BITS`, bit-packed.
 //!
 //! One LMDB entry per key cost about 13 bytes of node and key for a list of ~5 postings of
-//! ~8 bytes; a block pays that once for up to 64 lists. Within a block every field is
+//! ~8 bytes; a block pays that once for up to 4,096 lists. Blocks are that large because
+//! LMDB keeps a value of over about 2 KB in whole pages of its own: blocks of 64 keys
+//! (1.4 KB on average at 7.4 hours of music, more as the store grows) lost about a fifth
+//! of the file to the rest of their last page; a block of 4,096 keys loses a few percent
+//! (BENCHMARKS.md, session 15). A lookup reads only the pages of the lists it wants, so a
+//! large block costs it nothing but parsing the counts once. Within a block every field is
 //! stored at the fewest bits that the block's largest value needs, after dropping the low
 //! bits that are zero in every value of the block: a fingerprint that stores times,
 //! frequencies or spans on a coarser grid than their units (as ours does) costs no bits
 //! for the grid. The store learns nothing about the fields to do this; they stay opaque.
 //!
 //! Layout of a block value:
-//! - the presence bitmap, u64 BE: bit `i` (from the least significant) set when key
-//!   `block << BLOCK_BITS | i` has a list; never 0;
+//! - the presence bitmap, [`BLOCK_KEYS`] / 64 words of u64 BE: bit `i % 64` (from the least
+//!   significant) of word `i / 64` set when key `block << BLOCK_BITS | i` has a list;
+//!   never all 0;
 //! - the format, 8 bytes: widths of the list's first track, of a track delta, then width
 //!   and dropped low bits of time, freq and span ([`Format`]);
 //! - per present key in ascending order, its number of postings as a varint (at least 1);
@@ -28,7 +34,7 @@ use crate::codec::{read_varint, write_varint};
 use crate::{Posting, TrackId};
 
 /// Bits of a key that address its list within a block.
-pub const BLOCK_BITS: u32 = 6;
+pub const BLOCK_BITS: u32 = 12;
 
 /// Keys per block.
 pub const BLOCK_KEYS: usize = 1 << BLOCK_BITS;
@@ -44,8 +50,14 @@ fn slot_of(key: u32) -> usize {
     (key as usize) & (BLOCK_KEYS - 1)
 }
 
+/// Words of a block's presence bitmap.
+const BITMAP_WORDS: usize = BLOCK_KEYS / 64;
+
+/// Bytes of a block's presence bitmap, where its format starts.
+const BITMAP_BYTES: usize = BITMAP_WORDS * 8;
+
 /// Bytes of a block before its counts: bitmap and format.
-const HEADER_BYTES: usize = 8 + 8;
+const HEADER_BYTES: usize = BITMAP_BYTES + 8;
 
 /// How a block packs its postings: a width in bits per field and, for time, freq and span,
 /// the number of low bits dropped (zero in every value of the block).
@@ -158,11 +170,13 @@ impl BlockBuilder {
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Option<u32> {
         let block = self.block()?;
         let format = self.format();
-        let mut present = 0u64;
+        let mut present = [0u64; BITMAP_WORDS];
         for &key in &self.keys {
-            present |= 1 << slot_of(key);
+            present[slot_of(key) / 64] |= 1 << (slot_of(key) % 64);
         }
-        out.extend_from_slice(&present.to_be_bytes());
+        for word in present {
+            out.extend_from_slice(&word.to_be_bytes());
+        }
         out.extend_from_slice(&format.to_bytes());
         let mut begin = 0;
         for &end in &self.ends {
@@ -292,10 +306,11 @@ fn read_bits(bits: &[u8], pos: u64, width: u8) -> u32 {
 #[derive(Clone, Debug)]
 pub struct Block<'a> {
     id: u32,
-    present: u64,
+    present: [u64; BITMAP_WORDS],
     format: Format,
-    counts: [u32; BLOCK_KEYS],
-    starts: [u64; BLOCK_KEYS],
+    /// Per slot, the number of postings (0: no list) and the list's first bit.
+    counts: Vec<u32>,
+    starts: Vec<u64>,
     bits: &'a [u8],
     value: &'a [u8],
 }
@@ -309,16 +324,19 @@ impl<'a> Block<'a> {
         let (header, mut cursor) = value
             .split_first_chunk::<HEADER_BYTES>()
             .ok_or("it is shorter than a block header")?;
-        let present = u64::from_be_bytes(header[..8].try_into().unwrap_or([0; 8]));
-        if present == 0 {
+        let mut present = [0u64; BITMAP_WORDS];
+        for (word, bytes) in present.iter_mut().zip(header.chunks_exact(8)) {
+            *word = u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
+        }
+        if present.iter().all(|&word| word == 0) {
             return Err("it holds no list");
         }
-        let format = Format::from_bytes(header[8..].try_into().unwrap_or([0; 8]))?;
-        let mut counts = [0u32; BLOCK_KEYS];
-        let mut starts = [0u64; BLOCK_KEYS];
+        let format = Format::from_bytes(header[BITMAP_BYTES..].try_into().unwrap_or([0; 8]))?;
+        let mut counts = vec![0u32; BLOCK_KEYS];
+        let mut starts = vec![0u64; BLOCK_KEYS];
         let mut total_bits = 0u64;
         for slot in 0..BLOCK_KEYS {
-            if present & (1 << slot) == 0 {
+            if present[slot / 64] & (1 << (slot % 64)) == 0 {
                 continue;
             }
             let count = read_varint(&mut cursor)?;
@@ -358,11 +376,6 @@ impl<'a> Block<'a> {
         self.id
     }
 
-    /// The whole stored value.
-    pub fn value(&self) -> &'a [u8] {
-        self.value
-    }
-
     /// The first key of the block at or after `key` that has a list (`key` in or before
     /// this block).
     pub fn next_key(&self, key: u32) -> Option<u32> {
@@ -371,14 +384,32 @@ impl<'a> Block<'a> {
             std::cmp::Ordering::Equal => slot_of(key),
             std::cmp::Ordering::Greater => return None,
         };
-        let rest = self.present >> from;
-        (rest != 0).then(|| (self.id << BLOCK_BITS) | (from as u32 + rest.trailing_zeros()))
+        let mut word = from / 64;
+        let mut rest = self.present[word] >> (from % 64) << (from % 64);
+        while rest == 0 {
+            word += 1;
+            rest = *self.present.get(word)?;
+        }
+        let slot = word * 64 + rest.trailing_zeros() as usize;
+        Some((self.id << BLOCK_BITS) | slot as u32)
+    }
+
+    /// The value from its start through the last byte of `list` (one of this block's):
+    /// what a reader that has come as far as `list` has read of it.
+    pub fn read_through(&self, list: &List<'a>) -> &'a [u8] {
+        let bits_at = self.value.len() - self.bits.len();
+        let end = list
+            .start
+            .saturating_add(self.format.list_bits(u64::from(list.count.max(1))))
+            .div_ceil(8);
+        let end = usize::try_from(end).map_or(self.value.len(), |end| bits_at + end);
+        &self.value[..end.min(self.value.len())]
     }
 
     /// The list of `key`, if this block holds one.
     pub fn list(&self, key: u32) -> Option<List<'a>> {
         let slot = slot_of(key);
-        (block_of(key) == self.id && self.present & (1 << slot) != 0).then(|| List {
+        (block_of(key) == self.id && self.counts[slot] != 0).then(|| List {
             bits: self.bits,
             start: self.starts[slot],
             count: self.counts[slot],
@@ -597,24 +628,36 @@ mod tests {
 
     #[test]
     fn next_key_and_list_address_the_block() {
+        // Block 1, with lists in its first and last bitmap words and words between empty.
+        let base = BLOCK_KEYS as u32;
+        let last = base + BLOCK_KEYS as u32 - 1;
         let lists = vec![
-            (64 + 3, vec![posting(1, 10, 20, 30)]),
-            (64 + 40, vec![posting(2, 10, 20, 30), posting(9, 1, 2, 3)]),
+            (base + 3, vec![posting(1, 10, 20, 30)]),
+            (base + 40, vec![posting(2, 10, 20, 30), posting(9, 1, 2, 3)]),
+            (last, vec![posting(4, 1, 1, 1)]),
         ];
         let bytes = encode(&lists);
         let block = Block::parse(1, &bytes).expect("parses");
-        assert_eq!(block.next_key(0), Some(67));
-        assert_eq!(block.next_key(67), Some(67));
-        assert_eq!(block.next_key(68), Some(104));
-        assert_eq!(block.next_key(105), None);
-        assert_eq!(block.next_key(128), None);
+        assert_eq!(block.next_key(0), Some(base + 3));
+        assert_eq!(block.next_key(base + 3), Some(base + 3));
+        assert_eq!(block.next_key(base + 4), Some(base + 40));
+        assert_eq!(block.next_key(base + 41), Some(last));
+        assert_eq!(block.next_key(base + 64), Some(last));
+        assert_eq!(block.next_key(last), Some(last));
+        assert_eq!(block.next_key(last + 1), None);
         assert!(block.list(3).is_none(), "key 3 is in block 0");
-        assert!(block.list(66).is_none());
-        assert_eq!(block.list(104).map(|l| l.len()), Some(2));
+        assert!(block.list(base + 2).is_none());
+        assert_eq!(block.list(base + 40).map(|l| l.len()), Some(2));
+        // What a reader has read once it has come to a list: the value up to its end.
+        let first = block.list(base + 3).expect("present");
+        let through = block.read_through(&first).len();
+        assert!(through > HEADER_BYTES && through < bytes.len());
+        let final_list = block.list(last).expect("present");
+        assert_eq!(block.read_through(&final_list).len(), bytes.len());
         // Stopping early visits no further.
         let mut seen = Vec::new();
         block
-            .list(104)
+            .list(base + 40)
             .expect("present")
             .decode_while(|p| {
                 seen.push(p.track);
@@ -645,23 +688,23 @@ mod tests {
             Some("its padding is not zero")
         );
         let mut empty_map = bytes.clone();
-        empty_map[..8].fill(0);
+        empty_map[..BITMAP_BYTES].fill(0);
         assert!(Block::parse(0, &empty_map).is_err());
         // A width that cannot hold its field, or a zero-bit time, is refused.
-        // Bytes 11 and 15 (time and span shifts) leave the length as it was: only the
+        // Format bytes 3 and 7 (time and span shifts) leave the length as it was: only the
         // check of width plus shift against the field's type refuses them.
         for (at, value) in [
-            (8, 33),
-            (10, 0),
-            (10, 33),
-            (11, 32),
-            (12, 17),
-            (13, 16),
-            (14, 17),
-            (15, 17),
+            (0, 33),
+            (2, 0),
+            (2, 33),
+            (3, 32),
+            (4, 17),
+            (5, 16),
+            (6, 17),
+            (7, 17),
         ] {
             let mut bad = bytes.clone();
-            bad[at] = value;
+            bad[BITMAP_BYTES + at] = value;
             assert!(Block::parse(0, &bad).is_err(), "byte {at} = {value}");
         }
         // A huge count in a short value is refused before anything is decoded.
@@ -672,6 +715,7 @@ mod tests {
         // Track ids that overflow are refused rather than wrapped: a first track of
         // u32::MAX (32 bits), time 0 (1 bit), then a delta of 1 (1 bit), time 0.
         let mut overflow = 1u64.to_be_bytes().to_vec();
+        overflow.resize(BITMAP_BYTES, 0);
         overflow.extend_from_slice(&[32, 1, 1, 0, 0, 0, 0, 0, 2]);
         overflow.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0b0100_0000]);
         let block = Block::parse(0, &overflow).expect("parses");

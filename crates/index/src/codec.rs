@@ -576,11 +576,12 @@ mod tests {
 
     #[test]
     fn partitions_are_even() {
+        // 4,096 blocks of keys.
         let mut counts = [0u32; N_PARTITIONS];
-        for key in 0..(1u32 << 20) {
+        for key in 0..(1u32 << 24) {
             counts[partition_of(key)] += 1;
         }
-        let expected = (1u32 << 20) / N_PARTITIONS as u32;
+        let expected = (1u32 << 24) / N_PARTITIONS as u32;
         for count in counts {
             assert!(count.abs_diff(expected) < expected / 20, "{counts:?}");
         }

@@ -45,7 +45,7 @@ pub mod backend {
 pub type TrackId = u32;
 
 /// Version of the on-disk layout; a store written with another version must be rebuilt.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// One occurrence of a hash key: which track it came from plus three opaque fields.
 ///

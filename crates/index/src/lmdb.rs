@@ -22,8 +22,8 @@
 //!
 //! Postings sit in two tiers, like a two-level LSM tree.
 //!
-//! **Main** is compact and immutable between merges. Keys are grouped in *blocks* of 64
-//! (`block::block_of`: `key >> 6`) and blocks split into `N_PARTITIONS` (16) partitions by
+//! **Main** is compact and immutable between merges. Keys are grouped in *blocks* of 4,096
+//! (`block::block_of`: `key >> 12`) and blocks split into `N_PARTITIONS` (16) partitions by
 //! a hash of the block (`codec::partition_of`), and each partition `PP` has two databases,
 //! `main_PP_a` and `main_PP_b`, of which the per-partition counter `current` names the
 //! live one; the other is empty. A main database has one value per block holding the
@@ -141,8 +141,12 @@ type ShardVisitor<'v, 'f> = (usize, &'v mut (dyn FnMut(usize, Posting) + Send + 
 /// Tries at opening the read transactions of a parallel lookup on one snapshot.
 const SNAPSHOT_ATTEMPTS: usize = 4;
 
-/// Blocks a merge encodes before writing them out; bounds the merge's extra memory.
-const MERGE_BATCH_BLOCKS: usize = 256;
+/// Blocks a merge encodes before writing them out, unless [`MERGE_BATCH_BYTES`] stops it
+/// sooner; together they bound the merge's extra memory.
+const MERGE_BATCH_BLOCKS: usize = 16;
+
+/// Encoded bytes after which a merge writes out its batch (at the end of a block).
+const MERGE_BATCH_BYTES: usize = 32 << 20;
 
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 const META_FINGERPRINT_PARAMS: &[u8] = b"fingerprint_params";
@@ -1316,7 +1320,7 @@ impl LmdbStore {
                     if let Some(block) = builder.finish(&mut blobs) {
                         batch.push((block, begin, blobs.len()));
                     }
-                    if batch.len() == MERGE_BATCH_BLOCKS {
+                    if batch.len() == MERGE_BATCH_BLOCKS || blobs.len() >= MERGE_BATCH_BYTES {
                         next = key;
                         break;
                     }
@@ -1443,8 +1447,8 @@ impl LmdbStore {
     }
 }
 
-/// A [`Walker`]'s key, its list, and the whole stored value of the block holding it (what
-/// the lookup's [`MapResidency`] counts).
+/// A [`Walker`]'s key, its list, and the stored value of the block holding it from its
+/// start through the list (what the lookup's [`MapResidency`] counts).
 type Head<'t> = (u32, List<'t>, &'t [u8]);
 
 /// Walks one main database key by key for ascending target keys: it steps forward over
@@ -1476,11 +1480,11 @@ impl<'t> Walker<'t> {
         }
     }
 
-    /// The key at the cursor with its list and the whole stored value of its block.
+    /// The key at the cursor with its list and its block's value through the list.
     fn head(&self) -> Option<Head<'t>> {
         let block = self.block.as_ref()?;
         let list = block.list(self.key)?;
-        Some((self.key, list, block.value()))
+        Some((self.key, list, block.read_through(&list)))
     }
 
     /// Moves to the first key that is at least `target` and returns it; `target`s should
@@ -2425,7 +2429,7 @@ pub mod test_hooks {
         pub main_postings: u64,
         /// Keys in main.
         pub main_keys: u64,
-        /// Blocks in main (LMDB entries, each the lists of up to 64 keys).
+        /// Blocks in main (LMDB entries, each the lists of up to 4,096 keys).
         pub main_blocks: u64,
         /// Unmerged postings of runs.
         pub delta_postings: u64,

@@ -342,21 +342,22 @@ fn damaged_main_blocks_are_errors_not_panics() {
         .expect("key 5 is in main");
     assert_eq!(lookup_all(&store, &[5]).len(), 51);
 
-    // A block: presence bitmap (8 bytes), field widths (8), a varint count per list
-    // (key 5's 51 postings, key 6's one), then the bit-packed postings.
-    assert_eq!(good[16], 51);
+    // A block: presence bitmap (4,096 bits), field widths (8 bytes), a varint count per
+    // list (key 5's 51 postings, key 6's one), then the bit-packed postings.
+    const BITMAP: usize = 4096 / 8;
+    assert_eq!(good[BITMAP + 8], 51);
     let with_counts = |counts: &[u8]| {
-        let mut bytes = good[..16].to_vec();
+        let mut bytes = good[..BITMAP + 8].to_vec();
         bytes.extend_from_slice(counts);
-        bytes.extend_from_slice(&good[18..]);
+        bytes.extend_from_slice(&good[BITMAP + 10..]);
         bytes
     };
     let mut trailing = good.clone();
     trailing.push(0);
     let mut no_lists = good.clone();
-    no_lists[..8].fill(0);
+    no_lists[..BITMAP].fill(0);
     let mut wide = good.clone();
-    wide[8] = 40;
+    wide[BITMAP] = 40;
     let damaged: Vec<(&str, Vec<u8>)> = vec![
         ("empty", Vec::new()),
         ("truncated", good[..good.len() - 3].to_vec()),
@@ -413,10 +414,12 @@ fn damaged_main_blocks_are_errors_not_panics() {
 #[test]
 fn merges_write_many_blocks_in_batches() {
     let (_dir, store) = temp_store_with(LmdbOptions::default());
-    // One key in each of 6,000 blocks (about 375 per partition, over a batch of 256), and
-    // a dense run of keys across block boundaries.
-    let mut entries: Vec<Entry> = (0..6_000u32).map(|i| (i * 64 + i % 64, i, 1, 2)).collect();
-    entries.extend((60..200u32).map(|key| (key, key, 3, 4)));
+    // One key in each of 6,000 blocks of 4,096 keys (about 375 per partition, over a batch
+    // of 16), and a dense run of keys across a block boundary.
+    let mut entries: Vec<Entry> = (0..6_000u32)
+        .map(|i| (i * 4096 + i % 4096, i, 1, 2))
+        .collect();
+    entries.extend((4000..4200u32).map(|key| (key, key, 3, 4)));
     store
         .put_track(&track_info("/a", "a", 1.0), &entries, None)
         .expect("put");
