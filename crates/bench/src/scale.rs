@@ -3,10 +3,11 @@
 //! and identify (as a separate `cratedigger` process, so its peak memory is its own).
 //!
 //! Synthetic tracks re-emit a real reference's postings under a new track id with the
-//! *times shuffled* among the track's postings: every (key, freq, span) triple stays as
-//! real music made it, so key frequencies, the stop-word cap and the postings a query's
-//! keys touch all grow as they would with more real music, while the hits a query gets
-//! from a synthetic track have no consistent time offset and so cannot form a match.
+//! *times shuffled* among the track's anchors (each distinct (time, freq) pair takes
+//! another's time, for all its postings): every (key, freq, span) triple stays as real
+//! music made it, and so does the number of anchors, so key frequencies, the stop-word
+//! cap, the postings a query's keys touch and the store's anchor tables all grow as they
+//! would with more real music, while the hits a query gets from a synthetic track have no consistent time offset and so cannot form a match.
 //! (Permuting the keys instead, e.g. XOR with a per-track mask, would scatter the
 //! postings over the whole 32-bit key space, where real query keys almost never land:
 //! lists would stay near one posting and the measured cost would not grow.) Each
@@ -376,15 +377,25 @@ fn track_info(t: &Template) -> TrackInfo {
 /// Path prefix of synthetic tracks, so matches against them can be told apart.
 const SYNTHETIC_PREFIX: &str = "synthetic:";
 
-/// Synthetic track `n`: the template's (key, freq, span) triples with its times shuffled.
+/// Synthetic track `n`: the template's postings with the times shuffled among its
+/// anchors. Each distinct (time, freq) pair of the template (an anchor peak, shared by the
+/// ~15 postings made from it) takes the time of another, the same for all its postings, so
+/// the track has as many anchors as real music makes (what the LMDB store's anchor tables
+/// cost) while its hits keep no consistent time offset.
 fn synthetic_track(t: &Template, n: u64, rng: &mut Rng) -> (TrackInfo, Vec<Entry>) {
-    let mut times: Vec<u32> = t.entries.iter().map(|e| e.1).collect();
+    let mut anchors: Vec<(u32, u16)> = t.entries.iter().map(|e| (e.1, e.2)).collect();
+    anchors.sort_unstable();
+    anchors.dedup();
+    let mut times: Vec<u32> = anchors.iter().map(|a| a.0).collect();
     rng.shuffle(&mut times);
     let entries = t
         .entries
         .iter()
-        .zip(times)
-        .map(|(&(key, _, freq, span), time)| (key, time, freq, span))
+        .map(|&(key, time, freq, span)| {
+            // Every pair is among the anchors.
+            let anchor = anchors.binary_search(&(time, freq)).unwrap_or_default();
+            (key, times[anchor], freq, span)
+        })
         .collect();
     let info = TrackInfo {
         path: format!("{SYNTHETIC_PREFIX}{n}"),

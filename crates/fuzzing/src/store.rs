@@ -122,13 +122,15 @@ fn natural_keys(db: RawDb) -> Vec<Vec<u8>> {
             .iter()
             .map(|n| n.as_bytes().to_vec())
             .collect(),
-        RawDb::Tracks | RawDb::Runs | RawDb::RunState | RawDb::Deleted => ids().collect(),
+        RawDb::Tracks | RawDb::Runs | RawDb::RunState | RawDb::Deleted | RawDb::Anchors => {
+            ids().collect()
+        }
         RawDb::Paths => TRACKS.iter().map(|t| catalogue(t.0)).collect(),
         RawDb::Contents => TRACKS.iter().map(|t| catalogue(t.1)).collect(),
-        // Main holds blocks of 64 keys under `key >> 6`.
+        // Main holds blocks of 4,096 keys under `key >> 12`.
         RawDb::LiveMain(_) => TRACKS
             .iter()
-            .flat_map(|t| t.2.iter().map(|k| (k >> 6).to_be_bytes().to_vec()))
+            .flat_map(|t| t.2.iter().map(|k| (k >> 12).to_be_bytes().to_vec()))
             .collect(),
     }
 }
@@ -139,7 +141,7 @@ pub fn parse_ops(data: &[u8]) -> Vec<Op> {
     let mut ops = Vec::new();
     while !r.0.is_empty() {
         let tag = r.u8();
-        let db = match (tag & 0x7F) % 9 {
+        let db = match (tag & 0x7F) % 10 {
             0 => RawDb::Meta,
             1 => RawDb::Tracks,
             2 => RawDb::Paths,
@@ -148,6 +150,7 @@ pub fn parse_ops(data: &[u8]) -> Vec<Op> {
             5 => RawDb::RunState,
             6 => RawDb::Deleted,
             7 => RawDb::Counters,
+            8 => RawDb::Anchors,
             _ => RawDb::LiveMain(usize::from(r.u8())),
         };
         let key_byte = r.u8();

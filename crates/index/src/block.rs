@@ -126,7 +126,7 @@ impl Format {
 }
 
 /// Fewest bits that hold `value`.
-fn bit_len(value: u32) -> u8 {
+pub(crate) fn bit_len(value: u32) -> u8 {
     (32 - value.leading_zeros()) as u8
 }
 
@@ -243,14 +243,14 @@ impl BlockBuilder {
 }
 
 /// Writes values of up to 32 bits, most significant bit first.
-struct BitWriter<'a> {
+pub(crate) struct BitWriter<'a> {
     out: &'a mut Vec<u8>,
     buffer: u64,
     filled: u32,
 }
 
 impl<'a> BitWriter<'a> {
-    fn new(out: &'a mut Vec<u8>) -> Self {
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
         Self {
             out,
             buffer: 0,
@@ -258,7 +258,7 @@ impl<'a> BitWriter<'a> {
         }
     }
 
-    fn put(&mut self, value: u32, width: u8) {
+    pub(crate) fn put(&mut self, value: u32, width: u8) {
         if width == 0 {
             return;
         }
@@ -275,7 +275,7 @@ impl<'a> BitWriter<'a> {
         }
     }
 
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         if self.filled > 0 {
             self.out.push((self.buffer << (8 - self.filled)) as u8);
             self.filled = 0;
@@ -285,7 +285,7 @@ impl<'a> BitWriter<'a> {
 
 /// Reads `width` (at most 32) bits at bit `pos` of `bits`; bits past the end read as 0.
 #[inline]
-fn read_bits(bits: &[u8], pos: u64, width: u8) -> u32 {
+pub(crate) fn read_bits(bits: &[u8], pos: u64, width: u8) -> u32 {
     if width == 0 {
         return 0;
     }

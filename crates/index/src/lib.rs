@@ -12,6 +12,7 @@
 //! Every backend must pass the shared behavioural suite in the `testsuite` module (enabled
 //! by the `testsuite` cargo feature), so a new backend only has to call it to be checked.
 
+mod anchors;
 mod block;
 mod codec;
 mod error;

@@ -1,6 +1,6 @@
 //! Persistent [`Store`] on LMDB (through heed): one environment per store directory.
 //!
-//! # Layout (format version 4)
+//! # Layout (format version 5)
 //!
 //! All databases live in one environment, so every change is a single transaction:
 //!
@@ -19,6 +19,14 @@
 //! | `relations_rev`    | reference id ++ query id  | empty: finds the relations of a reference|
 //! | `scan_marks`       | query track id (u32 BE)   | highest reference id scanned (u32 BE)    |
 //! | `side_data`        | track id (u32 BE)         | the track's side data (opaque bytes)     |
+//! | `anchors`          | track id (u32 BE)         | the track's anchor table (`anchors`)     |
+//!
+//! Every tier files a posting as the caller's (track, time, freq, span) with time and freq
+//! replaced by the index of that pair in the track's *anchor table*, its distinct
+//! (time, freq) pairs sorted (`anchors`), and freq 0; `put_track` writes the table, and a
+//! lookup reads the pair back before it visits the posting. Index order is pair order, so
+//! postings sort alike either way. The fingerprint repeats an anchor peak's time and
+//! frequency in each of its ~15 postings; the table keeps them once.
 //!
 //! Postings sit in two tiers, like a two-level LSM tree.
 //!
@@ -66,11 +74,13 @@
 //! B-trees front to back.
 //!
 //! On the benchmark's 7.41 hours of real music (6.20M postings on 1.35M keys) a compacted
-//! store takes 53.5 MB, side data included (7.22 MB per hour; format 3, one value per key
-//! with varint and u16 fields, took 73.7 MB; BENCHMARKS.md, session 14).
-//! Version 4 stores main in blocks; 3 had a value per key and added the three relation
-//! databases and `side_data` to version 2. Stores of other versions (1: one `DUP_SORT`
-//! database of 12-byte postings; 2: no relations; 3: a value per key) are refused as
+//! store takes 34.7 MB, side data included (4.68 MB per hour; format 4, blocks of 64 keys
+//! and no anchor tables, took 53.5 MB; format 3, one value per key with varint and u16
+//! fields, took 73.7 MB; BENCHMARKS.md, sessions 14 and 15).
+//! Version 5 has blocks of 4,096 keys and anchor tables; 4 stored main in blocks of 64; 3
+//! had a value per key and added the three relation databases and `side_data` to version
+//! 2. Stores of other versions (1: one `DUP_SORT` database of 12-byte postings; 2: no
+//! relations; 3: a value per key; 4: small blocks, no anchor tables) are refused as
 //! incompatible and must be rebuilt.
 
 use std::fs;
@@ -83,6 +93,7 @@ use heed::{
     EnvOpenOptions, MdbError, OnCommit, PutFlags, RoRange, RoTxn, RwTxn, WithoutTls,
 };
 
+use crate::anchors::{self, Anchors};
 use crate::block::{BLOCK_BITS, Block, BlockBuilder, List, block_of};
 use crate::codec::{
     ALL_PARTITIONS, N_PARTITIONS, Run, Section, SortedQueries, catalogue_key,
@@ -180,6 +191,8 @@ struct Dbs<'t> {
     scan_marks: BytesDb<'t>,
     /// Side data of each track that has any.
     side_data: BytesDb<'t>,
+    /// The anchor table of each track that has postings (`anchors`).
+    anchors: BytesDb<'t>,
     /// Per partition, the `a` and `b` main databases.
     main: [[BytesDb<'t>; 2]; N_PARTITIONS],
 }
@@ -201,6 +214,7 @@ impl OnCommit for Dbs<'_> {
             relations_rev: self.relations_rev.on_commit(token),
             scan_marks: self.scan_marks.on_commit(token),
             side_data: self.side_data.on_commit(token),
+            anchors: self.anchors.on_commit(token),
             main: self.main.map(|pair| pair.map(|db| db.on_commit(token))),
         }
     }
@@ -224,6 +238,7 @@ fn build_dbs<'t, E>(
         Some(relations_rev),
         Some(scan_marks),
         Some(side_data),
+        Some(anchors),
     ) = (
         one("meta")?,
         one("tracks")?,
@@ -237,6 +252,7 @@ fn build_dbs<'t, E>(
         one("relations_rev")?,
         one("scan_marks")?,
         one("side_data")?,
+        one("anchors")?,
     )
     else {
         return Ok(None);
@@ -263,6 +279,7 @@ fn build_dbs<'t, E>(
         relations_rev,
         scan_marks,
         side_data,
+        anchors,
         main,
     }))
 }
@@ -886,6 +903,7 @@ impl LmdbStore {
         // One key's postings, main first: runs are newer and in track order, so this is
         // sorted.
         let mut list: Vec<Posting> = Vec::new();
+        let mut tables = AnchorTables::new(self, rtxn);
         for group in queries.groups() {
             let key = group.key();
             let partition = partition_of(key);
@@ -960,6 +978,7 @@ impl LmdbStore {
                 continue;
             }
             for &posting in &list {
+                let posting = tables.resolve(posting)?;
                 for query in group.indices() {
                     visit(partition, query, posting);
                 }
@@ -1142,7 +1161,12 @@ impl LmdbStore {
             }
         };
         // Deleting a key that is absent is not an error, so this covers tracks without runs.
-        for db in [self.dbs.runs, self.dbs.run_state, self.dbs.side_data] {
+        for db in [
+            self.dbs.runs,
+            self.dbs.run_state,
+            self.dbs.side_data,
+            self.dbs.anchors,
+        ] {
             db.delete(wtxn, &id_key)
                 .map_err(self.err("deleting a run"))?;
         }
@@ -1447,6 +1471,93 @@ impl LmdbStore {
     }
 }
 
+/// The anchor tables one lookup has read, by track: they turn stored postings (an index
+/// into the track's table, freq 0, span) back into what the caller stored.
+struct AnchorTables<'s, 't> {
+    store: &'s LmdbStore,
+    txn: &'t RoTxn<'t, WithoutTls>,
+    tables: std::collections::HashMap<TrackId, Anchors<'t>, BuildTrackHasher>,
+}
+
+impl<'s, 't> AnchorTables<'s, 't> {
+    fn new(store: &'s LmdbStore, txn: &'t RoTxn<'t, WithoutTls>) -> Self {
+        Self {
+            store,
+            txn,
+            tables: Default::default(),
+        }
+    }
+
+    /// `stored` as the caller stored it.
+    #[inline]
+    fn resolve(&mut self, stored: Posting) -> Result<Posting, IndexError> {
+        let track = stored.track;
+        let table = match self.tables.get(&track) {
+            Some(table) => *table,
+            None => {
+                let bytes = self
+                    .store
+                    .dbs
+                    .anchors
+                    .get(self.txn, &track.to_be_bytes())
+                    .map_err(self.store.err("reading an anchor table"))?
+                    .ok_or_else(|| {
+                        self.store
+                            .corrupt(format!("track {track} has postings but no anchor table"))
+                    })?;
+                let table = Anchors::parse(bytes).map_err(|what| {
+                    self.store
+                        .corrupt(format!("the anchor table of track {track}: {what}"))
+                })?;
+                self.tables.insert(track, table);
+                table
+            }
+        };
+        match table.get(stored.time) {
+            Some((time, freq)) if stored.freq == 0 => Ok(Posting {
+                track,
+                time,
+                freq,
+                span: stored.span,
+            }),
+            _ => Err(self.store.corrupt(format!(
+                "a posting of track {track} names no entry of its anchor table"
+            ))),
+        }
+    }
+}
+
+/// Hashes track ids for [`AnchorTables`] with one multiplication: ids are small integers
+/// chosen by the store, not by an adversary.
+#[derive(Clone, Copy, Default)]
+struct BuildTrackHasher;
+
+impl std::hash::BuildHasher for BuildTrackHasher {
+    type Hasher = TrackHasher;
+
+    fn build_hasher(&self) -> TrackHasher {
+        TrackHasher(0)
+    }
+}
+
+struct TrackHasher(u64);
+
+impl std::hash::Hasher for TrackHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// A [`Walker`]'s key, its list, and the stored value of the block holding it from its
 /// start through the list (what the lookup's [`MapResidency`] counts).
 type Head<'t> = (u32, List<'t>, &'t [u8]);
@@ -1717,6 +1828,20 @@ impl Store for LmdbStore {
         let id_key = id.to_be_bytes();
 
         let mut prepared = prepare_entries(id, entries);
+        let table = anchors::distinct(
+            prepared
+                .iter()
+                .map(|(_, posting)| (posting.time, posting.freq))
+                .collect(),
+        );
+        for (_, posting) in &mut prepared {
+            // Every pair is in the table, which has fewer entries than postings.
+            let index = table
+                .binary_search(&(posting.time, posting.freq))
+                .unwrap_or_default();
+            posting.time = index as u32;
+            posting.freq = 0;
+        }
         prepared.sort_unstable_by_key(|&(key, posting)| run_order(key, &posting));
         let n_postings = prepared.len() as u64;
         let (new_keys, n_runs) = {
@@ -1752,6 +1877,12 @@ impl Store for LmdbStore {
                 .side_data
                 .put(&mut wtxn, &id_key, side_data)
                 .map_err(self.err("writing side data"))?;
+        }
+        if !table.is_empty() {
+            self.dbs
+                .anchors
+                .put(&mut wtxn, &id_key, &anchors::encode(&table))
+                .map_err(self.err("writing an anchor table"))?;
         }
         let mut stored = info.clone();
         stored.n_postings = n_postings;
@@ -2296,6 +2427,8 @@ pub mod test_hooks {
         RunState,
         Deleted,
         Counters,
+        /// Anchor tables, under track ids.
+        Anchors,
         /// The live main database of a partition (taken modulo the partition count).
         LiveMain(usize),
     }
@@ -2349,6 +2482,7 @@ pub mod test_hooks {
             RawDb::RunState => dbs.run_state,
             RawDb::Deleted => dbs.deleted,
             RawDb::Counters => dbs.counters,
+            RawDb::Anchors => dbs.anchors,
             RawDb::LiveMain(partition) => {
                 let counters = store.read_counters(txn)?;
                 store.live_main(&counters, partition % N_PARTITIONS)
@@ -2395,6 +2529,10 @@ pub mod test_hooks {
                     out.push((section.key(i), section.posting(i, run.track)));
                 }
             }
+        }
+        let mut tables = AnchorTables::new(store, &rtxn);
+        for (_, posting) in &mut out {
+            *posting = tables.resolve(*posting)?;
         }
         out.sort_unstable();
         Ok(out)

@@ -875,3 +875,83 @@ fn a_store_being_compacted_cannot_be_opened() {
     drop(compaction);
     LmdbStore::open(dir.path(), PARAMS).expect("open once compaction is over");
 }
+
+/// The store files a track's postings under indices into the track's anchor table (its
+/// distinct time and freq pairs). Lookups give back exactly what was stored, from the
+/// unmerged run and from main; a missing or damaged table, or a posting whose index it
+/// lacks, makes lookups fail as `Corrupt` (never a panic or a wrong posting), and
+/// restoring the table heals the store with nothing committed lost.
+#[test]
+fn damaged_anchor_tables_are_found_by_lookups() {
+    use test_hooks::RawDb;
+    let (_dir, store) = temp_store_with(LmdbOptions::default());
+    // 15 postings per (time, freq) pair, as the fingerprint makes them, over two keys.
+    let entries: Vec<Entry> = (0..90u32)
+        .map(|i| {
+            (
+                5 + i % 2,
+                1000 + 7 * (i / 15),
+                (i / 15 % 4) as u16 * 300,
+                i as u16,
+            )
+        })
+        .collect();
+    let id = store
+        .put_track(&track_info("/a", "a", 1.0), &entries, None)
+        .expect("put");
+    let expected = |store: &LmdbStore| {
+        let mut found: Vec<Entry> = lookup_all(store, &[5, 6])
+            .into_iter()
+            .map(|(i, p)| ([5, 6][i], p.time, p.freq, p.span))
+            .collect();
+        found.sort_unstable();
+        found
+    };
+    let mut sorted = entries.clone();
+    sorted.sort_unstable();
+    assert_eq!(expected(&store), sorted, "from the run");
+    let good = test_hooks::get_raw(&store, RawDb::Anchors, &id.to_be_bytes())
+        .expect("read")
+        .expect("the track has a table");
+    // Six pairs, not 90: a 6-byte header, then times up to 1035 (11 bits) and freqs up to
+    // 900 (10 bits).
+    assert_eq!(good.len(), 6 + (6 * 21usize).div_ceil(8));
+    // A valid table of one entry (time 5 on 8 bits, freq on 0): indices past 0 are absent.
+    let one_entry = vec![0, 0, 0, 1, 8, 0, 5];
+    let mut wide = good.clone();
+    wide[4] = 40;
+    let damaged: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("missing", None),
+        ("empty", Some(Vec::new())),
+        ("truncated", Some(good[..good.len() - 1].to_vec())),
+        ("impossible width", Some(wide)),
+        ("too few entries", Some(one_entry)),
+    ];
+    for merged in [false, true] {
+        if merged {
+            store.compact().expect("compact");
+            assert_eq!(test_hooks::tiers(&store).expect("tiers").delta_postings, 0);
+            assert_eq!(expected(&store), sorted, "from main");
+        }
+        for (what, bytes) in &damaged {
+            test_hooks::set_raw(&store, RawDb::Anchors, &id.to_be_bytes(), bytes.as_deref())
+                .expect("damage");
+            match store.lookup(&[5, 6], usize::MAX, &mut |_, _| {}) {
+                Err(IndexError::Corrupt { .. }) => {}
+                other => panic!("{what}, merged {merged}: {other:?}"),
+            }
+            // Keys without postings of the track still look up.
+            assert!(lookup_all(&store, &[7]).is_empty());
+            test_hooks::set_raw(&store, RawDb::Anchors, &id.to_be_bytes(), Some(&good))
+                .expect("restore");
+            assert_eq!(expected(&store), sorted, "{what}, merged {merged}");
+        }
+    }
+    // Removing the track takes its table with it.
+    assert!(store.remove_track(id).expect("remove"));
+    assert_eq!(
+        test_hooks::get_raw(&store, RawDb::Anchors, &id.to_be_bytes()).expect("read"),
+        None
+    );
+    assert!(lookup_all(&store, &[5, 6]).is_empty());
+}
