@@ -14,12 +14,13 @@ pub mod quads;
 pub mod spectrogram;
 
 pub use peaks::Peak;
-pub use quads::{FREQ_SCALE, QueryQuad, RefQuad, SPAN_SCALE};
+pub use quads::{FREQ_SCALE, QueryQuad, RefQuad, SPAN_SCALE, TIME_SCALE};
 pub use spectrogram::{LogSpectrogram, SpectrogramBuilder};
 
 /// Version of the fingerprint algorithm; bump it whenever the same parameters would
-/// produce different hashes.
-pub const ALGORITHM_VERSION: u32 = 2;
+/// produce different hashes or postings (3: times in 1/16 frame, spans as differences of
+/// stored times).
+pub const ALGORITHM_VERSION: u32 = 3;
 
 /// Errors from building a [`Fingerprinter`].
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +125,8 @@ pub struct Params {
     pub ref_verify_radius_frames: usize,
     /// ...and in bins.
     pub ref_verify_radius_bins: usize,
-    /// The grid a reference's hashes store their anchor time on, in frames (a power of
-    /// two, as are the two steps below). The store's blocks drop the low bits that are zero
+    /// The grid a reference's hashes store their anchor time on, in units of
+    /// 1/[`TIME_SCALE`] frame (a power of two, as are the two steps below). The store's blocks drop the low bits that are zero
     /// in every value, so a coarser grid costs fewer bits; by default every field keeps its full precision (1, 1, 1), because every grid
     /// measured cost recall (BENCHMARKS.md, session 14): bins on 1/2 bin and spans on a
     /// frame took the benchmark's store from 7.22 to 5.97 MB per hour but found 5 of 332
@@ -279,7 +280,7 @@ impl Params {
         // The store saves the low bits that are zero in every value: only a power-of-two
         // grid has them.
         let grid_ok = self.stored_time_step.is_power_of_two()
-            && self.stored_time_step <= 64
+            && self.stored_time_step <= 64 * 16
             && self.stored_freq_step.is_power_of_two()
             && self.stored_freq_step <= 4 * 64
             && self.stored_span_step.is_power_of_two()

@@ -35,11 +35,14 @@ use crate::peaks::Peak;
 pub struct RefQuad {
     /// The invariant hash (the index key).
     pub hash: u32,
-    /// Anchor time in frames.
+    /// Anchor time in 1/[`TIME_SCALE`] frame.
     pub time: u32,
     /// Anchor log-frequency bin in 1/64 bin.
     pub freq: u16,
-    /// Time span tD - tA in 1/16 frame.
+    /// Time span tD - tA in 1/[`SPAN_SCALE`] frame: the difference of the two peaks'
+    /// stored times (on [`TIME_SCALE`], the same scale), so that the span is also the
+    /// distance from the anchor's stored time to the partner's, which the LMDB store uses
+    /// to keep a posting's span as the place of its partner in the track's anchor table.
     pub span: u16,
 }
 
@@ -60,6 +63,8 @@ pub struct QueryQuad {
 pub const FREQ_SCALE: f32 = 64.0;
 /// Fixed-point scale of `RefQuad::span`.
 pub const SPAN_SCALE: f32 = 16.0;
+/// Fixed-point scale of `RefQuad::time`: the span's, so that spans are differences of times.
+pub const TIME_SCALE: f32 = SPAN_SCALE;
 
 /// The quantised cells of a quad's five invariants, before packing into a hash.
 #[derive(Clone, Copy, Debug)]
@@ -236,18 +241,25 @@ pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
                     inv.ratio.map(|x| grid.ratio_cell(x)),
                     grid.order(&inv.louder),
                 );
+                // Both times on the stored scale first, so that the span is their
+                // difference.
+                let (ta, td) = (stored_time(a.time), stored_time(d.time));
                 out.push(RefQuad {
                     hash,
-                    time: on_grid(a.time.max(0.0), time_step) as u32,
+                    time: on_grid(ta, time_step) as u32,
                     freq: on_grid(a.bin.max(0.0) * FREQ_SCALE, freq_step).min(u16::MAX as f32)
                         as u16,
-                    span: on_grid((d.time - a.time) * SPAN_SCALE, span_step).min(u16::MAX as f32)
-                        as u16,
+                    span: on_grid(td - ta, span_step).min(u16::MAX as f32) as u16,
                 });
             });
         },
     );
     out
+}
+
+/// A peak time in frames on the stored scale (1/[`TIME_SCALE`] frame), whole units.
+fn stored_time(frames: f32) -> f32 {
+    (frames.max(0.0) * TIME_SCALE).round()
 }
 
 /// `value` rounded to the nearest multiple of `step`.

@@ -65,7 +65,7 @@ pub fn decode_to_fingerprint(data: &[u8]) {
     let n_frames = decoded.samples.len() as f32 / fp.params().hop as f32 + 1.0;
     for quad in fp.reference(&decoded.samples) {
         assert!(
-            quad.time as f32 <= n_frames,
+            quad.time as f32 / fingerprint::TIME_SCALE <= n_frames,
             "a reference quad after the end"
         );
     }

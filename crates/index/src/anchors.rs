@@ -2,11 +2,21 @@
 //! bit-packed at fixed widths so that entry `i` is read directly.
 //!
 //! The fingerprint makes about 15 postings from each anchor peak (its pairs of partners),
-//! each repeating the anchor's time and frequency. The LMDB store keeps those once per track
-//! in this table and files each posting under the index of its pair instead (13 bits for a
-//! five-minute track, where time and frequency took 30), with the frequency field 0 and the
-//! span as it is; a lookup reads the pair back before it visits the posting. Indices follow
-//! the pairs' order, so postings sort the same either way and the translation is lossless.
+//! each repeating the anchor's time and frequency, and a span that reaches a partner peak,
+//! itself the anchor of postings of its own. The LMDB store keeps the pairs once per track
+//! in this table and files each posting as ([`file`]):
+//! - the index of its pair (13 bits for a five-minute track, where time and frequency
+//!   took 30), in the time field;
+//! - in the freq field, 1 + the distance from that index to the first entry whose time is
+//!   the posting's time plus its span (a partner sits a few entries on: ~5 bits, where the
+//!   span took 11), and the span field 0. The table gets an entry `(time + span, 0)` where
+//!   no pair has that time, so this always works unless the distance exceeds a u16;
+//! - failing that, freq 0 and the span as it is.
+//!
+//! A lookup reads the posting back ([`Anchors::read`]) before it visits it. Indices
+//! follow the pairs' order, so postings of one key sort the same either way, and the
+//! translation is lossless for any postings; it saves bits when spans are differences of
+//! stored times, as the fingerprint's are (`fingerprint::TIME_SCALE`).
 //!
 //! Layout: the number of entries (u32 BE), the width in bits of a time and of a freq (one
 //! byte each), then per entry its time and freq, big-endian bit order, padded with zero
@@ -23,6 +33,48 @@ pub fn distinct(mut pairs: Vec<(u32, u16)>) -> Vec<(u32, u16)> {
     pairs.sort_unstable();
     pairs.dedup();
     pairs
+}
+
+/// The table for postings of `(time, freq, span)`: their distinct pairs, plus `(t, 0)` for
+/// every time `t = time + span` (span > 0) that no pair has.
+pub fn table(postings: &[(u32, u16, u16)]) -> Vec<(u32, u16)> {
+    let pairs = distinct(postings.iter().map(|&(t, f, _)| (t, f)).collect());
+    let missing: Vec<(u32, u16)> = postings
+        .iter()
+        .filter(|&&(_, _, span)| span > 0)
+        .filter_map(|&(time, _, span)| time.checked_add(u32::from(span)))
+        .filter(|&target| first_at(&pairs, target).is_none())
+        .map(|target| (target, 0))
+        .collect();
+    if missing.is_empty() {
+        return pairs;
+    }
+    let mut all = pairs;
+    all.extend(missing);
+    distinct(all)
+}
+
+/// Index of the first entry of `table` whose time is `time`.
+fn first_at(table: &[(u32, u16)], time: u32) -> Option<usize> {
+    let at = table.partition_point(|&(t, _)| t < time);
+    (table.get(at)?.0 == time).then_some(at)
+}
+
+/// The stored fields of a posting `(time, freq, span)` whose pair is in `table` (built by
+/// [`table`] from postings that include it).
+pub fn file(table: &[(u32, u16)], time: u32, freq: u16, span: u16) -> (u32, u16, u16) {
+    // Every pair is in the table, which has fewer entries than a u32 counts.
+    let index = table.binary_search(&(time, freq)).unwrap_or_default();
+    let partner = if span == 0 {
+        Some(index)
+    } else {
+        time.checked_add(u32::from(span))
+            .and_then(|target| first_at(table, target))
+    };
+    match partner.and_then(|at| u16::try_from(at - index + 1).ok()) {
+        Some(distance) => (index as u32, distance, 0),
+        None => (index as u32, 0, span),
+    }
 }
 
 /// Encodes a table of `entries`, which must be sorted and distinct ([`distinct`]).
@@ -96,6 +148,23 @@ impl<'a> Anchors<'a> {
         self.len
     }
 
+    /// The posting `(time, freq, span)` that [`file`] stored as `stored`, or `None` if
+    /// its entries are missing or make no span.
+    #[inline]
+    pub fn read(&self, stored: (u32, u16, u16)) -> Option<(u32, u16, u16)> {
+        let (index, distance, span) = stored;
+        let (time, freq) = self.get(index)?;
+        if distance == 0 {
+            return Some((time, freq, span));
+        }
+        if span != 0 {
+            return None;
+        }
+        let (partner, _) = self.get(index.checked_add(u32::from(distance) - 1)?)?;
+        let span = u16::try_from(partner.checked_sub(time)?).ok()?;
+        Some((time, freq, span))
+    }
+
     /// Entry `index`: `(time, freq)`, or `None` past the end.
     #[inline]
     pub fn get(&self, index: u32) -> Option<(u32, u16)> {
@@ -114,6 +183,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Files `postings` as the store does and reads them back through the encoded table.
+    fn round_trip(postings: &[(u32, u16, u16)]) -> (Vec<u8>, Vec<(u32, u16, u16)>) {
+        let entries = table(postings);
+        let filed: Vec<_> = postings
+            .iter()
+            .map(|&(t, f, s)| file(&entries, t, f, s))
+            .collect();
+        let bytes = encode(&entries);
+        let parsed = Anchors::parse(&bytes).expect("parses");
+        let read = filed
+            .iter()
+            .map(|&stored| parsed.read(stored).expect("reads back"))
+            .collect();
+        (bytes, read)
+    }
+
     proptest! {
         #[test]
         fn tables_round_trip(
@@ -131,6 +216,21 @@ mod tests {
             }
             prop_assert_eq!(table.get(entries.len() as u32), None);
             prop_assert_eq!(table.get(u32::MAX), None);
+        }
+
+        #[test]
+        fn postings_read_back_as_filed(
+            postings in proptest::collection::vec(
+                (
+                    prop_oneof![0u32..3_000, any::<u32>()],
+                    prop_oneof![0u16..50, any::<u16>()],
+                    prop_oneof![Just(0u16), 0u16..100, any::<u16>()],
+                ),
+                0..200,
+            ),
+        ) {
+            let (_, read) = round_trip(&postings);
+            prop_assert_eq!(read, postings);
         }
 
         #[test]
@@ -155,6 +255,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn spans_to_partners_are_distances_in_the_table() {
+        // Anchors every 10 time units, each with postings spanning to the next two, as
+        // the fingerprint's are: the spans become distances of 1 and 2 (stored + 1), the
+        // span field is 0, and the table holds just the anchors.
+        let postings: Vec<(u32, u16, u16)> = (0..20u32)
+            .flat_map(|i| [(i * 10, (i % 3) as u16, 10), (i * 10, (i % 3) as u16, 20)])
+            .collect();
+        let entries = table(&postings);
+        assert_eq!(
+            entries.len(),
+            22,
+            "20 anchors and the two partner times past them"
+        );
+        assert_eq!(file(&entries, 50, 2, 10), (5, 2, 0));
+        assert_eq!(file(&entries, 50, 2, 20), (5, 3, 0));
+        // A span to no anchor's time adds an entry of its own; a zero span names itself.
+        let mut odd = postings.clone();
+        odd.push((50, 2, 7));
+        odd.push((30, 0, 0));
+        let entries = table(&odd);
+        assert_eq!(entries.len(), 23);
+        assert_eq!(file(&entries, 50, 2, 7), (5, 2, 0));
+        assert_eq!(file(&entries, 30, 0, 0), (3, 1, 0));
+        assert_eq!(round_trip(&odd).1, odd);
+        // Past u32, the span stays as it is.
+        let far = [(u32::MAX - 1, 0, 5)];
+        assert_eq!(file(&table(&far), u32::MAX - 1, 0, 5), (0, 0, 5));
+        assert_eq!(round_trip(&far).1, far);
+    }
+
+    #[test]
+    fn damaged_postings_do_not_read() {
+        let entries = table(&[(0, 0, 10), (10, 0, 10)]);
+        let bytes = encode(&entries);
+        let parsed = Anchors::parse(&bytes).expect("parses");
+        assert_eq!(parsed.read((0, 2, 0)), Some((0, 0, 10)));
+        // Past the end, a partner past the end, a distance with a span beside it.
+        assert_eq!(parsed.read((3, 0, 1)), None);
+        assert_eq!(parsed.read((0, 9, 0)), None);
+        assert_eq!(parsed.read((0, 2, 4)), None);
+        assert_eq!(parsed.read((u32::MAX, 2, 0)), None);
+        let backwards = encode(&[(0, 0), (70_000, 0)]);
+        let parsed = Anchors::parse(&backwards).expect("parses");
+        assert_eq!(parsed.read((0, 2, 0)), None, "a span past u16");
     }
 
     #[test]

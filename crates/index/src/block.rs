@@ -14,24 +14,32 @@
 //! for the grid. The store learns nothing about the fields to do this; they stay opaque.
 //!
 //! Layout of a block value:
-//! - the presence bitmap, [`BLOCK_KEYS`] / 64 words of u64 BE: bit `i % 64` (from the least
-//!   significant) of word `i / 64` set when key `block << BLOCK_BITS | i` has a list;
-//!   never all 0;
-//! - the format, 8 bytes: widths of the list's first track, of a track delta, then width
-//!   and dropped low bits of time, freq and span ([`Format`]);
-//! - per present key in ascending order, its number of postings as a varint (at least 1);
-//! - the bit stream, big-endian bit order, padded with zero bits to a whole byte: per list,
-//!   per posting in order, the track (absolute for a list's first posting, else the delta
-//!   from the previous posting's track), then time, freq and span, each shifted right by
-//!   its dropped bits.
+//! - the number `n` of keys with a list, u16 BE, 1 to [`BLOCK_KEYS`];
+//! - which keys: if `n` is at most [`SPARSE_MAX`], their slots `i` (key
+//!   `block << BLOCK_BITS | i`) on 12 bits each, ascending, big-endian bit order, padded
+//!   with zero bits to a whole byte; else the presence bitmap, [`BLOCK_KEYS`] / 64 words of
+//!   u64 BE, bit `i % 64` (from the least significant) of word `i / 64` set when slot `i`
+//!   has a list (a small store's blocks are sparse, and a bitmap would be most of them);
+//! - the format, 8 bytes: the width of a list's count and of a list's track width, then
+//!   width and dropped low bits of time, freq and span ([`Format`]);
+//! - the bit stream, big-endian bit order, padded with zero bits to a whole byte:
+//!   - per present key in ascending order, its number of postings less one, and the
+//!     width `w` of its list's tracks;
+//!   - per list, per posting in order, the track (absolute for a list's first posting,
+//!     else the delta from the previous posting's track) on `w` bits, then time, freq and
+//!     span, each shifted right by its dropped bits.
+//!
+//! Track ids are the one field whose width differs by list: a list's first track is small
+//! (the least of its tracks) and its deltas are about the number of tracks over the list's
+//! length, while the largest delta in a block of 4,096 lists is far larger (at 100 hours,
+//! 10 bits where a list needs 7).
 //!
 //! Values are untrusted (a damaged or tampered file): [`Block::parse`] checks that the
 //! counts and widths describe exactly the bytes present, and every posting takes at least
 //! one bit, so no damaged count can make a decoder loop or allocate beyond the value's
 //! size; decoding never panics.
 
-use crate::codec::{read_varint, write_varint};
-use crate::{Posting, TrackId};
+use crate::Posting;
 
 /// Bits of a key that address its list within a block.
 pub const BLOCK_BITS: u32 = 12;
@@ -53,18 +61,30 @@ fn slot_of(key: u32) -> usize {
 /// Words of a block's presence bitmap.
 const BITMAP_WORDS: usize = BLOCK_KEYS / 64;
 
-/// Bytes of a block's presence bitmap, where its format starts.
+/// Bytes of a block's presence bitmap.
 const BITMAP_BYTES: usize = BITMAP_WORDS * 8;
 
-/// Bytes of a block before its counts: bitmap and format.
-const HEADER_BYTES: usize = BITMAP_BYTES + 8;
+/// Bits of a slot in a sparse block's list of slots.
+const SLOT_BITS: u8 = BLOCK_BITS as u8;
 
-/// How a block packs its postings: a width in bits per field and, for time, freq and span,
-/// the number of low bits dropped (zero in every value of the block).
+/// Most lists a block lists by slot rather than by bitmap: where the slots take fewer
+/// bytes.
+const SPARSE_MAX: usize = BITMAP_BYTES * 8 / SLOT_BITS as usize;
+
+/// Bytes of a block's list of `n` slots.
+fn slots_bytes(n: usize) -> usize {
+    (n * usize::from(SLOT_BITS)).div_ceil(8)
+}
+
+/// How a block packs its postings: the widths of its lists' headers, a width in bits per
+/// field and, for time, freq and span, the number of low bits dropped (zero in every
+/// value of the block).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Format {
-    first: u8,
-    delta: u8,
+    /// Width of a list's count less one.
+    count: u8,
+    /// Width of a list's track width.
+    track: u8,
     time: u8,
     time_shift: u8,
     freq: u8,
@@ -76,8 +96,8 @@ struct Format {
 impl Format {
     fn to_bytes(self) -> [u8; 8] {
         [
-            self.first,
-            self.delta,
+            self.count,
+            self.track,
             self.time,
             self.time_shift,
             self.freq,
@@ -89,8 +109,8 @@ impl Format {
 
     fn from_bytes(b: [u8; 8]) -> Result<Self, &'static str> {
         let format = Self {
-            first: b[0],
-            delta: b[1],
+            count: b[0],
+            track: b[1],
             time: b[2],
             time_shift: b[3],
             freq: b[4],
@@ -102,8 +122,8 @@ impl Format {
         // by the value's length; widths plus shifts must fit the field's type.
         let fits =
             |width: u8, shift: u8, bits: u8| u16::from(width) + u16::from(shift) <= u16::from(bits);
-        if format.first > 32
-            || format.delta > 32
+        if format.count > 32
+            || format.track > 6
             || format.time == 0
             || !fits(format.time, format.time_shift, 32)
             || !fits(format.freq, format.freq_shift, 16)
@@ -119,10 +139,24 @@ impl Format {
         u64::from(self.time) + u64::from(self.freq) + u64::from(self.span)
     }
 
-    /// Bits of a list of `n >= 1` postings.
-    fn list_bits(self, n: u64) -> u64 {
-        u64::from(self.first) + (n - 1) * u64::from(self.delta) + n * self.payload_bits()
+    /// Bits of a list's header: its count and its track width.
+    fn header_bits(self) -> u64 {
+        u64::from(self.count) + u64::from(self.track)
     }
+
+    /// Bits of a list of `n` postings whose tracks take `track` bits.
+    fn list_bits(self, n: u64, track: u8) -> u64 {
+        n * (u64::from(track) + self.payload_bits())
+    }
+}
+
+/// The width of a list's tracks: what its first track and its largest delta need.
+fn track_width(list: &[Posting]) -> u8 {
+    let mut widest = list.first().map_or(0, |p| p.track);
+    for pair in list.windows(2) {
+        widest = widest.max(pair[1].track - pair[0].track);
+    }
+    bit_len(widest)
 }
 
 /// Fewest bits that hold `value`.
@@ -170,31 +204,45 @@ impl BlockBuilder {
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Option<u32> {
         let block = self.block()?;
         let format = self.format();
-        let mut present = [0u64; BITMAP_WORDS];
-        for &key in &self.keys {
-            present[slot_of(key) / 64] |= 1 << (slot_of(key) % 64);
-        }
-        for word in present {
-            out.extend_from_slice(&word.to_be_bytes());
+        // At most BLOCK_KEYS lists, which a u16 holds.
+        out.extend_from_slice(&(self.keys.len() as u16).to_be_bytes());
+        if self.keys.len() <= SPARSE_MAX {
+            let mut writer = BitWriter::new(out);
+            for &key in &self.keys {
+                writer.put(slot_of(key) as u32, SLOT_BITS);
+            }
+            writer.flush();
+        } else {
+            let mut present = [0u64; BITMAP_WORDS];
+            for &key in &self.keys {
+                present[slot_of(key) / 64] |= 1 << (slot_of(key) % 64);
+            }
+            for word in present {
+                out.extend_from_slice(&word.to_be_bytes());
+            }
         }
         out.extend_from_slice(&format.to_bytes());
+        let mut writer = BitWriter::new(out);
         let mut begin = 0;
         for &end in &self.ends {
             // A list is one key's postings of distinct (track, time, freq, span), far
             // fewer than 2^32 before the store runs out of track ids or disk.
-            write_varint(out, u32::try_from(end - begin).unwrap_or(u32::MAX));
+            let count = u32::try_from(end - begin).unwrap_or(u32::MAX);
+            writer.put(count - 1, format.count);
+            writer.put(
+                u32::from(track_width(&self.postings[begin..end])),
+                format.track,
+            );
             begin = end;
         }
-        let mut writer = BitWriter::new(out);
         let mut begin = 0;
         for &end in &self.ends {
-            let mut previous: Option<TrackId> = None;
-            for posting in &self.postings[begin..end] {
-                match previous {
-                    None => writer.put(posting.track, format.first),
-                    Some(track) => writer.put(posting.track - track, format.delta),
-                }
-                previous = Some(posting.track);
+            let list = &self.postings[begin..end];
+            let width = track_width(list);
+            let mut previous = 0;
+            for posting in list {
+                writer.put(posting.track - previous, width);
+                previous = posting.track;
                 writer.put(posting.time >> format.time_shift, format.time);
                 writer.put(u32::from(posting.freq >> format.freq_shift), format.freq);
                 writer.put(u32::from(posting.span >> format.span_shift), format.span);
@@ -209,15 +257,13 @@ impl BlockBuilder {
     }
 
     fn format(&self) -> Format {
-        let (mut first, mut delta) = (0u32, 0u32);
+        let (mut count, mut track) = (0u32, 0u8);
         let (mut time_or, mut freq_or, mut span_or) = (0u32, 0u16, 0u16);
         let mut begin = 0;
         for &end in &self.ends {
             let list = &self.postings[begin..end];
-            first = first.max(list[0].track);
-            for pair in list.windows(2) {
-                delta = delta.max(pair[1].track - pair[0].track);
-            }
+            count = count.max(u32::try_from(list.len() - 1).unwrap_or(u32::MAX));
+            track = track.max(track_width(list));
             for posting in list {
                 time_or |= posting.time;
                 freq_or |= posting.freq;
@@ -230,8 +276,8 @@ impl BlockBuilder {
         let span_shift = common_zeros(u32::from(span_or), 15);
         // The largest value of a field has the same bit length as the OR of them all.
         Format {
-            first: bit_len(first),
-            delta: bit_len(delta),
+            count: bit_len(count),
+            track: bit_len(u32::from(track)),
             time: bit_len(time_or >> time_shift).max(1),
             time_shift,
             freq: bit_len(u32::from(freq_or >> freq_shift)),
@@ -308,9 +354,11 @@ pub struct Block<'a> {
     id: u32,
     present: [u64; BITMAP_WORDS],
     format: Format,
-    /// Per slot, the number of postings (0: no list) and the list's first bit.
+    /// Per slot, the number of postings (0: no list), the list's first bit and the width
+    /// of its tracks.
     counts: Vec<u32>,
     starts: Vec<u64>,
+    widths: Vec<u8>,
     bits: &'a [u8],
     value: &'a [u8],
 }
@@ -321,40 +369,84 @@ impl<'a> Block<'a> {
         if id > block_of(u32::MAX) {
             return Err("its block id is out of range");
         }
-        let (header, mut cursor) = value
-            .split_first_chunk::<HEADER_BYTES>()
-            .ok_or("it is shorter than a block header")?;
+        let too_short = "it is shorter than a block header";
+        let (n, rest) = value.split_first_chunk::<2>().ok_or(too_short)?;
+        let n = usize::from(u16::from_be_bytes(*n));
+        if n == 0 || n > BLOCK_KEYS {
+            return Err("its number of lists is impossible");
+        }
         let mut present = [0u64; BITMAP_WORDS];
-        for (word, bytes) in present.iter_mut().zip(header.chunks_exact(8)) {
-            *word = u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
+        let rest = if n <= SPARSE_MAX {
+            let (slots, rest) = rest.split_at_checked(slots_bytes(n)).ok_or(too_short)?;
+            let mut previous = None;
+            for i in 0..n {
+                let slot = read_bits(slots, i as u64 * u64::from(SLOT_BITS), SLOT_BITS) as usize;
+                if previous.is_some_and(|previous| previous >= slot) {
+                    return Err("its slots do not ascend");
+                }
+                previous = Some(slot);
+                present[slot / 64] |= 1 << (slot % 64);
+            }
+            let used = (n * usize::from(SLOT_BITS) % 8) as u32;
+            if let Some(&last) = slots.last()
+                && used > 0
+                && last & (0xff >> used) != 0
+            {
+                return Err("its padding is not zero");
+            }
+            rest
+        } else {
+            let (bitmap, rest) = rest.split_at_checked(BITMAP_BYTES).ok_or(too_short)?;
+            for (word, bytes) in present.iter_mut().zip(bitmap.chunks_exact(8)) {
+                *word = u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
+            }
+            let set: u32 = present.iter().map(|word| word.count_ones()).sum();
+            if set as usize != n {
+                return Err("its bitmap does not hold its number of lists");
+            }
+            rest
+        };
+        let (format, bits) = rest.split_first_chunk::<8>().ok_or(too_short)?;
+        let format = Format::from_bytes(*format)?;
+        let n_lists = n as u64;
+        let available = bits.len() as u64 * 8;
+        // The headers come first; checked before reading them, so a damaged width cannot
+        // make the reads below run past the value.
+        let mut total_bits = n_lists * format.header_bits();
+        if total_bits > available {
+            return Err("its length does not match its lists");
         }
-        if present.iter().all(|&word| word == 0) {
-            return Err("it holds no list");
-        }
-        let format = Format::from_bytes(header[BITMAP_BYTES..].try_into().unwrap_or([0; 8]))?;
         let mut counts = vec![0u32; BLOCK_KEYS];
         let mut starts = vec![0u64; BLOCK_KEYS];
-        let mut total_bits = 0u64;
+        let mut widths = vec![0u8; BLOCK_KEYS];
+        let mut at = 0u64;
         for slot in 0..BLOCK_KEYS {
             if present[slot / 64] & (1 << (slot % 64)) == 0 {
                 continue;
             }
-            let count = read_varint(&mut cursor)?;
-            if count == 0 {
-                return Err("a list is empty");
+            let count = read_bits(bits, at, format.count)
+                .checked_add(1)
+                .ok_or("a list is impossibly long")?;
+            at += u64::from(format.count);
+            let width = read_bits(bits, at, format.track) as u8;
+            at += u64::from(format.track);
+            if width > 32 {
+                return Err("a list's track width is impossible");
             }
             counts[slot] = count;
             starts[slot] = total_bits;
+            widths[slot] = width;
             total_bits = total_bits
-                .checked_add(format.list_bits(u64::from(count)))
-                .ok_or("its lists are impossibly long")?;
+                .checked_add(format.list_bits(u64::from(count), width))
+                .filter(|&total| total <= available)
+                .ok_or("its length does not match its lists")?;
         }
-        if total_bits.div_ceil(8) != cursor.len() as u64 {
+        if total_bits.div_ceil(8) != bits.len() as u64 {
             return Err("its length does not match its lists");
         }
         // The padding after the last posting is zero, as the encoder writes it.
         let used = (total_bits % 8) as u32;
-        if let Some(&last) = cursor.last()
+        if let Some(&last) = bits.last()
             && used > 0
             && last & (0xff >> used) != 0
         {
@@ -366,7 +458,8 @@ impl<'a> Block<'a> {
             format,
             counts,
             starts,
-            bits: cursor,
+            widths,
+            bits,
             value,
         })
     }
@@ -400,7 +493,7 @@ impl<'a> Block<'a> {
         let bits_at = self.value.len() - self.bits.len();
         let end = list
             .start
-            .saturating_add(self.format.list_bits(u64::from(list.count.max(1))))
+            .saturating_add(self.format.list_bits(u64::from(list.count), list.width))
             .div_ceil(8);
         let end = usize::try_from(end).map_or(self.value.len(), |end| bits_at + end);
         &self.value[..end.min(self.value.len())]
@@ -413,6 +506,7 @@ impl<'a> Block<'a> {
             bits: self.bits,
             start: self.starts[slot],
             count: self.counts[slot],
+            width: self.widths[slot],
             format: self.format,
         })
     }
@@ -433,6 +527,8 @@ pub struct List<'a> {
     bits: &'a [u8],
     start: u64,
     count: u32,
+    /// Width of a track (the first) or track delta (the rest).
+    width: u8,
     format: Format,
 }
 
@@ -457,16 +553,11 @@ impl List<'_> {
         let f = self.format;
         let mut pos = self.start;
         let mut track = 0u32;
-        for index in 0..self.count {
-            if index == 0 {
-                track = read_bits(self.bits, pos, f.first);
-                pos += u64::from(f.first);
-            } else {
-                track = track
-                    .checked_add(read_bits(self.bits, pos, f.delta))
-                    .ok_or("a track id overflows u32")?;
-                pos += u64::from(f.delta);
-            }
+        for _ in 0..self.count {
+            track = track
+                .checked_add(read_bits(self.bits, pos, self.width))
+                .ok_or("a track id overflows u32")?;
+            pos += u64::from(self.width);
             let time = read_bits(self.bits, pos, f.time) << f.time_shift;
             pos += u64::from(f.time);
             let freq = (read_bits(self.bits, pos, f.freq) << f.freq_shift) as u16;
@@ -490,6 +581,16 @@ impl List<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Bytes of a block of `n` lists before its bit stream: the number, the slots or
+    /// bitmap, the format.
+    fn header_bytes(n: usize) -> usize {
+        2 + if n <= SPARSE_MAX {
+            slots_bytes(n)
+        } else {
+            BITMAP_BYTES
+        } + 8
+    }
 
     fn encode(lists: &[(u32, Vec<Posting>)]) -> Vec<u8> {
         let mut builder = BlockBuilder::default();
@@ -620,9 +721,11 @@ mod tests {
         assert_eq!(block.format.time_shift, 1);
         assert_eq!(block.format.freq_shift, 5);
         assert_eq!(block.format.span_shift, 4);
-        // The first track (0) takes no bits, a delta 1, time 10 bits, freq 7, span 7.
-        let bits = 99 + 100 * (10 + 7 + 7);
-        assert_eq!(bytes.len(), HEADER_BYTES + 1 + bits / 8 + 1);
+        // The list's header: its count less one (99) on 7 bits, its track width (1) on 1;
+        // then per posting the track (0, then deltas of 1) on 1 bit, time 10, freq 7,
+        // span 7.
+        let bits: usize = 7 + 1 + 100 * (1 + 10 + 7 + 7);
+        assert_eq!(bytes.len(), header_bytes(1) + bits.div_ceil(8));
         assert_eq!(decode_all(&block), vec![(5, list)]);
     }
 
@@ -651,7 +754,7 @@ mod tests {
         // What a reader has read once it has come to a list: the value up to its end.
         let first = block.list(base + 3).expect("present");
         let through = block.read_through(&first).len();
-        assert!(through > HEADER_BYTES && through < bytes.len());
+        assert!(through > header_bytes(3) && through < bytes.len());
         let final_list = block.list(last).expect("present");
         assert_eq!(block.read_through(&final_list).len(), bytes.len());
         // Stopping early visits no further.
@@ -665,6 +768,36 @@ mod tests {
             })
             .expect("decodes");
         assert_eq!(seen, vec![2]);
+    }
+
+    #[test]
+    fn dense_blocks_keep_a_bitmap() {
+        // Past SPARSE_MAX lists the slots would take more bytes than the bitmap.
+        let lists: Vec<(u32, Vec<Posting>)> = (0..SPARSE_MAX as u32 + 1)
+            .map(|slot| (BLOCK_KEYS as u32 + slot * 3 % BLOCK_KEYS as u32, slot))
+            .collect::<std::collections::BTreeMap<u32, u32>>()
+            .into_iter()
+            .map(|(key, slot)| (key, vec![posting(slot, slot, 1, 2)]))
+            .collect();
+        assert_eq!(lists.len(), SPARSE_MAX + 1);
+        let bytes = encode(&lists);
+        assert_eq!(bytes[..2], (SPARSE_MAX as u16 + 1).to_be_bytes());
+        let block = Block::parse(1, &bytes).expect("parses");
+        assert_eq!(decode_all(&block), lists);
+        assert!(bytes.len() > header_bytes(lists.len()));
+        // A bitmap that disagrees with the number of lists is refused.
+        let mut miscounted = bytes.clone();
+        miscounted[2] ^= 0x80;
+        assert_eq!(
+            Block::parse(1, &miscounted).err(),
+            Some("its bitmap does not hold its number of lists")
+        );
+        // One list fewer is listed by slot, in no more bytes than the bitmap.
+        let sparse = encode(&lists[1..]);
+        assert_eq!(sparse[..2], (SPARSE_MAX as u16).to_be_bytes());
+        assert!(slots_bytes(SPARSE_MAX) <= BITMAP_BYTES && sparse.len() < bytes.len());
+        let block = Block::parse(1, &sparse).expect("parses");
+        assert_eq!(decode_all(&block), lists[1..].to_vec());
     }
 
     #[test]
@@ -687,14 +820,27 @@ mod tests {
             Block::parse(0, &padded).err(),
             Some("its padding is not zero")
         );
-        let mut empty_map = bytes.clone();
-        empty_map[..BITMAP_BYTES].fill(0);
-        assert!(Block::parse(0, &empty_map).is_err());
+        let mut no_lists = bytes.clone();
+        no_lists[..2].fill(0);
+        assert!(Block::parse(0, &no_lists).is_err());
+        // Two lists: their slots (3 and 9) on 12 bits each, then the format.
+        let format_at = 2 + 3;
+        assert_eq!(bytes[2..format_at], [0x00, 0x30, 0x09]);
+        let mut descending = bytes.clone();
+        descending[2..format_at].copy_from_slice(&[0x00, 0x90, 0x03]);
+        assert_eq!(
+            Block::parse(0, &descending).err(),
+            Some("its slots do not ascend")
+        );
+        let mut too_many = bytes.clone();
+        too_many[..2].copy_from_slice(&(BLOCK_KEYS as u16 + 1).to_be_bytes());
+        assert!(Block::parse(0, &too_many).is_err());
         // A width that cannot hold its field, or a zero-bit time, is refused.
         // Format bytes 3 and 7 (time and span shifts) leave the length as it was: only the
         // check of width plus shift against the field's type refuses them.
         for (at, value) in [
             (0, 33),
+            (1, 7),
             (2, 0),
             (2, 33),
             (3, 32),
@@ -704,20 +850,37 @@ mod tests {
             (7, 17),
         ] {
             let mut bad = bytes.clone();
-            bad[BITMAP_BYTES + at] = value;
+            bad[format_at + at] = value;
             assert!(Block::parse(0, &bad).is_err(), "byte {at} = {value}");
         }
         // A huge count in a short value is refused before anything is decoded.
-        let mut huge = bytes[..HEADER_BYTES].to_vec();
-        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1]);
-        huge.extend_from_slice(&bytes[HEADER_BYTES + 2..]);
+        let mut huge = bytes.clone();
+        huge[format_at] = 32;
+        huge[format_at + 8..format_at + 12].fill(0xff);
         assert!(Block::parse(0, &huge).is_err());
-        // Track ids that overflow are refused rather than wrapped: a first track of
-        // u32::MAX (32 bits), time 0 (1 bit), then a delta of 1 (1 bit), time 0.
-        let mut overflow = 1u64.to_be_bytes().to_vec();
-        overflow.resize(BITMAP_BYTES, 0);
-        overflow.extend_from_slice(&[32, 1, 1, 0, 0, 0, 0, 0, 2]);
-        overflow.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0b0100_0000]);
+        // A list's track width over 32 is refused.
+        // One list, at slot 0.
+        let mut wide = vec![0, 1, 0, 0];
+        wide.extend_from_slice(&[0, 6, 1, 0, 0, 0, 0, 0]);
+        let mut writer = BitWriter::new(&mut wide);
+        writer.put(33, 6);
+        writer.put(0, 33 + 1 - 32);
+        writer.put(0, 32);
+        writer.flush();
+        assert_eq!(
+            Block::parse(0, &wide).err(),
+            Some("a list's track width is impossible")
+        );
+        // Track ids that overflow are refused rather than wrapped: a list of two postings
+        // (count less one on 1 bit) with tracks on 32 bits (6 bits say so), a first track
+        // of u32::MAX and time 0 (1 bit), then a delta of 1 and time 0.
+        let mut overflow = vec![0, 1, 0, 0];
+        overflow.extend_from_slice(&[1, 6, 1, 0, 0, 0, 0, 0]);
+        let mut writer = BitWriter::new(&mut overflow);
+        for (value, width) in [(1, 1), (32, 6), (u32::MAX, 32), (0, 1), (1, 32), (0, 1)] {
+            writer.put(value, width);
+        }
+        writer.flush();
         let block = Block::parse(0, &overflow).expect("parses");
         let result = block.list(0).expect("present").decode(|_| {});
         assert_eq!(result, Err("a track id overflows u32"));

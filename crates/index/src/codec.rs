@@ -27,43 +27,6 @@ pub fn prepare_entries(track: TrackId, entries: &[Entry]) -> Vec<(u32, Posting)>
     prepared
 }
 
-pub(crate) fn write_varint(out: &mut Vec<u8>, mut value: u32) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Reads one LEB128 varint; numbers below 128, the common case, take the first branch.
-#[inline]
-pub(crate) fn read_varint(cursor: &mut &[u8]) -> Result<u32, &'static str> {
-    if let Some((&byte, rest)) = cursor.split_first()
-        && byte < 0x80
-    {
-        *cursor = rest;
-        return Ok(u32::from(byte));
-    }
-    read_varint_slow(cursor)
-}
-
-fn read_varint_slow(cursor: &mut &[u8]) -> Result<u32, &'static str> {
-    let mut value = 0u32;
-    for shift in [0u32, 7, 14, 21, 28] {
-        let (&byte, rest) = cursor.split_first().ok_or("it ends inside a number")?;
-        *cursor = rest;
-        let bits = u32::from(byte & 0x7f);
-        if shift == 28 && bits > 0x0f {
-            return Err("a number overflows u32");
-        }
-        value |= bits << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err("a number is longer than five bytes")
-}
-
 /// Number of key partitions of the LMDB store's main tier; each merges on its own.
 pub const N_PARTITIONS: usize = 16;
 

@@ -23,8 +23,9 @@
 //!
 //! Every tier files a posting as the caller's (track, time, freq, span) with time and freq
 //! replaced by the index of that pair in the track's *anchor table*, its distinct
-//! (time, freq) pairs sorted (`anchors`), and freq 0; `put_track` writes the table, and a
-//! lookup reads the pair back before it visits the posting. Index order is pair order, so
+//! (time, freq) pairs sorted (`anchors`), and the span by the distance to the entry at
+//! time + span (a partner peak's, for the fingerprint); `put_track` writes the table, and
+//! a lookup reads the posting back before it visits it. Index order is pair order, so
 //! postings sort alike either way. The fingerprint repeats an anchor peak's time and
 //! frequency in each of its ~15 postings; the table keeps them once.
 //!
@@ -36,9 +37,10 @@
 //! `main_PP_a` and `main_PP_b`, of which the per-partition counter `current` names the
 //! live one; the other is empty. A main database has one value per block holding the
 //! postings of every merged track of its keys, bit-packed (`block`: a presence bitmap,
-//! the block's field widths, a varint count per key, then per posting, sorted by track
-//! then time, the track delta, time, freq and span at the block's widths, each without the
-//! low bits that are zero throughout the block). Only a merge writes main, in block order
+//! the block's field widths, per key its count and the width of its list's tracks, then
+//! per posting, sorted by track then time, the track delta at its list's width, then time,
+//! freq and span at the block's widths, each without the low bits that are zero
+//! throughout the block). Only a merge writes main, in block order
 //! with `MDB_APPEND` into the empty database, so its pages are full and written once.
 //!
 //! **The delta** is one *run* per recently added track, written whole by its `put_track`:
@@ -1471,8 +1473,8 @@ impl LmdbStore {
     }
 }
 
-/// The anchor tables one lookup has read, by track: they turn stored postings (an index
-/// into the track's table, freq 0, span) back into what the caller stored.
+/// The anchor tables one lookup has read, by track: they turn stored postings (as
+/// `anchors::file` filed them) back into what the caller stored.
 struct AnchorTables<'s, 't> {
     store: &'s LmdbStore,
     txn: &'t RoTxn<'t, WithoutTls>,
@@ -1513,14 +1515,14 @@ impl<'s, 't> AnchorTables<'s, 't> {
                 table
             }
         };
-        match table.get(stored.time) {
-            Some((time, freq)) if stored.freq == 0 => Ok(Posting {
+        match table.read((stored.time, stored.freq, stored.span)) {
+            Some((time, freq, span)) => Ok(Posting {
                 track,
                 time,
                 freq,
-                span: stored.span,
+                span,
             }),
-            _ => Err(self.store.corrupt(format!(
+            None => Err(self.store.corrupt(format!(
                 "a posting of track {track} names no entry of its anchor table"
             ))),
         }
@@ -1828,19 +1830,14 @@ impl Store for LmdbStore {
         let id_key = id.to_be_bytes();
 
         let mut prepared = prepare_entries(id, entries);
-        let table = anchors::distinct(
-            prepared
-                .iter()
-                .map(|(_, posting)| (posting.time, posting.freq))
-                .collect(),
-        );
+        let fields: Vec<(u32, u16, u16)> = prepared
+            .iter()
+            .map(|(_, p)| (p.time, p.freq, p.span))
+            .collect();
+        let table = anchors::table(&fields);
         for (_, posting) in &mut prepared {
-            // Every pair is in the table, which has fewer entries than postings.
-            let index = table
-                .binary_search(&(posting.time, posting.freq))
-                .unwrap_or_default();
-            posting.time = index as u32;
-            posting.freq = 0;
+            (posting.time, posting.freq, posting.span) =
+                anchors::file(&table, posting.time, posting.freq, posting.span);
         }
         prepared.sort_unstable_by_key(|&(key, posting)| run_order(key, &posting));
         let n_postings = prepared.len() as u64;

@@ -342,34 +342,30 @@ fn damaged_main_blocks_are_errors_not_panics() {
         .expect("key 5 is in main");
     assert_eq!(lookup_all(&store, &[5]).len(), 51);
 
-    // A block: presence bitmap (4,096 bits), field widths (8 bytes), a varint count per
-    // list (key 5's 51 postings, key 6's one), then the bit-packed postings.
-    const BITMAP: usize = 4096 / 8;
-    assert_eq!(good[BITMAP + 8], 51);
-    let with_counts = |counts: &[u8]| {
-        let mut bytes = good[..BITMAP + 8].to_vec();
-        bytes.extend_from_slice(counts);
-        bytes.extend_from_slice(&good[BITMAP + 10..]);
+    // A block: its number of lists (u16), their slots (5 and 6, 12 bits each), field
+    // widths (8 bytes), then the bit stream: per list its count less one (key 5's 50 on
+    // 6 bits, key 6's) and its track width, then the bit-packed postings.
+    assert_eq!(good[..5], [0, 2, 0x00, 0x50, 0x06]);
+    const FORMAT: usize = 5;
+    assert_eq!(good[FORMAT], 6, "the width of a count");
+    assert_eq!(good[FORMAT + 8] >> 2, 50);
+    let with_byte = |at: usize, value: u8| {
+        let mut bytes = good.clone();
+        bytes[at] = value;
         bytes
     };
     let mut trailing = good.clone();
     trailing.push(0);
-    let mut no_lists = good.clone();
-    no_lists[..BITMAP].fill(0);
-    let mut wide = good.clone();
-    wide[BITMAP] = 40;
     let damaged: Vec<(&str, Vec<u8>)> = vec![
         ("empty", Vec::new()),
         ("truncated", good[..good.len() - 3].to_vec()),
         ("trailing byte", trailing),
-        (
-            "huge count",
-            with_counts(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1]),
-        ),
-        ("count off by one", with_counts(&[52, 1])),
-        ("unterminated varint", with_counts(&[0x80; 12])),
-        ("no lists", no_lists),
-        ("impossible width", wide),
+        ("huge count width", with_byte(FORMAT, 32)),
+        ("count off", with_byte(FORMAT + 8, good[FORMAT + 8] ^ 0x80)),
+        ("impossible track width", with_byte(FORMAT + 1, 7)),
+        ("no lists", with_byte(1, 0)),
+        ("slots out of order", with_byte(4, 0x04)),
+        ("impossible width", with_byte(FORMAT + 2, 40)),
     ];
     for (n, (what, bytes)) in damaged.into_iter().enumerate() {
         store
@@ -406,7 +402,7 @@ fn damaged_main_blocks_are_errors_not_panics() {
         assert_eq!(lookup_all(&store, &[5]).len(), 51 + n + 1, "{what}");
     }
     store.compact().expect("merges again");
-    assert_eq!(lookup_all(&store, &[5]).len(), 51 + 8);
+    assert_eq!(lookup_all(&store, &[5]).len(), 51 + 9);
 }
 
 /// A merge writes main in batches of blocks; more blocks in a partition than a batch holds
@@ -885,14 +881,17 @@ fn a_store_being_compacted_cannot_be_opened() {
 fn damaged_anchor_tables_are_found_by_lookups() {
     use test_hooks::RawDb;
     let (_dir, store) = temp_store_with(LmdbOptions::default());
-    // 15 postings per (time, freq) pair, as the fingerprint makes them, over two keys.
+    // Six anchors 7 time units apart with 15 postings each, as the fingerprint makes
+    // them: five keys, and spans that reach the next three anchors.
     let entries: Vec<Entry> = (0..90u32)
         .map(|i| {
+            let (anchor, n) = (i / 15, i % 15);
+            let span = 7 * (1 + n % 3) as u16;
             (
-                5 + i % 2,
-                1000 + 7 * (i / 15),
-                (i / 15 % 4) as u16 * 300,
-                i as u16,
+                5 + n / 3,
+                1000 + 7 * anchor,
+                (anchor % 4) as u16 * 300,
+                span,
             )
         })
         .collect();
@@ -900,9 +899,10 @@ fn damaged_anchor_tables_are_found_by_lookups() {
         .put_track(&track_info("/a", "a", 1.0), &entries, None)
         .expect("put");
     let expected = |store: &LmdbStore| {
-        let mut found: Vec<Entry> = lookup_all(store, &[5, 6])
+        let keys = [5, 6, 7, 8, 9];
+        let mut found: Vec<Entry> = lookup_all(store, &keys)
             .into_iter()
-            .map(|(i, p)| ([5, 6][i], p.time, p.freq, p.span))
+            .map(|(i, p)| (keys[i], p.time, p.freq, p.span))
             .collect();
         found.sort_unstable();
         found
@@ -913,9 +913,11 @@ fn damaged_anchor_tables_are_found_by_lookups() {
     let good = test_hooks::get_raw(&store, RawDb::Anchors, &id.to_be_bytes())
         .expect("read")
         .expect("the track has a table");
-    // Six pairs, not 90: a 6-byte header, then times up to 1035 (11 bits) and freqs up to
-    // 900 (10 bits).
-    assert_eq!(good.len(), 6 + (6 * 21usize).div_ceil(8));
+    // Nine entries, not 90: the six anchors and the three times spans reach past the last
+    // (1042, 1049, 1056); a 6-byte header, then times up to 1056 (11 bits) and freqs up
+    // to 900 (10 bits).
+    assert_eq!(good[..4], 9u32.to_be_bytes());
+    assert_eq!(good.len(), 6 + (9 * 21usize).div_ceil(8));
     // A valid table of one entry (time 5 on 8 bits, freq on 0): indices past 0 are absent.
     let one_entry = vec![0, 0, 0, 1, 8, 0, 5];
     let mut wide = good.clone();
@@ -936,12 +938,12 @@ fn damaged_anchor_tables_are_found_by_lookups() {
         for (what, bytes) in &damaged {
             test_hooks::set_raw(&store, RawDb::Anchors, &id.to_be_bytes(), bytes.as_deref())
                 .expect("damage");
-            match store.lookup(&[5, 6], usize::MAX, &mut |_, _| {}) {
+            match store.lookup(&[5, 6, 7, 8, 9], usize::MAX, &mut |_, _| {}) {
                 Err(IndexError::Corrupt { .. }) => {}
                 other => panic!("{what}, merged {merged}: {other:?}"),
             }
             // Keys without postings of the track still look up.
-            assert!(lookup_all(&store, &[7]).is_empty());
+            assert!(lookup_all(&store, &[10]).is_empty());
             test_hooks::set_raw(&store, RawDb::Anchors, &id.to_be_bytes(), Some(&good))
                 .expect("restore");
             assert_eq!(expected(&store), sorted, "{what}, merged {merged}");
@@ -953,5 +955,5 @@ fn damaged_anchor_tables_are_found_by_lookups() {
         test_hooks::get_raw(&store, RawDb::Anchors, &id.to_be_bytes()).expect("read"),
         None
     );
-    assert!(lookup_all(&store, &[5, 6]).is_empty());
+    assert!(lookup_all(&store, &[5, 6, 7, 8, 9]).is_empty());
 }
