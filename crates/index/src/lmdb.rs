@@ -979,8 +979,16 @@ impl LmdbStore {
             if n_live > max_postings_per_key {
                 continue;
             }
+            // Reading the whole list back first, in a loop of its own, lets the processor
+            // wait for its table reads (random, and in a large store mostly from memory:
+            // 37 MB of tables at 100 hours) together rather than one per visit; that took
+            // the 3-minute song's lookup at 100 h from 3.6-4.1 s to 2.3-2.4 s. Reading a
+            // batch of keys in track order instead (a radix sort on the track) did no
+            // better: a batch meets each table at as many places as it has postings.
+            for posting in &mut list {
+                *posting = tables.resolve(*posting)?;
+            }
             for &posting in &list {
-                let posting = tables.resolve(posting)?;
                 for query in group.indices() {
                     visit(partition, query, posting);
                 }
@@ -1493,8 +1501,13 @@ impl<'s, 't> AnchorTables<'s, 't> {
     /// `stored` as the caller stored it.
     #[inline]
     fn resolve(&mut self, stored: Posting) -> Result<Posting, IndexError> {
-        let track = stored.track;
-        let table = match self.tables.get(&track) {
+        let table = self.table(stored.track)?;
+        self.read(table, stored)
+    }
+
+    /// The anchor table of `track`.
+    fn table(&mut self, track: TrackId) -> Result<Anchors<'t>, IndexError> {
+        Ok(match self.tables.get(&track) {
             Some(table) => *table,
             None => {
                 let bytes = self
@@ -1514,7 +1527,13 @@ impl<'s, 't> AnchorTables<'s, 't> {
                 self.tables.insert(track, table);
                 table
             }
-        };
+        })
+    }
+
+    /// `stored`, a posting of the track of `table`, as the caller stored it.
+    #[inline]
+    fn read(&self, table: Anchors, stored: Posting) -> Result<Posting, IndexError> {
+        let track = stored.track;
         match table.read((stored.time, stored.freq, stored.span)) {
             Some((time, freq, span)) => Ok(Posting {
                 track,
