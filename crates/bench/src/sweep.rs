@@ -230,7 +230,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 hits.extend(list.iter().map(|(track, r)| Hit {
                     track: *track,
                     query: i as u32,
-                    r_time: r.time,
+                    r_time: fingerprint::whole_frames(r.time),
                     r_bin: r.freq,
                     r_span: r.span,
                 }));

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use fingerprint::{FREQ_SCALE, Fingerprinter, Params, QueryPrint, SPAN_SCALE, TIME_SCALE};
+use fingerprint::{FREQ_SCALE, Fingerprinter, Params, QueryPrint, SPAN_SCALE, whole_frames};
 use index::{LmdbStore, Posting, Store, TrackId, TrackInfo};
 use matcher::{Hit, MatchParams, SampleMatch};
 use rayon::prelude::*;
@@ -766,7 +766,7 @@ impl Engine {
             Some(Hit {
                 track: posting.track,
                 query: i as u32,
-                r_time: posting.time,
+                r_time: whole_frames(posting.time),
                 r_bin: posting.freq,
                 r_span: posting.span,
             })
@@ -902,11 +902,8 @@ impl Engine {
 
 // Hits keep the reference side in the store's fixed point, so the matcher must read it
 // with the scales the fingerprint wrote it with.
-const _: () = assert!(
-    matcher::REF_BIN_SCALE == FREQ_SCALE
-        && matcher::REF_SPAN_SCALE == SPAN_SCALE
-        && matcher::REF_TIME_SCALE == TIME_SCALE
-);
+const _: () =
+    assert!(matcher::REF_BIN_SCALE == FREQ_SCALE && matcher::REF_SPAN_SCALE == SPAN_SCALE);
 
 /// The query quads' hash keys in ascending order, and the quads in the same order as the
 /// matcher takes them. A store visits postings in key order anyway, so sorted keys cost it

@@ -14,7 +14,7 @@ pub mod quads;
 pub mod spectrogram;
 
 pub use peaks::Peak;
-pub use quads::{FREQ_SCALE, QueryQuad, RefQuad, SPAN_SCALE, TIME_SCALE};
+pub use quads::{FREQ_SCALE, QueryQuad, RefQuad, SPAN_SCALE, TIME_SCALE, whole_frames};
 pub use spectrogram::{LogSpectrogram, SpectrogramBuilder};
 
 /// Version of the fingerprint algorithm; bump it whenever the same parameters would
@@ -126,14 +126,17 @@ pub struct Params {
     /// ...and in bins.
     pub ref_verify_radius_bins: usize,
     /// The grid a reference's hashes store their anchor time on, in units of
-    /// 1/[`TIME_SCALE`] frame (a power of two, as are the two steps below). The store's blocks drop the low bits that are zero
-    /// in every value, so a coarser grid costs fewer bits; by default every field keeps its full precision (1, 1, 1), because every grid
+    /// 1/[`TIME_SCALE`] frame (a power of two, as are the two steps below). The store's
+    /// blocks drop the low bits that are zero in every value, so a coarser grid costs fewer
+    /// bits; by default every field keeps its full precision (1, 1, 1), because every grid
     /// measured cost recall (BENCHMARKS.md, session 14): bins on 1/2 bin and spans on a
     /// frame took the benchmark's store from 7.22 to 5.97 MB per hour but found 5 of 332
     /// samples fewer over the four sweeps, 1/8 bin and 1/4 frame 6.56 MB per hour and 3
     /// fewer (short, chopped and looped samples have few hits, and a coarse time factor
     /// or pitch per hit spreads their votes), and times on 2 frames moved the fitted tempo
-    /// of 2-second loops by up to 0.6%.
+    /// of 2-second loops by up to 0.6%. Since session 15 a time grid other than the span's
+    /// also costs the store its partner distances (a span no longer lands on a stored
+    /// time), so it makes the store larger, not smaller.
     pub stored_time_step: u32,
     /// The grid of the stored anchor bin, in units of 1/[`FREQ_SCALE`] bin.
     pub stored_freq_step: u16,

@@ -35,7 +35,7 @@ use crate::peaks::Peak;
 pub struct RefQuad {
     /// The invariant hash (the index key).
     pub hash: u32,
-    /// Anchor time in 1/[`TIME_SCALE`] frame.
+    /// Anchor time in 1/[`TIME_SCALE`] frame (matched in whole frames: [`whole_frames`]).
     pub time: u32,
     /// Anchor log-frequency bin in 1/64 bin.
     pub freq: u16,
@@ -257,6 +257,15 @@ pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
     out
 }
 
+/// A stored anchor time ([`RefQuad::time`]) rounded to whole frames, as the matcher takes
+/// it. The store keeps times in 1/[`TIME_SCALE`] frame only so that spans are differences
+/// of times; matching on the finer times found two more chance matches in whole
+/// never-indexed songs (BENCHMARKS.md, session 15).
+pub fn whole_frames(time: u32) -> u32 {
+    let scale = TIME_SCALE as u32;
+    time.saturating_add(scale / 2) / scale
+}
+
 /// A peak time in frames on the stored scale (1/[`TIME_SCALE`] frame), whole units.
 fn stored_time(frames: f32) -> f32 {
     (frames.max(0.0) * TIME_SCALE).round()
@@ -408,6 +417,29 @@ fn neighbour(coord: f32, cell: u32, levels: u32, tol: f32, index: usize) -> (f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_times_round_to_whole_frames() {
+        let cases = [
+            (0, 0),
+            (7, 0),
+            (8, 1),
+            (23, 1),
+            (24, 2),
+            (u32::MAX, u32::MAX / 16),
+        ];
+        for (time, frames) in cases {
+            assert_eq!(whole_frames(time), frames, "{time}");
+        }
+        // A stored time is the peak's in 1/16 frame, so it rounds back to the nearest frame
+        // (but within 1/32 frame of a half, where it may round the other way).
+        for frames in [0.0f32, 2.4, 2.6, 1000.4, 1000.6] {
+            assert_eq!(
+                whole_frames(stored_time(frames) as u32),
+                frames.round() as u32
+            );
+        }
+    }
 
     fn peak(time: f32, bin: f32) -> Peak {
         Peak {

@@ -76,7 +76,7 @@
 //! B-trees front to back.
 //!
 //! On the benchmark's 7.41 hours of real music (6.20M postings on 1.35M keys) a compacted
-//! store takes 34.7 MB, side data included (4.68 MB per hour; format 4, blocks of 64 keys
+//! store takes 29.2 MB, side data included (3.94 MB per hour; format 4, blocks of 64 keys
 //! and no anchor tables, took 53.5 MB; format 3, one value per key with varint and u16
 //! fields, took 73.7 MB; BENCHMARKS.md, sessions 14 and 15).
 //! Version 5 has blocks of 4,096 keys and anchor tables; 4 stored main in blocks of 64; 3

@@ -47,7 +47,7 @@ pub struct Hit {
     pub track: u32,
     /// Index of the query quad in the quads passed along with the hits.
     pub query: u32,
-    /// Reference anchor time in 1/[`REF_TIME_SCALE`] frame.
+    /// Reference anchor time in frames.
     pub r_time: u32,
     /// Reference anchor log-frequency bin in 1/[`REF_BIN_SCALE`] bin.
     pub r_bin: u16,
@@ -62,8 +62,6 @@ const _: () = assert!(std::mem::size_of::<Hit>() == 16);
 pub const REF_BIN_SCALE: f32 = 64.0;
 /// Fixed-point scale of [`Hit::r_span`] (the store's: 1/16 frame).
 pub const REF_SPAN_SCALE: f32 = 16.0;
-/// Fixed-point scale of [`Hit::r_time`] (the store's: 1/16 frame).
-pub const REF_TIME_SCALE: f32 = 16.0;
 
 /// Sorts one track's hits by their content (query quad, reference time, then the rest):
 /// the order matching adds their numbers up in then depends on the hits alone, not on how
@@ -83,7 +81,7 @@ impl Hit {
     /// Reference anchor time in frames.
     #[inline]
     pub fn r_time_frames(&self) -> f32 {
-        self.r_time as f32 / REF_TIME_SCALE
+        self.r_time as f32
     }
 
     /// Reference anchor log-frequency bin.

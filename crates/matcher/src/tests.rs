@@ -45,7 +45,7 @@ impl Hits {
         self.hits.push(Hit {
             track,
             query: self.query.len() as u32,
-            r_time: (r[0] * REF_TIME_SCALE as f64).round() as u32,
+            r_time: r[0].round() as u32,
             r_bin: (r[1] * REF_BIN_SCALE as f64).round() as u16,
             r_span: (r[2] * REF_SPAN_SCALE as f64).round() as u16,
         });
