@@ -23,7 +23,7 @@
 //! bits to a whole byte. Tables are untrusted: [`Anchors::parse`] checks widths, length
 //! and padding, and a lookup refuses an index past the end.
 
-use crate::block::{BitWriter, bit_len, read_bits};
+use crate::block::{BitWriter, bit_len, check_padded, read_bits};
 
 /// Bytes of a table before its entries.
 const HEADER_BYTES: usize = 4 + 1 + 1;
@@ -123,17 +123,11 @@ impl<'a> Anchors<'a> {
         if entry == 0 && len > 1 {
             return Err("its entries repeat");
         }
-        let total = u64::from(len) * entry;
-        if total.div_ceil(8) != bits.len() as u64 {
-            return Err("its length does not match its entries");
-        }
-        let used = (total % 8) as u32;
-        if let Some(&last) = bits.last()
-            && used > 0
-            && last & (0xff >> used) != 0
-        {
-            return Err("its padding is not zero");
-        }
+        check_padded(
+            bits,
+            u64::from(len) * entry,
+            "its length does not match its entries",
+        )?;
         Ok(Self {
             len,
             time,

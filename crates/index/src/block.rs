@@ -329,6 +329,23 @@ impl<'a> BitWriter<'a> {
     }
 }
 
+/// Checks that `bits` holds exactly `n_bits` bits padded with zero bits to a whole byte, as
+/// [`BitWriter`] writes them; `mismatch` says what a wrong length means.
+pub(crate) fn check_padded(
+    bits: &[u8],
+    n_bits: u64,
+    mismatch: &'static str,
+) -> Result<(), &'static str> {
+    if n_bits.div_ceil(8) != bits.len() as u64 {
+        return Err(mismatch);
+    }
+    let used = (n_bits % 8) as u32;
+    match bits.last() {
+        Some(&last) if used > 0 && last & (0xff >> used) != 0 => Err("its padding is not zero"),
+        _ => Ok(()),
+    }
+}
+
 /// Reads `width` (at most 32) bits at bit `pos` of `bits`; bits past the end read as 0.
 #[inline]
 pub(crate) fn read_bits(bits: &[u8], pos: u64, width: u8) -> u32 {
@@ -387,13 +404,7 @@ impl<'a> Block<'a> {
                 previous = Some(slot);
                 present[slot / 64] |= 1 << (slot % 64);
             }
-            let used = (n * usize::from(SLOT_BITS) % 8) as u32;
-            if let Some(&last) = slots.last()
-                && used > 0
-                && last & (0xff >> used) != 0
-            {
-                return Err("its padding is not zero");
-            }
+            check_padded(slots, n as u64 * u64::from(SLOT_BITS), too_short)?;
             rest
         } else {
             let (bitmap, rest) = rest.split_at_checked(BITMAP_BYTES).ok_or(too_short)?;
@@ -441,17 +452,7 @@ impl<'a> Block<'a> {
                 .filter(|&total| total <= available)
                 .ok_or("its length does not match its lists")?;
         }
-        if total_bits.div_ceil(8) != bits.len() as u64 {
-            return Err("its length does not match its lists");
-        }
-        // The padding after the last posting is zero, as the encoder writes it.
-        let used = (total_bits % 8) as u32;
-        if let Some(&last) = bits.last()
-            && used > 0
-            && last & (0xff >> used) != 0
-        {
-            return Err("its padding is not zero");
-        }
+        check_padded(bits, total_bits, "its length does not match its lists")?;
         Ok(Self {
             id,
             present,
