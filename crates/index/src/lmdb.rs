@@ -1486,15 +1486,24 @@ impl LmdbStore {
 struct AnchorTables<'s, 't> {
     store: &'s LmdbStore,
     txn: &'t RoTxn<'t, WithoutTls>,
-    tables: std::collections::HashMap<TrackId, Anchors<'t>, BuildTrackHasher>,
+    /// Tables of tracks below [`DENSE_TRACKS`] by id (a lookup reads one per posting),
+    /// grown as far as the largest id met.
+    dense: Vec<Option<Anchors<'t>>>,
+    /// Tables of any others.
+    sparse: std::collections::HashMap<TrackId, Anchors<'t>, BuildTrackHasher>,
 }
+
+/// Track ids that [`AnchorTables`] keeps in a vector rather than a map: a million tracks
+/// (tens of thousands of hours) cost a lookup at most 24 MB, and only if they are there.
+const DENSE_TRACKS: usize = 1 << 20;
 
 impl<'s, 't> AnchorTables<'s, 't> {
     fn new(store: &'s LmdbStore, txn: &'t RoTxn<'t, WithoutTls>) -> Self {
         Self {
             store,
             txn,
-            tables: Default::default(),
+            dense: Vec::new(),
+            sparse: Default::default(),
         }
     }
 
@@ -1507,7 +1516,11 @@ impl<'s, 't> AnchorTables<'s, 't> {
 
     /// The anchor table of `track`.
     fn table(&mut self, track: TrackId) -> Result<Anchors<'t>, IndexError> {
-        Ok(match self.tables.get(&track) {
+        let slot = track as usize;
+        if let Some(Some(table)) = self.dense.get(slot) {
+            return Ok(*table);
+        }
+        Ok(match self.sparse.get(&track) {
             Some(table) => *table,
             None => {
                 let bytes = self
@@ -1524,7 +1537,14 @@ impl<'s, 't> AnchorTables<'s, 't> {
                     self.store
                         .corrupt(format!("the anchor table of track {track}: {what}"))
                 })?;
-                self.tables.insert(track, table);
+                if slot < DENSE_TRACKS {
+                    if self.dense.len() <= slot {
+                        self.dense.resize(slot + 1, None);
+                    }
+                    self.dense[slot] = Some(table);
+                } else {
+                    self.sparse.insert(track, table);
+                }
                 table
             }
         })
