@@ -175,6 +175,7 @@ impl<'a> Anchors<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::damage_bytes;
     use proptest::prelude::*;
 
     /// Files `postings` as the store does and reads them back through the encoded table.
@@ -233,16 +234,7 @@ mod tests {
             damage in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..4),
         ) {
             let mut bytes = encode(&distinct(pairs));
-            for (at, value, how) in damage {
-                let at = at % (bytes.len() + 1);
-                match how {
-                    0 if at < bytes.len() => bytes[at] = value,
-                    1 if at < bytes.len() => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.insert(at, value),
-                }
-            }
+            damage_bytes(&mut bytes, &damage);
             if let Ok(table) = Anchors::parse(&bytes) {
                 for i in 0..table.len().min(1_000) {
                     prop_assert!(table.get(i).is_some());

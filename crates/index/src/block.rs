@@ -578,6 +578,23 @@ impl List<'_> {
     }
 }
 
+/// Damages `bytes` as the proptests of stored values do: each `(at, value, how)`
+/// overwrites (`how` 0), removes (1) or inserts (otherwise) a byte at `at` modulo the
+/// length. Valid values damaged this way reach far more of a parser than random bytes.
+#[cfg(test)]
+pub(crate) fn damage_bytes(bytes: &mut Vec<u8>, damage: &[(usize, u8, u8)]) {
+    for &(at, value, how) in damage {
+        let at = at % (bytes.len() + 1);
+        match how {
+            0 if at < bytes.len() => bytes[at] = value,
+            1 if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            _ => bytes.insert(at, value),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,16 +700,7 @@ mod tests {
             // almost never get past the header's checks.
             let lists = block_lists(0, lists);
             let mut bytes = encode(&lists);
-            for (at, value, how) in damage {
-                let at = at % (bytes.len() + 1);
-                match how {
-                    0 if at < bytes.len() => bytes[at] = value,
-                    1 if at < bytes.len() => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.insert(at, value),
-                }
-            }
+            damage_bytes(&mut bytes, &damage);
             if let Ok(block) = Block::parse(0, &bytes) {
                 let mut n = 0usize;
                 for (_, list) in block.lists() {

@@ -1490,7 +1490,7 @@ struct AnchorTables<'s, 't> {
     /// grown as far as the largest id met.
     dense: Vec<Option<Anchors<'t>>>,
     /// Tables of any others.
-    sparse: std::collections::HashMap<TrackId, Anchors<'t>, BuildTrackHasher>,
+    sparse: std::collections::HashMap<TrackId, Anchors<'t>>,
 }
 
 /// Track ids that [`AnchorTables`] keeps in a vector rather than a map: a million tracks
@@ -1510,8 +1510,21 @@ impl<'s, 't> AnchorTables<'s, 't> {
     /// `stored` as the caller stored it.
     #[inline]
     fn resolve(&mut self, stored: Posting) -> Result<Posting, IndexError> {
-        let table = self.table(stored.track)?;
-        self.read(table, stored)
+        let track = stored.track;
+        match self
+            .table(track)?
+            .read((stored.time, stored.freq, stored.span))
+        {
+            Some((time, freq, span)) => Ok(Posting {
+                track,
+                time,
+                freq,
+                span,
+            }),
+            None => Err(self.store.corrupt(format!(
+                "a posting of track {track} names no entry of its anchor table"
+            ))),
+        }
     }
 
     /// The anchor table of `track`.
@@ -1548,54 +1561,6 @@ impl<'s, 't> AnchorTables<'s, 't> {
                 table
             }
         })
-    }
-
-    /// `stored`, a posting of the track of `table`, as the caller stored it.
-    #[inline]
-    fn read(&self, table: Anchors, stored: Posting) -> Result<Posting, IndexError> {
-        let track = stored.track;
-        match table.read((stored.time, stored.freq, stored.span)) {
-            Some((time, freq, span)) => Ok(Posting {
-                track,
-                time,
-                freq,
-                span,
-            }),
-            None => Err(self.store.corrupt(format!(
-                "a posting of track {track} names no entry of its anchor table"
-            ))),
-        }
-    }
-}
-
-/// Hashes track ids for [`AnchorTables`] with one multiplication: ids are small integers
-/// chosen by the store, not by an adversary.
-#[derive(Clone, Copy, Default)]
-struct BuildTrackHasher;
-
-impl std::hash::BuildHasher for BuildTrackHasher {
-    type Hasher = TrackHasher;
-
-    fn build_hasher(&self) -> TrackHasher {
-        TrackHasher(0)
-    }
-}
-
-struct TrackHasher(u64);
-
-impl std::hash::Hasher for TrackHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
