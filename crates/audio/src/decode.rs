@@ -45,28 +45,23 @@ static CODECS: LazyLock<CodecRegistry> = LazyLock::new(|| {
     registry
 });
 
-/// Decodes everything `mss` holds, or fails with a user-facing error.
+/// Decodes everything `mss` holds, or fails with a user-facing error. With a `sink`,
+/// resampling runs on a helper thread while this one decodes, and the sink sees the
+/// output there, in order, as it is made.
 pub(crate) fn decode_stream(
     mss: MediaSourceStream<'_>,
     ext_hint: Option<&str>,
     opts: &DecodeOptions,
+    sink: Option<&mut SampleSink<'_>>,
 ) -> Result<(Decoded, Tags), AudioError> {
     validate_options(opts)?;
     // A decoder bug on hostile input must surface as an error for that one file, not take the
     // whole indexing run down with it.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decode_stream_inner(mss, ext_hint, opts)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match sink {
+        Some(sink) => decode_with_helper(mss, ext_hint, opts, sink),
+        None => decode_inline(mss, ext_hint, opts),
     }))
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        Err(AudioError::Malformed {
-            reason: format!("the decoder crashed on this data ({what})"),
-        })
-    })
+    .unwrap_or_else(|panic| Err(panic_error(&panic)))
 }
 
 fn validate_options(opts: &DecodeOptions) -> Result<(), AudioError> {
@@ -88,25 +83,54 @@ fn validate_options(opts: &DecodeOptions) -> Result<(), AudioError> {
     Ok(())
 }
 
-/// Per-stream state of the decode loop.
-struct Pipeline<'o> {
+/// What is shown the resampled samples as they are made (on the helper thread).
+pub(crate) type SampleSink<'a> = dyn FnMut(&[f32]) + Send + 'a;
+
+/// What the decode loop hands the downmixed audio to: [`Resampling`] on the same thread, or
+/// [`ToHelper`], which passes it to a [`Resampling`] on a helper thread.
+trait Downstream {
+    /// Takes the next mono samples, at `rate_hz` (in [`RATE_RANGE_HZ`]).
+    fn push(&mut self, rate_hz: u32, mono: &[f32]) -> Result<(), AudioError>;
+    /// Room for about `samples` output samples, as the container declares them (bounded
+    /// by the caller).
+    fn reserve(&mut self, _samples: usize) {}
+}
+
+/// Per-stream state of the decode loop: what it has seen, and the duration limit.
+struct Front<'o> {
     opts: &'o DecodeOptions,
-    samples: Vec<f32>,
-    resampler: Option<MonoResampler>,
-    /// Rate the current resampler was built for.
+    /// The current buffer, downmixed.
+    mono: Vec<f32>,
+    /// Rate of the current segment (0 before any audio).
     current_rate_hz: u32,
     /// Rate of the first decoded audio, reported as `source_rate_hz`.
     first_rate_hz: Option<u32>,
     channels: Option<u16>,
-    /// Source audio consumed so far, summed per rate segment, in seconds.
+    /// Source audio consumed in earlier rate segments, in seconds.
     consumed_s: f64,
     /// Frames consumed in the current rate segment.
     segment_frames: u64,
 }
 
-impl Pipeline<'_> {
-    /// Downmixes one decoded buffer and feeds it through the resampler.
-    fn push(&mut self, buf: &GenericAudioBufferRef<'_>) -> Result<(), AudioError> {
+impl<'o> Front<'o> {
+    fn new(opts: &'o DecodeOptions) -> Self {
+        Self {
+            opts,
+            mono: Vec::new(),
+            current_rate_hz: 0,
+            first_rate_hz: None,
+            channels: None,
+            consumed_s: 0.0,
+            segment_frames: 0,
+        }
+    }
+
+    /// Checks one decoded buffer against the limits, downmixes it and passes it on.
+    fn push(
+        &mut self,
+        buf: &GenericAudioBufferRef<'_>,
+        downstream: &mut dyn Downstream,
+    ) -> Result<(), AudioError> {
         let frames = buf.frames();
         if frames == 0 {
             return Ok(());
@@ -130,53 +154,259 @@ impl Pipeline<'_> {
                 limit_s: self.opts.max_duration_s,
             });
         }
-        if self.resampler.is_none() || rate_hz != self.current_rate_hz {
-            self.switch_rate(rate_hz)?;
+        if rate_hz != self.current_rate_hz {
+            self.consumed_s += segment_s;
+            self.segment_frames = 0;
+            self.current_rate_hz = rate_hz;
         }
         self.segment_frames += frames as u64;
         self.first_rate_hz.get_or_insert(rate_hz);
         self.channels
             .get_or_insert(u16::try_from(buf.num_planes()).unwrap_or(u16::MAX));
+        self.mono.clear();
+        downmix(buf, &mut self.mono);
+        downstream.push(rate_hz, &self.mono)
+    }
+}
 
-        let Some(resampler) = self.resampler.as_mut() else {
-            return Err(AudioError::Internal {
-                reason: "resampler missing after initialisation".to_owned(),
-            });
-        };
-        if resampler.is_passthrough() {
-            downmix(buf, &mut self.samples);
-        } else {
-            downmix(buf, resampler.input());
-            resampler.process_ready(&mut self.samples)?;
+/// Resamples the downmixed audio to the target rate, a resampler per run of one source
+/// rate, and shows each finished stretch of output to an optional sink.
+struct Resampling<'s> {
+    target_rate_hz: u32,
+    samples: Vec<f32>,
+    resampler: Option<MonoResampler>,
+    /// Rate the current resampler was built for.
+    current_rate_hz: u32,
+    sink: Option<&'s mut SampleSink<'s>>,
+    /// Samples already shown to the sink.
+    shown: usize,
+}
+
+impl<'s> Resampling<'s> {
+    fn new(target_rate_hz: u32, sink: Option<&'s mut SampleSink<'s>>) -> Self {
+        Self {
+            target_rate_hz,
+            samples: Vec::new(),
+            resampler: None,
+            current_rate_hz: 0,
+            sink,
+            shown: 0,
         }
-        Ok(())
     }
 
     /// Flushes the resampler of the previous rate (if any) and starts one for `rate_hz`.
     fn switch_rate(&mut self, rate_hz: u32) -> Result<(), AudioError> {
         if let Some(old) = self.resampler.take() {
             old.finish(&mut self.samples)?;
-            self.consumed_s += self.segment_frames as f64 / f64::from(self.current_rate_hz);
-            self.segment_frames = 0;
         }
-        self.resampler = Some(MonoResampler::new(rate_hz, self.opts.target_rate_hz)?);
+        self.resampler = Some(MonoResampler::new(rate_hz, self.target_rate_hz)?);
         self.current_rate_hz = rate_hz;
         Ok(())
+    }
+
+    /// Shows the sink the output it has not seen. What a resampler has appended is final:
+    /// its flush only appends and trims what the flush itself added.
+    fn show(&mut self) {
+        if let Some(sink) = self.sink.as_mut()
+            && self.samples.len() > self.shown
+        {
+            sink(&self.samples[self.shown..]);
+            self.shown = self.samples.len();
+        }
     }
 
     fn finish(mut self) -> Result<Vec<f32>, AudioError> {
         if let Some(r) = self.resampler.take() {
             r.finish(&mut self.samples)?;
         }
+        self.show();
         Ok(self.samples)
     }
 }
 
-fn decode_stream_inner(
+impl Downstream for Resampling<'_> {
+    fn reserve(&mut self, samples: usize) {
+        self.samples.reserve(samples);
+    }
+
+    fn push(&mut self, rate_hz: u32, mono: &[f32]) -> Result<(), AudioError> {
+        if self.resampler.is_none() || rate_hz != self.current_rate_hz {
+            self.switch_rate(rate_hz)?;
+        }
+        let Some(resampler) = self.resampler.as_mut() else {
+            return Err(AudioError::Internal {
+                reason: "resampler missing after initialisation".to_owned(),
+            });
+        };
+        if resampler.is_passthrough() {
+            self.samples.extend_from_slice(mono);
+        } else {
+            resampler.input().extend_from_slice(mono);
+            resampler.process_ready(&mut self.samples)?;
+        }
+        self.show();
+        Ok(())
+    }
+}
+
+/// Mono samples per message to the helper thread (128 KB): a few hundred messages for a
+/// song, each worth one resampler call or more.
+const HELPER_BATCH_SAMPLES: usize = 32 * 1024;
+/// Messages that may wait for the helper thread: bounds the memory between the threads.
+const HELPER_QUEUE: usize = 8;
+
+/// Passes the downmixed audio to a helper thread in batches of one source rate.
+struct ToHelper {
+    tx: std::sync::mpsc::SyncSender<(u32, Vec<f32>)>,
+    batch: Vec<f32>,
+    batch_rate_hz: u32,
+}
+
+impl ToHelper {
+    /// Sends the batch; an error means that the helper has stopped, and its own error is
+    /// the one to report.
+    fn flush(&mut self) -> Result<(), AudioError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(HELPER_BATCH_SAMPLES));
+        self.tx
+            .send((self.batch_rate_hz, batch))
+            .map_err(|_| AudioError::Internal {
+                reason: "the resampling thread stopped".to_owned(),
+            })
+    }
+}
+
+impl Downstream for ToHelper {
+    fn push(&mut self, rate_hz: u32, mono: &[f32]) -> Result<(), AudioError> {
+        if rate_hz != self.batch_rate_hz {
+            self.flush()?;
+            self.batch_rate_hz = rate_hz;
+        }
+        self.batch.extend_from_slice(mono);
+        if self.batch.len() >= HELPER_BATCH_SAMPLES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// What the decode loop learnt besides the samples.
+struct Summary {
+    source_rate_hz: Option<u32>,
+    channels: Option<u16>,
+    codec: String,
+    failed_packets: u64,
+    last_decode_error: Option<String>,
+}
+
+/// Decodes everything `mss` holds on this thread, resampling here.
+fn decode_inline(
     mss: MediaSourceStream<'_>,
     ext_hint: Option<&str>,
     opts: &DecodeOptions,
 ) -> Result<(Decoded, Tags), AudioError> {
+    let mut resampling = Resampling::new(opts.target_rate_hz, None);
+    let (summary, tags) = decode_loop(mss, ext_hint, opts, &mut resampling)?;
+    let samples = resampling.finish()?;
+    Ok((assemble(summary, samples, opts)?, tags))
+}
+
+/// Decodes everything `mss` holds, resampling on a helper thread while this one decodes,
+/// and shows `sink` the output there as it is made.
+fn decode_with_helper(
+    mss: MediaSourceStream<'_>,
+    ext_hint: Option<&str>,
+    opts: &DecodeOptions,
+    sink: &mut SampleSink<'_>,
+) -> Result<(Decoded, Tags), AudioError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, Vec<f32>)>(HELPER_QUEUE);
+    let target_rate_hz = opts.target_rate_hz;
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut resampling = Resampling::new(target_rate_hz, Some(sink));
+                for (rate_hz, mono) in rx {
+                    resampling.push(rate_hz, &mono)?;
+                }
+                resampling.finish()
+            }))
+            .unwrap_or_else(|panic| Err(panic_error(&panic)))
+        });
+        let mut to_helper = ToHelper {
+            tx,
+            batch: Vec::with_capacity(HELPER_BATCH_SAMPLES),
+            batch_rate_hz: 0,
+        };
+        let decoded = decode_loop(mss, ext_hint, opts, &mut to_helper)
+            .and_then(|found| to_helper.flush().map(|()| found));
+        // Closing the channel ends the helper's loop.
+        drop(to_helper);
+        let resampled = helper
+            .join()
+            .unwrap_or_else(|panic| Err(panic_error(&panic)));
+        match (decoded, resampled) {
+            (Ok((summary, tags)), Ok(samples)) => Ok((assemble(summary, samples, opts)?, tags)),
+            // A failed send only says that the helper stopped; the helper says why.
+            (Err(AudioError::Internal { .. }), Err(e)) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    })
+}
+
+/// The user-facing error for a panic caught in the decoder or the resampler.
+fn panic_error(panic: &Box<dyn std::any::Any + Send>) -> AudioError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    AudioError::Malformed {
+        reason: format!("the decoder crashed on this data ({what})"),
+    }
+}
+
+/// The decoded audio, or the error that no audio came out.
+fn assemble(
+    summary: Summary,
+    mut samples: Vec<f32>,
+    opts: &DecodeOptions,
+) -> Result<Decoded, AudioError> {
+    if samples.is_empty() {
+        if summary.failed_packets > 0 {
+            return Err(AudioError::Malformed {
+                reason: format!(
+                    "all {} audio packets failed to decode (last error: {})",
+                    summary.failed_packets,
+                    summary.last_decode_error.as_deref().unwrap_or("unknown")
+                ),
+            });
+        }
+        return Err(AudioError::Empty);
+    }
+    // A header that over-declared the length left spare capacity behind; give it back.
+    if samples.capacity() > samples.len() + samples.len() / 8 {
+        samples.shrink_to_fit();
+    }
+    let rate_hz = opts.target_rate_hz;
+    Ok(Decoded {
+        duration_s: samples.len() as f64 / f64::from(rate_hz),
+        samples,
+        rate_hz,
+        source_rate_hz: summary.source_rate_hz.unwrap_or(rate_hz),
+        channels: summary.channels.unwrap_or(1),
+        codec: summary.codec,
+    })
+}
+
+/// Demuxes and decodes everything `mss` holds, passing the downmixed audio downstream.
+fn decode_loop(
+    mss: MediaSourceStream<'_>,
+    ext_hint: Option<&str>,
+    opts: &DecodeOptions,
+    downstream: &mut dyn Downstream,
+) -> Result<(Summary, Tags), AudioError> {
     let mut hint = Hint::new();
     if let Some(ext) = ext_hint {
         hint.with_extension(&ext.to_ascii_lowercase());
@@ -205,22 +435,10 @@ fn decode_stream_inner(
     } = open_track(format.as_ref())?;
     let codec = decoder.codec_info().short_name.to_owned();
 
-    let mut pipeline = Pipeline {
-        opts,
-        samples: Vec::new(),
-        resampler: None,
-        current_rate_hz: 0,
-        first_rate_hz: None,
-        channels: None,
-        consumed_s: 0.0,
-        segment_frames: 0,
-    };
+    let mut front = Front::new(opts);
     if let Some((frames, rate_hz)) = declared.filter(|&(_, r)| r > 0) {
         let at_target = frames.saturating_mul(u64::from(opts.target_rate_hz)) / u64::from(rate_hz);
-        let reserve = at_target.min(MAX_RESERVE_SAMPLES);
-        pipeline
-            .samples
-            .reserve(usize::try_from(reserve).unwrap_or(0));
+        downstream.reserve(usize::try_from(at_target.min(MAX_RESERVE_SAMPLES)).unwrap_or(0));
     }
 
     let mut decoded_packets = 0u64;
@@ -266,7 +484,7 @@ fn decode_stream_inner(
         match decoder.decode(&packet) {
             Ok(buf) => {
                 decoded_packets += 1;
-                pipeline.push(&buf)?;
+                front.push(&buf, downstream)?;
             }
             // A corrupt packet: skip it and carry on, as symphonia intends.
             Err(SymError::DecodeError(msg)) => {
@@ -293,34 +511,16 @@ fn decode_stream_inner(
         }
     }
 
-    let source_rate_hz = pipeline.first_rate_hz;
-    let channels = pipeline.channels;
-    let mut samples = pipeline.finish()?;
-    if samples.is_empty() {
-        if failed_packets > 0 {
-            return Err(AudioError::Malformed {
-                reason: format!(
-                    "all {failed_packets} audio packets failed to decode (last error: {})",
-                    last_decode_error.as_deref().unwrap_or("unknown")
-                ),
-            });
-        }
-        return Err(AudioError::Empty);
-    }
-    // A header that over-declared the length left spare capacity behind; give it back.
-    if samples.capacity() > samples.len() + samples.len() / 8 {
-        samples.shrink_to_fit();
-    }
-    let rate_hz = opts.target_rate_hz;
-    let decoded = Decoded {
-        duration_s: samples.len() as f64 / f64::from(rate_hz),
-        samples,
-        rate_hz,
-        source_rate_hz: source_rate_hz.unwrap_or(rate_hz),
-        channels: channels.unwrap_or(1),
-        codec,
-    };
-    Ok((decoded, tags.finish()))
+    Ok((
+        Summary {
+            source_rate_hz: front.first_rate_hz,
+            channels: front.channels,
+            codec,
+            failed_packets,
+            last_decode_error,
+        },
+        tags.finish(),
+    ))
 }
 
 /// Drains every metadata revision currently queued on the reader into `tags`.
@@ -454,10 +654,11 @@ where
     }
 }
 
-/// Decodes a file from disk; see [`crate::decode_file`].
+/// Decodes a file from disk; see [`crate::decode_file`] and [`crate::decode_file_streaming`].
 pub(crate) fn decode_path(
     path: &Path,
     opts: &DecodeOptions,
+    sink: Option<&mut SampleSink<'_>>,
 ) -> Result<(Decoded, Tags), AudioError> {
     let io_err = |source| AudioError::Io {
         path: path.to_path_buf(),
@@ -470,7 +671,7 @@ pub(crate) fn decode_path(
     }
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let ext = path.extension().and_then(|e| e.to_str());
-    decode_stream(mss, ext, opts).map_err(|e| match e {
+    decode_stream(mss, ext, opts, sink).map_err(|e| match e {
         // Name the actual file rather than the placeholder used inside the pipeline.
         AudioError::Io { source, .. } => io_err(source),
         other => other,

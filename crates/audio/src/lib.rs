@@ -54,7 +54,19 @@ pub struct Decoded {
 
 /// Decodes an audio file to mono at `opts.target_rate_hz` and reads its tags.
 pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<(Decoded, Tags), AudioError> {
-    decode::decode_path(path, opts)
+    decode::decode_path(path, opts, None)
+}
+
+/// Decodes like [`decode_file`], but resamples on a second thread while this one decodes,
+/// and hands `sink` the mono samples there, in order, as they are made: whatever the sink
+/// does with them (a spectrogram, say) overlaps the decoding. The samples are the same as
+/// [`decode_file`]'s, and are also returned.
+pub fn decode_file_streaming(
+    path: &Path,
+    opts: &DecodeOptions,
+    sink: &mut (dyn FnMut(&[f32]) + Send),
+) -> Result<(Decoded, Tags), AudioError> {
+    decode::decode_path(path, opts, Some(sink))
 }
 
 /// Decodes audio held in memory (e.g. an HTTP upload); `ext_hint` is the file extension if known.
@@ -67,7 +79,7 @@ pub fn decode_bytes(
         return Err(AudioError::Empty);
     }
     let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
-    decode::decode_stream(mss, ext_hint, opts).map_err(|e| match e {
+    decode::decode_stream(mss, ext_hint, opts, None).map_err(|e| match e {
         AudioError::Io { source, .. } => AudioError::Io {
             path: "<memory>".into(),
             source,

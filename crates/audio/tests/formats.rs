@@ -6,7 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use audio::{AudioError, DecodeOptions, Decoded, Tags, decode_bytes, decode_file};
+use audio::{
+    AudioError, DecodeOptions, Decoded, Tags, decode_bytes, decode_file, decode_file_streaming,
+};
 use common::*;
 
 fn opts() -> DecodeOptions {
@@ -457,4 +459,72 @@ fn surround_lossy_files() {
             Err(e) => panic!("{ext}: {e}"),
         }
     }
+}
+
+/// Decodes `path` both ways: plainly, and resampling on the helper thread with a sink
+/// that collects what it is shown.
+fn decode_both(
+    path: &Path,
+    o: &DecodeOptions,
+) -> (Result<Decoded, String>, Result<Decoded, String>, Vec<f32>) {
+    let plain = decode_file(path, o)
+        .map(|(d, _)| d)
+        .map_err(|e| e.to_string());
+    let mut shown = Vec::new();
+    let streamed =
+        decode_file_streaming(path, o, &mut |chunk: &[f32]| shown.extend_from_slice(chunk))
+            .map(|(d, _)| d)
+            .map_err(|e| e.to_string());
+    (plain, streamed, shown)
+}
+
+#[test]
+fn streaming_decode_gives_the_same_samples_and_errors() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Every codec, at a rate that is resampled; and a passthrough WAV.
+    let mut paths: Vec<PathBuf> = CASES
+        .iter()
+        .map(|case| encode(dir.path(), case, 44_100, 3.0))
+        .collect();
+    let wav = dir.path().join("at_target.wav");
+    write_wav_i16(&wav, 16_000, 1, &sine(440.0, 16_000, 1, 2.0, 0.3));
+    paths.push(wav);
+    // A chained Ogg whose second link changes the rate: the resampler is flushed and
+    // rebuilt in the middle of the stream.
+    let vorbis = CASES.iter().find(|c| c.ext == "ogg").expect("an ogg case");
+    let a = encode(dir.path(), vorbis, 44_100, 1.5);
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&b_dir).expect("mkdir");
+    let b = encode(&b_dir, vorbis, 22_050, 1.5);
+    let chained = dir.path().join("chained.ogg");
+    let mut bytes = std::fs::read(&a).expect("read a");
+    bytes.extend(std::fs::read(&b).expect("read b"));
+    std::fs::write(&chained, bytes).expect("write chained");
+    paths.push(chained.clone());
+    for path in &paths {
+        let (plain, streamed, shown) = decode_both(path, &opts());
+        let plain = plain.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let streamed = streamed.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(plain, streamed, "{}", path.display());
+        assert_eq!(shown, plain.samples, "{}", path.display());
+    }
+    let (plain, _, _) = decode_both(&chained, &opts());
+    assert!(
+        plain.expect("chained").duration_s > 2.9,
+        "both links decode"
+    );
+    // The duration limit is an error either way, and the same one.
+    let short = DecodeOptions {
+        max_duration_s: 1.0,
+        ..opts()
+    };
+    let (plain, streamed, _) = decode_both(&paths[0], &short);
+    assert!(
+        plain.as_ref().is_err_and(|e| e.contains("max_duration_s")),
+        "{plain:?}"
+    );
+    assert_eq!(plain, streamed);
 }

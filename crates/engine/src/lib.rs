@@ -585,13 +585,19 @@ impl Engine {
 
     /// Finds every sample of stored references in the audio file at `path`.
     pub fn identify_file(&self, path: &Path) -> Result<Identification, EngineError> {
-        let (decoded, _) = audio::decode_file(path, &self.decode).map_err(audio_error(path))?;
-        let started = Instant::now();
-        let print = self.fingerprinter.query_print(&decoded.samples);
+        // The spectrogram is made on the decoder's helper thread as the samples come, so
+        // it costs no time of its own (BENCHMARKS.md, session 16).
+        let mut spectrogram = self.fingerprinter.spectrogram_stream();
+        let (decoded, _) = audio::decode_file_streaming(path, &self.decode, &mut |samples| {
+            spectrogram.push(samples)
+        })
+        .map_err(audio_error(path))?;
         let n_samples = decoded.samples.len();
-        // The samples (64 KB a second) are not needed past the fingerprint, so they are not
-        // held through the lookup, when memory peaks.
+        // The samples (64 KB a second) are not needed past here, so they are not held
+        // through the lookup, when memory peaks.
         drop(decoded);
+        let started = Instant::now();
+        let print = self.fingerprinter.query_print_of(&spectrogram.finish());
         let searched = self.search(started, print, &ReferenceFilter::all())?;
         self.report(&path.display().to_string(), n_samples, searched)
     }

@@ -29,6 +29,8 @@ pub struct Identification {
 /// Seconds spent in each stage of one identification.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
+    /// Peaks and quads. Decoding is not counted, and neither is the spectrogram of a file
+    /// identified with [`crate::Engine::identify_file`], which is made while it decodes.
     pub fingerprint_s: f64,
     pub lookup_s: f64,
     pub match_s: f64,

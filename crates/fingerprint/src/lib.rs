@@ -15,7 +15,7 @@ pub mod spectrogram;
 
 pub use peaks::Peak;
 pub use quads::{FREQ_SCALE, QueryQuad, RefQuad, SPAN_SCALE, TIME_SCALE, whole_frames};
-pub use spectrogram::{LogSpectrogram, SpectrogramBuilder};
+pub use spectrogram::{LogSpectrogram, SpectrogramBuilder, SpectrogramStream};
 
 /// Version of the fingerprint algorithm; bump it whenever the same parameters would
 /// produce different hashes or postings (3: times in 1/16 frame, spans as differences of
@@ -481,15 +481,25 @@ impl Fingerprinter {
     /// The quads to look up for a query and its dense verification peaks, from one
     /// spectrogram.
     pub fn query_print(&self, samples: &[f32]) -> QueryPrint {
+        self.query_print_of(&self.spectrogram(samples))
+    }
+
+    /// A spectrogram to feed a query's samples as they are decoded, for
+    /// [`Self::query_print_of`]: the spectrogram then overlaps the decoding.
+    pub fn spectrogram_stream(&self) -> SpectrogramStream<'_> {
+        self.spectrogram.stream()
+    }
+
+    /// [`Self::query_print`] from the query's spectrogram.
+    pub fn query_print_of(&self, spec: &LogSpectrogram) -> QueryPrint {
         let p = &self.params;
-        let spec = self.spectrogram(samples);
         // The two peak sets are independent: a query waits for its answer, so they are
         // picked side by side.
         let (peaks, verify_peaks) = rayon::join(
-            || self.query_hash_peaks(&spec),
+            || self.query_hash_peaks(spec),
             || {
                 peaks::find_peaks(
-                    &spec,
+                    spec,
                     p,
                     p.verify_peaks_per_s,
                     (p.verify_radius_frames, p.verify_radius_bins),

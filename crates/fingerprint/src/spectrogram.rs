@@ -107,52 +107,126 @@ impl SpectrogramBuilder {
         }
     }
 
-    /// Computes the log-power spectrogram of `samples`.
+    /// The log spectrogram of `samples`: one frame per hop whose window fits in them.
     pub fn compute(&self, samples: &[f32]) -> LogSpectrogram {
         let n_frames = self.n_frames(samples.len());
-        let n_bins = self.map.len();
-        let mut data = Vec::with_capacity(n_frames * n_bins);
-        let mut input = self.fft.make_input_vec();
-        let mut output = self.fft.make_output_vec();
-        let mut scratch = self.fft.make_scratch_vec();
-        let mut power = vec![0f32; output.len()];
+        let mut frames = FrameMaker::new(self);
+        let mut data = Vec::with_capacity(n_frames * self.map.len());
         for frame in 0..n_frames {
             let start = frame * self.hop;
-            let chunk = &samples[start..start + self.fft_size];
-            for ((x, s), w) in input.iter_mut().zip(chunk).zip(&self.window) {
-                *x = s * w;
-            }
-            // The lengths come from the planner itself, so this cannot fail.
-            if self
-                .fft
-                .process_with_scratch(&mut input, &mut output, &mut scratch)
-                .is_err()
-            {
-                data.extend(std::iter::repeat_n(LOG_FLOOR, n_bins));
-                continue;
-            }
-            for (p, c) in power.iter_mut().zip(&output) {
-                *p = norm_sqr(c);
-            }
-            data.extend(self.map.iter().map(|m| {
-                let p = match *m {
-                    BinMap::Interp { lo, frac } => power[lo] * (1.0 - frac) + power[lo + 1] * frac,
-                    BinMap::Max { lo, hi } => power[lo..=hi].iter().copied().fold(0.0, f32::max),
-                };
-                (p + POWER_EPS).ln()
-            }));
+            frames.append(&samples[start..start + self.fft_size], &mut data);
         }
         LogSpectrogram {
             n_frames,
-            n_bins,
+            n_bins: self.map.len(),
             data,
+        }
+    }
+
+    /// A spectrogram to be fed its samples in pieces, as a decoder makes them.
+    pub fn stream(&self) -> SpectrogramStream<'_> {
+        SpectrogramStream {
+            frames: FrameMaker::new(self),
+            pending: Vec::new(),
+            next_start: 0,
+            n_frames: 0,
+            data: Vec::new(),
         }
     }
 }
 
-/// Power added before the logarithm so that digital silence has a finite floor. Kept far
-/// below any power the peak floor admits: 1e-10 compressed the neighbours of quiet peaks
-/// and broke gain invariance (found by the property test).
+/// The transform's buffers, and the frame-by-frame work of [`SpectrogramBuilder::compute`].
+struct FrameMaker<'b> {
+    builder: &'b SpectrogramBuilder,
+    input: Vec<f32>,
+    output: Vec<Complex<f32>>,
+    scratch: Vec<Complex<f32>>,
+    power: Vec<f32>,
+}
+
+impl<'b> FrameMaker<'b> {
+    fn new(builder: &'b SpectrogramBuilder) -> Self {
+        let output = builder.fft.make_output_vec();
+        Self {
+            input: builder.fft.make_input_vec(),
+            scratch: builder.fft.make_scratch_vec(),
+            power: vec![0f32; output.len()],
+            output,
+            builder,
+        }
+    }
+
+    /// Appends the log-frequency frame of `chunk` (one window of samples) to `data`.
+    fn append(&mut self, chunk: &[f32], data: &mut Vec<f32>) {
+        let b = self.builder;
+        for ((x, s), w) in self.input.iter_mut().zip(chunk).zip(&b.window) {
+            *x = s * w;
+        }
+        if b.fft
+            .process_with_scratch(&mut self.input, &mut self.output, &mut self.scratch)
+            .is_err()
+        {
+            // Cannot happen with buffers made by the plan; a silent frame if it did.
+            data.extend(std::iter::repeat_n(LOG_FLOOR, b.map.len()));
+            return;
+        }
+        for (p, c) in self.power.iter_mut().zip(&self.output) {
+            *p = norm_sqr(c);
+        }
+        let power = &self.power;
+        data.extend(b.map.iter().map(|m| {
+            let p = match *m {
+                BinMap::Interp { lo, frac } => power[lo] * (1.0 - frac) + power[lo + 1] * frac,
+                BinMap::Max { lo, hi } => power[lo..=hi].iter().copied().fold(0.0, f32::max),
+            };
+            (p + POWER_EPS).ln()
+        }));
+    }
+}
+
+/// A spectrogram made as its samples arrive ([`SpectrogramBuilder::stream`]): each frame is
+/// computed once its window is complete, and [`Self::finish`] gives exactly what
+/// [`SpectrogramBuilder::compute`] gives for all the samples at once.
+pub struct SpectrogramStream<'b> {
+    frames: FrameMaker<'b>,
+    /// Samples not yet behind every frame that needs them.
+    pending: Vec<f32>,
+    /// Where the next frame's window starts in `pending`.
+    next_start: usize,
+    n_frames: usize,
+    data: Vec<f32>,
+}
+
+impl SpectrogramStream<'_> {
+    /// Takes the next samples of the signal.
+    pub fn push(&mut self, samples: &[f32]) {
+        let (fft_size, hop) = (self.frames.builder.fft_size, self.frames.builder.hop);
+        self.pending.extend_from_slice(samples);
+        while self.next_start + fft_size <= self.pending.len() {
+            let start = self.next_start;
+            self.frames
+                .append(&self.pending[start..start + fft_size], &mut self.data);
+            self.n_frames += 1;
+            self.next_start += hop;
+        }
+        // Samples before the next window are done with; dropping them a batch at a time
+        // keeps the buffer about one window long without moving it on every frame.
+        if self.next_start >= fft_size {
+            self.pending.drain(..self.next_start);
+            self.next_start = 0;
+        }
+    }
+
+    /// The spectrogram of everything pushed.
+    pub fn finish(self) -> LogSpectrogram {
+        LogSpectrogram {
+            n_frames: self.n_frames,
+            n_bins: self.frames.builder.map.len(),
+            data: self.data,
+        }
+    }
+}
+
 const POWER_EPS: f32 = 1e-20;
 /// The log power of digital silence.
 const LOG_FLOOR: f32 = -46.051_7; // ln(1e-20)
@@ -210,6 +284,40 @@ mod tests {
                 "bin {k}: {got} vs {}",
                 (expect + POWER_EPS).ln()
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_stream_in_any_pieces_equals_the_whole(
+            len in 0usize..6000,
+            cuts in proptest::collection::vec(0usize..6000, 0..12),
+            seed in 0u32..1000,
+        ) {
+            let params = Params::default();
+            let b = SpectrogramBuilder::new(&params);
+            let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+            let samples: Vec<f32> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(len)).collect();
+            cuts.push(len);
+            cuts.sort_unstable();
+            let mut stream = b.stream();
+            let mut from = 0;
+            for cut in cuts {
+                stream.push(&samples[from..cut]);
+                from = cut;
+            }
+            let (whole, streamed) = (b.compute(&samples), stream.finish());
+            proptest::prop_assert_eq!(whole.n_frames, streamed.n_frames);
+            proptest::prop_assert_eq!(whole.n_bins, streamed.n_bins);
+            // Bit for bit: the same frames from the same windows.
+            proptest::prop_assert!(whole.data.iter().zip(&streamed.data).all(|(a, b)| a.to_bits() == b.to_bits()));
+            proptest::prop_assert_eq!(whole.data.len(), streamed.data.len());
         }
     }
 
