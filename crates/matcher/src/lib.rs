@@ -647,29 +647,42 @@ fn match_track(
     // holding two or more hits can seed a candidate, which keeps the work proportional to
     // the hits rather than to the size of the grid.
     // Points ordered by cell key: a transform's hits over every reference block then sit
-    // in a few contiguous runs, one per (time factor, pitch) cell.
+    // in a few contiguous runs, one per (time factor, pitch) cell. With intercept seeds,
+    // only the points near a seed's transform are ever read from it (`transform_runs`),
+    // so only they are sorted: most of a track's hits are chance far from every seed.
     let mut order = std::mem::take(&mut scratch.order);
     order.clear();
-    order.extend(
-        points
-            .iter()
-            .enumerate()
-            .map(|(i, pt)| (grid.key(pt, p), i as u32)),
-    );
-    order.sort_unstable();
-    let mut cells: Vec<(u32, u64)> = if p.seed_intercept_frames > 0.0 {
-        intercept_seeds(&points, &grid, p, &mut scratch.keys)
+    let cells: Vec<(u32, u64)> = if p.seed_intercept_frames > 0.0 {
+        let mut cells = intercept_seeds(&points, &grid, p, &mut scratch.keys);
+        truncate_cells(&mut cells, p);
+        let near = grid.near_cells(&cells);
+        order.extend(
+            points
+                .iter()
+                .enumerate()
+                .filter(|(_, pt)| near.as_ref().is_none_or(|near| near[grid.cell_index(pt)]))
+                .map(|(i, pt)| (grid.key(pt, p), i as u32)),
+        );
+        order.sort_unstable();
+        cells
     } else {
+        order.extend(
+            points
+                .iter()
+                .enumerate()
+                .map(|(i, pt)| (grid.key(pt, p), i as u32)),
+        );
+        order.sort_unstable();
         let cell_counts: Vec<(u64, u32)> = order
             .chunk_by(|a, b| a.0 == b.0)
             .map(|k| (k[0].0, k.len() as u32))
             .collect();
-        neighbourhood_sums(&cell_counts, 1 << (2 * AXIS_BITS), 1 << AXIS_BITS)
+        let mut cells = neighbourhood_sums(&cell_counts, 1 << (2 * AXIS_BITS), 1 << AXIS_BITS)
             .filter(|&(sum, _)| sum as usize >= p.min_match_hits)
-            .collect()
+            .collect();
+        truncate_cells(&mut cells, p);
+        cells
     };
-    cells.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    cells.truncate(p.max_cells_per_track);
     let n_cells = (grid.n_lf * grid.n_pitch) as f64;
     let mut claimed = std::mem::take(&mut scratch.claimed);
     claimed.clear();
@@ -736,6 +749,12 @@ fn match_track(
     }
     (scratch.points, scratch.order, scratch.claimed) = (points, order, claimed);
     out
+}
+
+/// Keeps the `max_cells_per_track` strongest cells, strongest first (ties by key).
+fn truncate_cells(cells: &mut Vec<(u32, u64)>, p: &MatchParams) {
+    cells.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    cells.truncate(p.max_cells_per_track);
 }
 
 /// For every cell holding two or more hits, the hits in its 3x3x3 neighbourhood, with
@@ -848,6 +867,10 @@ struct Grid {
     n_pitch: usize,
 }
 
+/// Largest (time factor x pitch) grid whose cells near the seeds are tabulated (the
+/// default has 50 x 76).
+const MAX_NEAR_TABLE: usize = 1 << 22;
+
 /// Bits of a cell key given to each axis.
 const AXIS_BITS: u32 = 21;
 const AXIS_MASK: u64 = (1 << AXIS_BITS) - 1;
@@ -891,6 +914,34 @@ impl Grid {
             self.pitch_min + (j as f64 + 0.5) * self.pitch_cell,
             k,
         )
+    }
+
+    /// Position of a point's (time factor, pitch) cell in a `n_lf` x `n_pitch` table.
+    fn cell_index(&self, pt: &Point) -> usize {
+        let (i, j) = self.transform_index(pt);
+        i as usize * self.n_pitch + j as usize
+    }
+
+    /// Which (time factor, pitch) cells lie within two cells of a seed's (the cells
+    /// [`Self::transform_runs`] reads), by [`Self::cell_index`]; `None` (all of them) for
+    /// a grid too fine to tabulate.
+    fn near_cells(&self, seeds: &[(u32, u64)]) -> Option<Vec<bool>> {
+        let n = self.n_lf.checked_mul(self.n_pitch)?;
+        if n > MAX_NEAR_TABLE {
+            return None;
+        }
+        let mut near = vec![false; n];
+        for &(_, key) in seeds {
+            // Key fields are indices plus one, as in `Grid::key`.
+            let i = (key >> (2 * AXIS_BITS)) as i64 - 1;
+            let j = ((key >> AXIS_BITS) & AXIS_MASK) as i64 - 1;
+            for a in (i - 2).max(0)..=(i + 2).min(self.n_lf as i64 - 1) {
+                for b in (j - 2).max(0)..=(j + 2).min(self.n_pitch as i64 - 1) {
+                    near[a as usize * self.n_pitch + b as usize] = true;
+                }
+            }
+        }
+        Some(near)
     }
 
     /// The runs of `order` (sorted by key) whose (time factor, pitch) cell is within two
