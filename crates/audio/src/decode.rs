@@ -17,7 +17,7 @@ use symphonia::core::meta::MetadataOptions;
 
 use crate::resample::MonoResampler;
 use crate::tags::TagCollector;
-use crate::{AudioError, DecodeOptions, Decoded, Tags};
+use crate::{AudioError, DecodeOptions, Decoded, SampleSink, Tags};
 
 /// Source and target rates outside this range are refused: real audio lives well inside it, and
 /// a hostile header claiming billions of hertz must not size the resampler's FFT buffers.
@@ -82,9 +82,6 @@ fn validate_options(opts: &DecodeOptions) -> Result<(), AudioError> {
     }
     Ok(())
 }
-
-/// What is shown the resampled samples as they are made (on the helper thread).
-pub(crate) type SampleSink<'a> = dyn FnMut(&[f32]) + Send + 'a;
 
 /// What the decode loop hands the downmixed audio to: [`Resampling`] on the same thread, or
 /// [`ToHelper`], which passes it to a [`Resampling`] on a helper thread.

@@ -35,6 +35,10 @@ impl Default for DecodeOptions {
     }
 }
 
+/// What a streaming decode ([`decode_file_streaming`]) shows the samples to, on its
+/// helper thread, as they are made.
+pub type SampleSink<'a> = dyn FnMut(&[f32]) + Send + 'a;
+
 /// Decoded mono audio.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decoded {
@@ -64,7 +68,7 @@ pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<(Decoded, Tags),
 pub fn decode_file_streaming(
     path: &Path,
     opts: &DecodeOptions,
-    sink: &mut (dyn FnMut(&[f32]) + Send),
+    sink: &mut SampleSink<'_>,
 ) -> Result<(Decoded, Tags), AudioError> {
     decode::decode_path(path, opts, Some(sink))
 }
@@ -75,11 +79,30 @@ pub fn decode_bytes(
     ext_hint: Option<&str>,
     opts: &DecodeOptions,
 ) -> Result<(Decoded, Tags), AudioError> {
+    decode_memory(bytes, ext_hint, opts, None)
+}
+
+/// [`decode_bytes`] with a sink, as [`decode_file_streaming`] takes one.
+pub fn decode_bytes_streaming(
+    bytes: Vec<u8>,
+    ext_hint: Option<&str>,
+    opts: &DecodeOptions,
+    sink: &mut SampleSink<'_>,
+) -> Result<(Decoded, Tags), AudioError> {
+    decode_memory(bytes, ext_hint, opts, Some(sink))
+}
+
+fn decode_memory(
+    bytes: Vec<u8>,
+    ext_hint: Option<&str>,
+    opts: &DecodeOptions,
+    sink: Option<&mut SampleSink<'_>>,
+) -> Result<(Decoded, Tags), AudioError> {
     if bytes.is_empty() {
         return Err(AudioError::Empty);
     }
     let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
-    decode::decode_stream(mss, ext_hint, opts, None).map_err(|e| match e {
+    decode::decode_stream(mss, ext_hint, opts, sink).map_err(|e| match e {
         AudioError::Io { source, .. } => AudioError::Io {
             path: "<memory>".into(),
             source,

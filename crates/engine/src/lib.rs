@@ -585,21 +585,55 @@ impl Engine {
 
     /// Finds every sample of stored references in the audio file at `path`.
     pub fn identify_file(&self, path: &Path) -> Result<Identification, EngineError> {
-        // The spectrogram is made on the decoder's helper thread as the samples come, so
-        // it costs no time of its own (BENCHMARKS.md, session 16).
-        let mut spectrogram = self.fingerprinter.spectrogram_stream();
-        let (decoded, _) = audio::decode_file_streaming(path, &self.decode, &mut |samples| {
-            spectrogram.push(samples)
+        let name = path.display().to_string();
+        let (found, _) = self.identify_decoding(&name, false, |sink| {
+            audio::decode_file_streaming(path, &self.decode, sink)
+                .map(|(decoded, _)| decoded)
+                .map_err(audio_error(path))
+        })?;
+        Ok(found)
+    }
+
+    /// Finds every sample in audio held in memory (an upload; `ext_hint` is the format's
+    /// usual file extension if known), and returns the decoded mono signal with the answer
+    /// (to draw it). The same answer as [`Self::decode_bytes`] then
+    /// [`Self::identify_samples`], sooner: the spectrogram is made while it decodes.
+    pub fn identify_bytes(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        ext_hint: Option<&str>,
+    ) -> Result<(Identification, Vec<f32>), EngineError> {
+        self.identify_decoding(name, true, |sink| {
+            audio::decode_bytes_streaming(bytes, ext_hint, &self.decode, sink)
+                .map(|(decoded, _)| decoded)
+                .map_err(|source| EngineError::Audio {
+                    path: name.to_string(),
+                    source,
+                })
         })
-        .map_err(audio_error(path))?;
+    }
+
+    /// Identifies what `decode` decodes: it is handed a sink for the samples, which makes
+    /// the spectrogram on the decoder's helper thread as they come, so that it costs no
+    /// time of its own (BENCHMARKS.md, session 16). Returns the samples too if asked to
+    /// `keep` them, else an empty vector.
+    fn identify_decoding(
+        &self,
+        name: &str,
+        keep: bool,
+        decode: impl FnOnce(&mut audio::SampleSink<'_>) -> Result<audio::Decoded, EngineError>,
+    ) -> Result<(Identification, Vec<f32>), EngineError> {
+        let mut spectrogram = self.fingerprinter.spectrogram_stream();
+        let decoded = decode(&mut |samples| spectrogram.push(samples))?;
         let n_samples = decoded.samples.len();
-        // The samples (64 KB a second) are not needed past here, so they are not held
-        // through the lookup, when memory peaks.
-        drop(decoded);
+        // Unless asked for, the samples (64 KB a second) are not held through the lookup,
+        // when memory peaks.
+        let samples = if keep { decoded.samples } else { Vec::new() };
         let started = Instant::now();
         let print = self.fingerprinter.query_print_of(&spectrogram.finish());
         let searched = self.search(started, print, &ReferenceFilter::all())?;
-        self.report(&path.display().to_string(), n_samples, searched)
+        Ok((self.report(name, n_samples, searched)?, samples))
     }
 
     /// Finds every sample in mono audio at the engine rate ([`Self::sample_rate_hz`]).

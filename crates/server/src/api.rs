@@ -289,11 +289,8 @@ async fn identify(
             let _slot = slot;
             // The bytes stay counted until decoded and dropped.
             let _held = held;
-            let samples = engine
-                .decode_bytes(&label, upload.bytes, upload.ext)
-                .map_err(|e| ApiError::from_engine(&e))?;
-            let identification = engine
-                .identify_samples(&label, &samples)
+            let (identification, samples) = engine
+                .identify_bytes(&label, upload.bytes, upload.ext)
                 .map_err(|e| ApiError::from_engine(&e))?;
             let waveform = envelope(&samples, engine.sample_rate_hz(), QUERY_WAVEFORM_BUCKETS);
             Ok(IdentifyResponse {

@@ -331,7 +331,9 @@ async fn identify_during_an_upload_job_sees_tracks_whole_or_not_at_all() {
     );
 
     let mut form = reqwest::multipart::Form::new();
-    for seed in 0..100 {
+    // Enough files that several answers overlap the job (100 gave only 2-3 once identify
+    // got faster).
+    for seed in 0..250 {
         form = form.part(
             "file",
             reqwest::multipart::Part::bytes(synthetic_wav(100 + seed, 4.0))
