@@ -629,7 +629,12 @@ impl Engine {
         let n_samples = decoded.samples.len();
         // Unless asked for, the samples (64 KB a second) are not held through the lookup,
         // when memory peaks.
-        let samples = if keep { decoded.samples } else { Vec::new() };
+        let samples = if keep {
+            decoded.samples
+        } else {
+            drop(decoded);
+            Vec::new()
+        };
         let started = Instant::now();
         let print = self.fingerprinter.query_print_of(&spectrogram.finish());
         let searched = self.search(started, print, &ReferenceFilter::all())?;
