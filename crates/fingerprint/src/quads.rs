@@ -307,6 +307,7 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
     let min_dt = p.quad_min_dt_frames / p.max_time_factor;
     let max_dt = p.quad_max_dt_frames * p.max_time_factor;
     let mut cells = Vec::with_capacity(p.max_expansions);
+    let mut coords = Vec::with_capacity(p.max_expansions);
     for_each_anchor_in(
         peaks,
         anchors,
@@ -327,7 +328,7 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
                 let Some(inv) = invariants(a, rest) else {
                     return;
                 };
-                expand_cells(&grid, p, &inv, span, &mut cells);
+                expand_cells(&grid, p, &inv, span, &mut coords, &mut cells);
                 for &hash in &cells {
                     out.push(QueryQuad {
                         hash,
@@ -344,7 +345,14 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
 
 /// Fills `cells` with the hash of the quad's own cell and of the neighbouring cells worth
 /// trying, closest boundaries first, at most `max_expansions` hashes in all.
-fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mut Vec<u32>) {
+fn expand_cells(
+    grid: &Grid,
+    p: &Params,
+    inv: &Invariants,
+    span: f32,
+    coords: &mut Vec<CellCoords>,
+    cells: &mut Vec<u32>,
+) {
     cells.clear();
     let df_cells = inv.df.map(|x| grid.df_cell(x));
     let ratio_cells = inv.ratio.map(|x| grid.ratio_cell(x));
@@ -375,29 +383,34 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
         near[5 + i] = (closeness, 5 + i, 0);
     }
     near.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut base: Vec<([u32; 3], [u32; 2], u32)> = vec![(df_cells, ratio_cells, order)];
+    // Each neighbour worth trying doubles the cells: the ones so far, then each of them
+    // moved to that neighbour. The caller's buffer holds them, so no triplet allocates.
+    coords.clear();
+    coords.push((df_cells, ratio_cells, order));
     for &(closeness, coord, cell) in &near {
-        if closeness > 1.0 || base.len() * 2 > p.max_expansions {
+        let n = coords.len();
+        if closeness > 1.0 || n * 2 > p.max_expansions {
             break;
         }
-        let extra: Vec<_> = base
-            .iter()
-            .map(|&(mut df, mut ratio, mut bits)| {
-                match coord {
-                    0..=2 => df[coord] = cell,
-                    3..=4 => ratio[coord - 3] = cell,
-                    _ => bits ^= 1 << (coord - 5),
-                }
-                (df, ratio, bits)
-            })
-            .collect();
-        base.extend(extra);
+        for k in 0..n {
+            let (mut df, mut ratio, mut bits) = coords[k];
+            match coord {
+                0..=2 => df[coord] = cell,
+                3..=4 => ratio[coord - 3] = cell,
+                _ => bits ^= 1 << (coord - 5),
+            }
+            coords.push((df, ratio, bits));
+        }
     }
     cells.extend(
-        base.iter()
+        coords
+            .iter()
             .map(|&(df, ratio, bits)| grid.pack(df, ratio, bits)),
     );
 }
+
+/// A hash cell as its coordinates: frequency-difference cells, ratio cells, order bits.
+type CellCoords = ([u32; 3], [u32; 2], u32);
 
 /// The neighbouring cell nearer to `coord` and the distance to the shared boundary, in units
 /// of `tol` (so values below 1 are worth trying); infinity where there is no neighbour.

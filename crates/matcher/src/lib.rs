@@ -611,6 +611,7 @@ impl Point {
 #[derive(Default)]
 struct Scratch {
     hits: Vec<Hit>,
+    quads: Vec<QueryQuad>,
     points: Vec<Point>,
     order: Vec<(u64, u32)>,
     keys: Vec<u64>,
@@ -626,10 +627,15 @@ fn match_track(
     scratch: &mut Scratch,
 ) -> Vec<SampleMatch> {
     let track = hits[0].track;
+    // The query quads the hits name, gathered first in a loop of plain loads: they sit at
+    // scattered places of the query's quads (a cache miss each), and a loop with nothing
+    // else in it lets the processor wait for many of them at once.
+    let mut quads = std::mem::take(&mut scratch.quads);
+    quads.clear();
+    quads.extend(hits.iter().map(|h| query[h.query as usize]));
     let mut points = std::mem::take(&mut scratch.points);
     points.clear();
-    points.extend(hits.iter().map(|h| {
-        let q = &query[h.query as usize];
+    points.extend(hits.iter().zip(&quads).map(|(h, q)| {
         let r_span = h.r_span_frames();
         Point {
             log_factor: ((q.span / r_span) as f64).ln(),
@@ -747,7 +753,12 @@ fn match_track(
         };
         out.push(group.into_match(track, &points, p, sig, n_hits));
     }
-    (scratch.points, scratch.order, scratch.claimed) = (points, order, claimed);
+    (
+        scratch.quads,
+        scratch.points,
+        scratch.order,
+        scratch.claimed,
+    ) = (quads, points, order, claimed);
     out
 }
 
