@@ -1,5 +1,6 @@
 //! Target 1: arbitrary bytes -> `audio::decode_bytes` -> reference and query quads, the
-//! chain the engine runs on every indexed file and every query.
+//! chain the engine runs on every indexed file and every query; and the streaming decode
+//! identify uses, which must agree with it.
 
 use std::sync::OnceLock;
 
@@ -44,13 +45,39 @@ pub fn decode_to_fingerprint(data: &[u8]) {
         target_rate_hz: fp.params().sample_rate_hz,
         max_duration_s: MAX_DURATION_S,
     };
-    let decoded = match audio::decode_bytes(bytes.to_vec(), hint, &opts) {
+    let plain = audio::decode_bytes(bytes.to_vec(), hint, &opts);
+    // Identify's decode (resampling on a helper thread, the spectrogram made as the samples
+    // come) gives the same samples or the same error, and the same spectrogram.
+    let mut spectrogram = fp.spectrogram_stream();
+    let streamed = audio::decode_bytes_streaming(bytes.to_vec(), hint, &opts, &mut |samples| {
+        spectrogram.push(samples)
+    });
+    match (&plain, &streamed) {
+        (Ok((a, _)), Ok((b, _))) => assert!(a == b, "the streaming decode differs"),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "different errors"),
+        _ => panic!(
+            "one decode failed and the other did not: {:?} / {:?}",
+            plain.as_ref().err(),
+            streamed.as_ref().err()
+        ),
+    }
+    let decoded = match plain {
         Ok((decoded, _tags)) => decoded,
         Err(error) => {
             assert!(!error.to_string().is_empty(), "an error without a message");
             return;
         }
     };
+    let (whole, streamed) = (fp.spectrogram(&decoded.samples), spectrogram.finish());
+    assert!(
+        whole.n_frames == streamed.n_frames
+            && whole
+                .data
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(streamed.data.iter().map(|x| x.to_bits())),
+        "the streamed spectrogram differs"
+    );
     assert_eq!(decoded.rate_hz, opts.target_rate_hz, "wrong output rate");
     assert!(
         decoded.samples.iter().all(|s| s.is_finite()),
