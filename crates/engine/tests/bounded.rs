@@ -1,43 +1,19 @@
 //! Identify's memory bound: a query whose hits outgrow it is matched in passes over ranges
 //! of references, and finds exactly what one pass finds.
 
-use std::path::PathBuf;
-
-use engine::{Engine, ReferenceFilter};
-use fingerprint::Params;
-use index::{MemStore, TrackId};
+use engine::ReferenceFilter;
+use index::TrackId;
 
 mod common;
 
-use common::{RATE_HZ, music, write_wav};
+use common::{engine_with_references, excerpts_over_music};
 
 #[test]
 fn matching_in_passes_finds_what_one_pass_finds() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let params = Params::default();
-    let mut engine =
-        Engine::with_store(Box::new(MemStore::new(&params.describe())), params).expect("engine");
-    let refs: Vec<Vec<f32>> = (0..8).map(|seed| music(100 + seed, 12.0)).collect();
-    let paths: Vec<PathBuf> = refs
-        .iter()
-        .enumerate()
-        .map(|(i, samples)| {
-            let path = dir.path().join(format!("ref{i}.wav"));
-            write_wav(&path, samples);
-            path
-        })
-        .collect();
-    engine.index_paths(&paths, &mut |_| {}).expect("index");
-
+    let (mut engine, refs) = engine_with_references(dir.path(), 8, 100, 12.0);
     // A query of three references' excerpts in turn, over other music.
-    let second = RATE_HZ as usize;
-    let mut query: Vec<f32> = [(1, 2), (4, 5), (6, 1)]
-        .iter()
-        .flat_map(|&(r, at): &(usize, usize)| refs[r][at * second..(at + 6) * second].to_vec())
-        .collect();
-    for (q, other) in query.iter_mut().zip(music(999, 18.0)) {
-        *q += 0.5 * other;
-    }
+    let query = excerpts_over_music(&refs, &[(1, 2), (4, 5), (6, 1)], 6, 999);
 
     let whole = engine.identify_samples("query", &query).expect("identify");
     assert_eq!(whole.n_passes, 1);

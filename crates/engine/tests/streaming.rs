@@ -3,40 +3,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{RATE_HZ, music, write_wav};
-use engine::Engine;
-use fingerprint::Params;
-use index::MemStore;
+use common::{engine_with_references, excerpts_over_music, write_wav};
 
 #[test]
 fn a_file_bytes_and_samples_give_the_same_answer() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let params = Params::default();
-    let engine =
-        Engine::with_store(Box::new(MemStore::new(&params.describe())), params).expect("engine");
-    let refs: Vec<Vec<f32>> = (0..4).map(|seed| music(300 + seed, 10.0)).collect();
-    let paths: Vec<PathBuf> = refs
-        .iter()
-        .enumerate()
-        .map(|(i, samples)| {
-            let path = dir.path().join(format!("ref{i}.wav"));
-            write_wav(&path, samples);
-            path
-        })
-        .collect();
-    engine.index_paths(&paths, &mut |_| {}).expect("index");
-
+    let (engine, refs) = engine_with_references(dir.path(), 4, 300, 10.0);
     // Two references' excerpts over other music.
-    let second = RATE_HZ as usize;
-    let mut query: Vec<f32> = [(0, 1), (2, 3)]
-        .iter()
-        .flat_map(|&(r, at): &(usize, usize)| refs[r][at * second..(at + 5) * second].to_vec())
-        .collect();
-    for (q, other) in query.iter_mut().zip(music(777, 10.0)) {
-        *q += 0.5 * other;
-    }
+    let query = excerpts_over_music(&refs, &[(0, 1), (2, 3)], 5, 777);
     let path = dir.path().join("query.wav");
     write_wav(&path, &query);
     let bytes = std::fs::read(&path).expect("read query");

@@ -1,6 +1,11 @@
-//! Helpers shared by the engine's integration tests: synthetic music and WAV files.
+//! Helpers shared by the engine's integration tests: synthetic music, WAV files, and an
+//! engine over a few synthetic references.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use engine::Engine;
+use fingerprint::Params;
+use index::MemStore;
 
 pub const RATE_HZ: u32 = 16_000;
 
@@ -62,4 +67,49 @@ pub fn write_wav(path: &Path, samples: &[f32]) {
         b.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
     }
     std::fs::write(path, b).expect("write wav");
+}
+
+/// An engine over an in-memory store holding `n` references of `seconds` of synthetic
+/// music (seeds from `seed`), written as WAV files into `dir`; and their samples.
+pub fn engine_with_references(
+    dir: &Path,
+    n: u64,
+    seed: u64,
+    seconds: f32,
+) -> (Engine, Vec<Vec<f32>>) {
+    let params = Params::default();
+    let engine =
+        Engine::with_store(Box::new(MemStore::new(&params.describe())), params).expect("engine");
+    let refs: Vec<Vec<f32>> = (0..n).map(|i| music(seed + i, seconds)).collect();
+    let paths: Vec<PathBuf> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, samples)| {
+            let path = dir.join(format!("ref{i}.wav"));
+            write_wav(&path, samples);
+            path
+        })
+        .collect();
+    engine.index_paths(&paths, &mut |_| {}).expect("index");
+    (engine, refs)
+}
+
+/// A query of excerpts of `seconds` each, `(reference, start second)` in turn, over other
+/// music (seed `background`) at half the level.
+pub fn excerpts_over_music(
+    refs: &[Vec<f32>],
+    picks: &[(usize, usize)],
+    seconds: usize,
+    background: u64,
+) -> Vec<f32> {
+    let second = RATE_HZ as usize;
+    let mut query: Vec<f32> = picks
+        .iter()
+        .flat_map(|&(r, at)| refs[r][at * second..(at + seconds) * second].to_vec())
+        .collect();
+    let len_s = query.len() as f32 / RATE_HZ as f32;
+    for (q, other) in query.iter_mut().zip(music(background, len_s)) {
+        *q += 0.5 * other;
+    }
+    query
 }
