@@ -607,10 +607,7 @@ impl Engine {
         self.identify_decoding(name, true, |sink| {
             audio::decode_bytes_streaming(bytes, ext_hint, &self.decode, sink)
                 .map(|(decoded, _)| decoded)
-                .map_err(|source| EngineError::Audio {
-                    path: name.to_string(),
-                    source,
-                })
+                .map_err(named_audio_error(name))
         })
     }
 
@@ -926,10 +923,7 @@ impl Engine {
     ) -> Result<Vec<f32>, EngineError> {
         audio::decode_bytes(bytes, ext_hint, &self.decode)
             .map(|(decoded, _)| decoded.samples)
-            .map_err(|source| EngineError::Audio {
-                path: name.to_string(),
-                source,
-            })
+            .map_err(named_audio_error(name))
     }
 
     /// Decodes a stored track's audio from the path it was indexed from (to draw it).
@@ -1001,8 +995,13 @@ pub fn verification_grid(print: &QueryPrint, p: &MatchParams) -> matcher::verify
 
 /// Turns an audio error into the engine's, naming the file.
 fn audio_error(path: &Path) -> impl FnOnce(audio::AudioError) -> EngineError + '_ {
+    move |source| named_audio_error(&path.display().to_string())(source)
+}
+
+/// Turns an audio error into the engine's, naming the audio `name` (an upload's label).
+fn named_audio_error(name: &str) -> impl FnOnce(audio::AudioError) -> EngineError + '_ {
     move |source| EngineError::Audio {
-        path: path.display().to_string(),
+        path: name.to_string(),
         source,
     }
 }

@@ -657,28 +657,13 @@ fn match_track(
     // only the points near a seed's transform are ever read from it (`transform_runs`),
     // so only they are sorted: most of a track's hits are chance far from every seed.
     let mut order = std::mem::take(&mut scratch.order);
-    order.clear();
     let cells: Vec<(u32, u64)> = if p.seed_intercept_frames > 0.0 {
         let mut cells = intercept_seeds(&points, &grid, p, &mut scratch.keys);
         truncate_cells(&mut cells, p);
-        let near = grid.near_cells(&cells);
-        order.extend(
-            points
-                .iter()
-                .enumerate()
-                .filter(|(_, pt)| near.as_ref().is_none_or(|near| near[grid.cell_index(pt)]))
-                .map(|(i, pt)| (grid.key(pt, p), i as u32)),
-        );
-        order.sort_unstable();
+        grid.sort_into_cells(&points, grid.near_cells(&cells).as_deref(), p, &mut order);
         cells
     } else {
-        order.extend(
-            points
-                .iter()
-                .enumerate()
-                .map(|(i, pt)| (grid.key(pt, p), i as u32)),
-        );
-        order.sort_unstable();
+        grid.sort_into_cells(&points, None, p, &mut order);
         let cell_counts: Vec<(u64, u32)> = order
             .chunk_by(|a, b| a.0 == b.0)
             .map(|k| (k[0].0, k.len() as u32))
@@ -925,6 +910,26 @@ impl Grid {
             self.pitch_min + (j as f64 + 0.5) * self.pitch_cell,
             k,
         )
+    }
+
+    /// Fills `order` with the cell key and index of each point (of those whose cell `near`
+    /// marks, if given), sorted.
+    fn sort_into_cells(
+        &self,
+        points: &[Point],
+        near: Option<&[bool]>,
+        p: &MatchParams,
+        order: &mut Vec<(u64, u32)>,
+    ) {
+        order.clear();
+        order.extend(
+            points
+                .iter()
+                .enumerate()
+                .filter(|(_, pt)| near.is_none_or(|near| near[self.cell_index(pt)]))
+                .map(|(i, pt)| (self.key(pt, p), i as u32)),
+        );
+        order.sort_unstable();
     }
 
     /// Position of a point's (time factor, pitch) cell in a `n_lf` x `n_pitch` table.
