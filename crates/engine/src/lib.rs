@@ -962,9 +962,9 @@ fn lookup_order(
         .enumerate()
         .map(|(i, q)| (u64::from(q.hash) << 32) | i as u64)
         .collect();
-    // Every value is distinct (it holds its position), so any correct sort gives the same
-    // order: the parallel one is as deterministic as the serial one.
-    order.par_sort_unstable();
+    // By key, stably: equal keys keep their positions' order, as a sort of the whole
+    // values would leave them.
+    matcher::radix::sort_by_key(&mut order, &mut Vec::new(), |&o| o >> 32);
     let keys = order.iter().map(|&o| (o >> 32) as u32).collect();
     let query = order
         .iter()

@@ -34,57 +34,52 @@ pub fn find_peaks(
     if n_frames < 3 || n_bins < 3 {
         return Vec::new();
     }
-    // Separable maximum filter: first along frequency within each frame, then along time,
-    // in place, column by column. One plane the size of the spectrogram, not two: that
-    // plane and the spectrogram are what an hour of audio costs in memory.
-    let mut nmax = vec![0f32; n_frames * n_bins];
-    let mut sliding = SlidingMax::default();
-    for f in 0..n_frames {
-        sliding.run(
-            spec.frame(f),
-            radius_bins,
-            &mut nmax[f * n_bins..(f + 1) * n_bins],
-        );
-    }
-    // The time pass reads the plane in strips of STRIP_BINS neighbouring bins, a cache line
-    // per frame, rather than one bin at a time across every frame (a strided walk that
-    // missed the cache on every read and cost more than the filter itself).
-    let mut strip = vec![0f32; STRIP_BINS * n_frames];
-    let mut column_max = vec![0f32; n_frames];
-    for k0 in (0..n_bins).step_by(STRIP_BINS) {
-        let width = STRIP_BINS.min(n_bins - k0);
-        for f in 0..n_frames {
-            let row = &nmax[f * n_bins + k0..f * n_bins + k0 + width];
-            for (j, &v) in row.iter().enumerate() {
-                strip[j * n_frames + f] = v;
-            }
-        }
-        for column in strip.chunks_exact_mut(n_frames).take(width) {
-            sliding.run(column, radius_frames, &mut column_max);
-            column.copy_from_slice(&column_max);
-        }
-        for f in 0..n_frames {
-            let row = &mut nmax[f * n_bins + k0..f * n_bins + k0 + width];
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = strip[j * n_frames + f];
-            }
-        }
-    }
-
     // The floor follows the signal's loudest bin, so a gain moves it with the peaks.
     let loudest = spec.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let floor = params.min_log_power.max(loudest - params.dynamic_range_log);
+    // A peak is the maximum of its neighbourhood: of the maxima along frequency (within
+    // `radius_bins`) of the frames within `radius_frames`. Those row maxima are made one
+    // frame at a time into a ring that holds exactly the frames around the one examined
+    // (rows before the first frame and past the last are -inf, which is what clipping the
+    // window means for a maximum), so the filter's memory is a few kilobytes that stay in
+    // the cache, not a plane the size of the spectrogram. Only the points that pass the
+    // cheap tests (floor, and larger than the four next to them) read their neighbourhood
+    // from the ring.
+    let ring_rows = 2 * radius_frames + 1;
+    let mut ring = vec![f32::NEG_INFINITY; ring_rows * n_bins];
+    let mut sliding = SlidingMax::default();
+    // Frames whose row maxima have entered the ring (the next one goes to slot `made %
+    // ring_rows`, over the frame `ring_rows` before it).
+    let mut made = 0usize;
     let mut candidates = Vec::new();
     for f in 1..n_frames - 1 {
+        while made <= f + radius_frames {
+            let row = &mut ring[(made % ring_rows) * n_bins..][..n_bins];
+            if made < n_frames {
+                sliding.run(spec.frame(made), radius_bins, row);
+            } else {
+                row.fill(f32::NEG_INFINITY);
+            }
+            made += 1;
+        }
+        let (previous, frame, next) = (spec.frame(f - 1), spec.frame(f), spec.frame(f + 1));
         for k in 1..n_bins - 1 {
-            let v = spec.at(f, k);
-            if v < floor || v < nmax[f * n_bins + k] {
+            let v = frame[k];
+            if v < floor {
                 continue;
             }
             // Plateaus (equal neighbours) are not peaks: they come from clipping or silence.
-            let (left, right) = (spec.at(f, k - 1), spec.at(f, k + 1));
-            let (before, after) = (spec.at(f - 1, k), spec.at(f + 1, k));
+            let (left, right) = (frame[k - 1], frame[k + 1]);
+            let (before, after) = (previous[k], next[k]);
             if v <= left || v <= right || v <= before || v <= after {
+                continue;
+            }
+            let neighbourhood = ring
+                .iter()
+                .skip(k)
+                .step_by(n_bins)
+                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            if v < neighbourhood {
                 continue;
             }
             candidates.push(Peak {
@@ -96,9 +91,6 @@ pub fn find_peaks(
     }
     thin(candidates, params, peaks_per_s, n_frames, n_bins)
 }
-
-/// Bins per strip of the maximum filter's time pass (16 f32: one cache line a frame).
-const STRIP_BINS: usize = 16;
 
 /// Keeps the strongest peaks of each (block of time, sub-band) cell.
 fn thin(
@@ -213,6 +205,74 @@ mod tests {
                 let expect = input[lo..=hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 prop_assert_eq!(got, expect);
             }
+        }
+    }
+
+    /// The definition, slowly: every point above the floor that is larger than its four
+    /// next neighbours and no smaller than anything within the radii, before thinning.
+    fn naive_candidates(
+        spec: &LogSpectrogram,
+        floor: f32,
+        (rf, rb): (usize, usize),
+    ) -> Vec<(usize, usize)> {
+        let (n_frames, n_bins) = (spec.n_frames, spec.n_bins);
+        let mut out = Vec::new();
+        for f in 1..n_frames - 1 {
+            for k in 1..n_bins - 1 {
+                let v = spec.at(f, k);
+                let strict = [(f, k - 1), (f, k + 1), (f - 1, k), (f + 1, k)]
+                    .iter()
+                    .all(|&(g, j)| v > spec.at(g, j));
+                let mut widest = f32::NEG_INFINITY;
+                for g in f.saturating_sub(rf)..=(f + rf).min(n_frames - 1) {
+                    for j in k.saturating_sub(rb)..=(k + rb).min(n_bins - 1) {
+                        widest = widest.max(spec.at(g, j));
+                    }
+                }
+                if v >= floor && strict && v >= widest {
+                    out.push((f, k));
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn peaks_are_the_maxima_of_their_neighbourhoods(
+            n_frames in 3usize..60,
+            n_bins in 3usize..40,
+            levels in 2u32..40,
+            rf in 0usize..10,
+            rb in 0usize..10,
+            seed in any::<u64>(),
+        ) {
+            // Few levels, so that ties and plateaus are common.
+            let mut state = seed | 1;
+            let data = (0..n_frames * n_bins)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % u64::from(levels)) as f32 - 30.0
+                })
+                .collect();
+            let spec = LogSpectrogram { n_frames, n_bins, data };
+            // Thinning keeps everything: one cell a frame and sub-band would hold it all.
+            let params = Params {
+                density_block_frames: 1,
+                density_subbands: 1,
+                min_log_power: -20.0,
+                dynamic_range_log: 100.0,
+                ..Params::default()
+            };
+            let peaks = find_peaks(&spec, &params, 1e9, (rf, rb));
+            let mut found: Vec<(usize, usize)> = peaks
+                .iter()
+                .map(|p| (p.time.round() as usize, p.bin.round() as usize))
+                .collect();
+            found.sort_unstable();
+            prop_assert_eq!(found, naive_candidates(&spec, -20.0, (rf, rb)));
         }
     }
 

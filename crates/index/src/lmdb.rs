@@ -98,7 +98,7 @@ use heed::{
 use crate::anchors::{self, Anchors};
 use crate::block::{BLOCK_BITS, Block, BlockBuilder, List, block_of};
 use crate::codec::{
-    ALL_PARTITIONS, N_PARTITIONS, Run, Section, SortedQueries, catalogue_key,
+    ALL_PARTITIONS, N_PARTITIONS, QueryGroup, Run, Section, SortedQueries, catalogue_key,
     catalogue_key_is_exact, duration_us, encode_run, merged_metadata, partition_of,
     prepare_entries, run_order, sort_queries, validate_scan, validate_side_data,
     validate_track_info,
@@ -849,7 +849,13 @@ impl LmdbStore {
             tracks,
             &[true; N_PARTITIONS],
             self.options.lookup_resident_bytes,
-            &mut |_, i, posting| visit(i, posting),
+            &mut |_, group, list| {
+                for &posting in list {
+                    for i in group.indices() {
+                        visit(i, posting);
+                    }
+                }
+            },
         )
     }
 
@@ -858,7 +864,9 @@ impl LmdbStore {
     /// `visit(partition, i, posting)`. The cap counts every live posting of a key, in
     /// `tracks` or not; a posting list is read only up to its last track in `tracks` when
     /// no tombstone asks for the rest to be counted. What it reads through the map is
-    /// released past `resident_budget` bytes.
+    /// released past `resident_budget` bytes. Each key's postings come in one call,
+    /// `visit(partition, queries of the key, postings)`, which visits every posting for
+    /// every query in turn: one call a key rather than one a posting and query.
     #[allow(clippy::too_many_arguments)]
     fn lookup_partitions(
         &self,
@@ -868,7 +876,7 @@ impl LmdbStore {
         tracks: &RangeInclusive<TrackId>,
         serves: &[bool; N_PARTITIONS],
         resident_budget: usize,
-        visit: &mut dyn FnMut(usize, usize, Posting),
+        visit: &mut impl FnMut(usize, &QueryGroup<'_>, &[Posting]),
     ) -> Result<(), IndexError> {
         let counters = self.read_counters(rtxn)?;
         let runs = self.load_runs(rtxn)?;
@@ -988,11 +996,7 @@ impl LmdbStore {
             for posting in &mut list {
                 *posting = tables.resolve(*posting)?;
             }
-            for &posting in &list {
-                for query in group.indices() {
-                    visit(partition, query, posting);
-                }
-            }
+            visit(partition, &group, &list);
         }
         residency.release();
         Ok(())
@@ -2046,7 +2050,14 @@ impl Store for LmdbStore {
                     &tracks,
                     &serves,
                     budget,
-                    &mut |partition, i, posting| (mine[slot[partition % n_shards]].1)(i, posting),
+                    &mut |partition, group, list| {
+                        let visit = &mut *mine[slot[partition % n_shards]].1;
+                        for &posting in list {
+                            for i in group.indices() {
+                                visit(i, posting);
+                            }
+                        }
+                    },
                 )
             })
             .collect::<Result<Vec<()>, IndexError>>()

@@ -17,6 +17,7 @@
 //!
 //! This crate does no IO.
 
+pub mod radix;
 mod score;
 pub mod verify;
 
@@ -67,9 +68,18 @@ pub const REF_SPAN_SCALE: f32 = 16.0;
 /// the order matching adds their numbers up in then depends on the hits alone, not on how
 /// they were sharded or which other tracks' hits shared the shards, so a track matched in
 /// a pass of its own, or from any number of shards, gives the same result to the last
-/// bit. One u64 key and a fix-up of the rare runs it leaves tied.
-fn sort_track_hits(hits: &mut [Hit]) {
-    hits.sort_unstable_by_key(|h| (u64::from(h.query) << 32) | u64::from(h.r_time));
+/// bit. One u64 key (radix-sorted, with `scratch` as working space) and a fix-up of the
+/// rare runs it leaves tied.
+fn sort_track_hits(hits: &mut Vec<Hit>, scratch: &mut Vec<Hit>) {
+    // The time's bits right below the query's, so that no bit between them costs a pass.
+    let time_bits = hits
+        .iter()
+        .map(|h| h.r_time)
+        .max()
+        .map_or(0, |t| u32::BITS - t.leading_zeros());
+    radix::sort_by_key(hits, scratch, |h| {
+        (u64::from(h.query) << time_bits) | u64::from(h.r_time)
+    });
     for run in hits.chunk_by_mut(|a, b| a.query == b.query && a.r_time == b.r_time) {
         if run.len() > 1 {
             run.sort_unstable_by_key(|h| (h.r_bin, h.r_span, h.track));
@@ -470,7 +480,7 @@ fn matches_in_scope(
             let mut track_hits = std::mem::take(&mut scratch.hits);
             track_hits.clear();
             track_hits.extend(parts.iter().flat_map(slice).copied());
-            sort_track_hits(&mut track_hits);
+            sort_track_hits(&mut track_hits, &mut scratch.sorting);
             let found = match_track(&track_hits, query, p, query_frames, n_tracks_hit, scratch);
             scratch.hits = track_hits;
             found
@@ -611,10 +621,14 @@ impl Point {
 #[derive(Default)]
 struct Scratch {
     hits: Vec<Hit>,
+    /// Working space of the radix sort of `hits`.
+    sorting: Vec<Hit>,
     quads: Vec<QueryQuad>,
     points: Vec<Point>,
     order: Vec<(u64, u32)>,
     keys: Vec<u64>,
+    /// Working space of the radix sort of `keys`.
+    keys_sorting: Vec<u64>,
     claimed: Vec<bool>,
 }
 
@@ -658,7 +672,13 @@ fn match_track(
     // so only they are sorted: most of a track's hits are chance far from every seed.
     let mut order = std::mem::take(&mut scratch.order);
     let cells: Vec<(u32, u64)> = if p.seed_intercept_frames > 0.0 {
-        let mut cells = intercept_seeds(&points, &grid, p, &mut scratch.keys);
+        let mut cells = intercept_seeds(
+            &points,
+            &grid,
+            p,
+            &mut scratch.keys,
+            &mut scratch.keys_sorting,
+        );
         truncate_cells(&mut cells, p);
         grid.sort_into_cells(&points, grid.near_cells(&cells).as_deref(), p, &mut order);
         cells
@@ -799,6 +819,7 @@ fn intercept_seeds(
     grid: &Grid,
     p: &MatchParams,
     keys: &mut Vec<u64>,
+    sorting: &mut Vec<u64>,
 ) -> Vec<(u32, u64)> {
     const LF_SHIFT: u32 = 56;
     const PITCH_SHIFT: u32 = 48;
@@ -825,7 +846,7 @@ fn intercept_seeds(
         let m = ((b.max(0.0) / p.seed_intercept_frames) as u64).min(MAX_FIELD);
         ((i + 1) << LF_SHIFT) | ((j + 1) << PITCH_SHIFT) | ((k + 1) << BLOCK_SHIFT) | (m + 1)
     }));
-    keys.sort_unstable();
+    radix::sort_by_key(keys, sorting, |&k| k);
     let counts: Vec<(u64, u32)> = keys
         .chunk_by(|a, b| a == b)
         .map(|c| (c[0], c.len() as u32))
