@@ -612,8 +612,8 @@ impl Engine {
     }
 
     /// Identifies what `decode` decodes: it is handed a sink for the samples, which makes
-    /// the spectrogram on the decoder's helper thread as they come, so that it costs no
-    /// time of its own (BENCHMARKS.md, session 16). Returns the samples too if asked to
+    /// the spectrogram and picks most of the peaks on the decoder's helper thread as they
+    /// come, so that they cost little time of their own (BENCHMARKS.md, sessions 16-17). Returns the samples too if asked to
     /// `keep` them, else an empty vector.
     fn identify_decoding(
         &self,
@@ -621,8 +621,8 @@ impl Engine {
         keep: bool,
         decode: impl FnOnce(&mut audio::SampleSink<'_>) -> Result<audio::Decoded, EngineError>,
     ) -> Result<(Identification, Vec<f32>), EngineError> {
-        let mut spectrogram = self.fingerprinter.spectrogram_stream();
-        let decoded = decode(&mut |samples| spectrogram.push(samples))?;
+        let mut print = self.fingerprinter.query_stream();
+        let decoded = decode(&mut |samples| print.push(samples))?;
         let n_samples = decoded.samples.len();
         // Unless asked for, the samples (64 KB a second) are not held through the lookup,
         // when memory peaks.
@@ -633,7 +633,7 @@ impl Engine {
             Vec::new()
         };
         let started = Instant::now();
-        let print = self.fingerprinter.query_print_of(&spectrogram.finish());
+        let print = print.finish();
         let searched = self.search(started, print, &ReferenceFilter::all())?;
         Ok((self.report(name, n_samples, searched)?, samples))
     }

@@ -13,7 +13,7 @@ pub mod peaks;
 pub mod quads;
 pub mod spectrogram;
 
-pub use peaks::Peak;
+pub use peaks::{Peak, PeakPicker};
 pub use quads::{FREQ_SCALE, QueryQuad, RefQuad, SPAN_SCALE, TIME_SCALE, whole_frames};
 pub use spectrogram::{LogSpectrogram, SpectrogramBuilder, SpectrogramStream};
 
@@ -490,6 +490,30 @@ impl Fingerprinter {
         self.spectrogram.stream()
     }
 
+    /// A query's print to feed its samples as they are decoded: the spectrogram and most
+    /// of the peak picking then overlap the decoding. Gives exactly [`Self::query_print`]
+    /// of all the samples.
+    pub fn query_stream(&self) -> QueryStream<'_> {
+        let p = &self.params;
+        let n_bins = self.spectrogram.n_bins();
+        QueryStream {
+            fingerprinter: self,
+            spectrogram: self.spectrogram.stream(),
+            hash_peaks: PeakPicker::new(
+                p,
+                p.query_peaks_per_s,
+                (p.query_peak_radius_frames, p.query_peak_radius_bins),
+                n_bins,
+            ),
+            verify_peaks: PeakPicker::new(
+                p,
+                p.verify_peaks_per_s,
+                (p.verify_radius_frames, p.verify_radius_bins),
+                n_bins,
+            ),
+        }
+    }
+
     /// [`Self::query_print`] from the query's spectrogram.
     pub fn query_print_of(&self, spec: &LogSpectrogram) -> QueryPrint {
         let p = &self.params;
@@ -515,9 +539,80 @@ impl Fingerprinter {
     }
 }
 
+/// A query's print made as its samples arrive ([`Fingerprinter::query_stream`]).
+pub struct QueryStream<'f> {
+    fingerprinter: &'f Fingerprinter,
+    spectrogram: SpectrogramStream<'f>,
+    hash_peaks: PeakPicker<'f>,
+    verify_peaks: PeakPicker<'f>,
+}
+
+impl QueryStream<'_> {
+    /// Takes the next samples of the signal.
+    pub fn push(&mut self, samples: &[f32]) {
+        self.spectrogram.push(samples);
+        let data = self.spectrogram.data();
+        self.hash_peaks.advance(data);
+        self.verify_peaks.advance(data);
+    }
+
+    /// The print of everything pushed.
+    pub fn finish(self) -> QueryPrint {
+        let spec = self.spectrogram.finish();
+        let (hash_peaks, verify_peaks) = (self.hash_peaks, self.verify_peaks);
+        let (peaks, verify_peaks) = rayon::join(
+            || hash_peaks.finish(&spec.data),
+            || verify_peaks.finish(&spec.data),
+        );
+        QueryPrint {
+            quads: quads::query_quads(&peaks, &self.fingerprinter.params),
+            verify_peaks,
+            n_frames: spec.n_frames,
+            n_bins: spec.n_bins,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_stream_in_pieces_gives_the_query_print() {
+        // Three seconds of tones that come and go over noise, so that there are peaks
+        // near every piece's edges.
+        let fp = Fingerprinter::new(Params::default()).expect("valid");
+        let mut state = 7u32;
+        let samples: Vec<f32> = (0..48_000)
+            .map(|i| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let noise = ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.05;
+                let t = i as f32 / 16_000.0;
+                let on = ((i / 1_700) % 3 != 0) as u8 as f32;
+                let tone =
+                    (t * (440.0 + 90.0 * ((i / 1_700) % 5) as f32) * std::f32::consts::TAU).sin();
+                noise + on * tone * 0.3
+            })
+            .collect();
+        let whole = fp.query_print(&samples);
+        assert!(whole.quads.len() > 1_000 && whole.verify_peaks.len() > 100);
+        for piece in [1, 127, 1_000, 4_097, 48_000] {
+            let mut stream = fp.query_stream();
+            for chunk in samples.chunks(piece) {
+                stream.push(chunk);
+            }
+            let streamed = stream.finish();
+            assert_eq!(streamed.quads, whole.quads, "pieces of {piece}");
+            assert_eq!(
+                streamed.verify_peaks, whole.verify_peaks,
+                "pieces of {piece}"
+            );
+            assert_eq!(
+                (streamed.n_frames, streamed.n_bins),
+                (whole.n_frames, whole.n_bins)
+            );
+        }
+    }
 
     #[test]
     fn default_params_are_valid() {

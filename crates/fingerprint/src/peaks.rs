@@ -28,41 +28,129 @@ pub fn find_peaks(
     spec: &LogSpectrogram,
     params: &Params,
     peaks_per_s: f32,
-    (radius_frames, radius_bins): (usize, usize),
+    radius: (usize, usize),
 ) -> Vec<Peak> {
-    let (n_frames, n_bins) = (spec.n_frames, spec.n_bins);
-    if n_frames < 3 || n_bins < 3 {
-        return Vec::new();
-    }
-    // The floor follows the signal's loudest bin, so a gain moves it with the peaks.
-    let loudest = spec.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let floor = params.min_log_power.max(loudest - params.dynamic_range_log);
-    // A peak is the maximum of its neighbourhood: of the maxima along frequency (within
-    // `radius_bins`) of the frames within `radius_frames`. Those row maxima are made one
-    // frame at a time into a ring that holds exactly the frames around the one examined
-    // (rows before the first frame and past the last are -inf, which is what clipping the
-    // window means for a maximum), so the filter's memory is a few kilobytes that stay in
-    // the cache, not a plane the size of the spectrogram. Only the points that pass the
-    // cheap tests (floor, and larger than the four next to them) read their neighbourhood
-    // from the ring.
-    let ring_rows = 2 * radius_frames + 1;
-    let mut ring = vec![f32::NEG_INFINITY; ring_rows * n_bins];
-    let mut sliding = SlidingMax::default();
-    // Frames whose row maxima have entered the ring (the next one goes to slot `made %
-    // ring_rows`, over the frame `ring_rows` before it).
-    let mut made = 0usize;
-    let mut candidates = Vec::new();
-    for f in 1..n_frames - 1 {
-        while made <= f + radius_frames {
-            let row = &mut ring[(made % ring_rows) * n_bins..][..n_bins];
-            if made < n_frames {
-                sliding.run(spec.frame(made), radius_bins, row);
-            } else {
-                row.fill(f32::NEG_INFINITY);
-            }
-            made += 1;
+    let mut picker = PeakPicker::new(params, peaks_per_s, radius, spec.n_bins);
+    picker.advance(&spec.data);
+    picker.finish(&spec.data)
+}
+
+/// [`find_peaks`] on a spectrogram that grows as its frames are made: each call to
+/// [`Self::advance`] examines the frames whose whole neighbourhood has arrived, so most of
+/// the work is done by the time the last frame is, and [`Self::finish`] gives exactly what
+/// `find_peaks` gives for the whole spectrogram.
+///
+/// A peak is the maximum of its neighbourhood: of the maxima along frequency (within the
+/// bin radius) of the frames within the frame radius. Those row maxima are made one frame
+/// at a time into a ring that holds exactly the frames around the one examined (rows
+/// before the first frame and past the last are -inf, which is what clipping the window
+/// means for a maximum), so the filter's memory is a few kilobytes that stay in the cache,
+/// not a plane the size of the spectrogram. Only the points that pass the cheap tests
+/// (the floor, and larger than the four next to them) read their neighbourhood from the
+/// ring.
+pub struct PeakPicker<'p> {
+    params: &'p Params,
+    peaks_per_s: f32,
+    radius_frames: usize,
+    radius_bins: usize,
+    n_bins: usize,
+    /// Row maxima of `2 * radius_frames + 1` frames; frame `g` in row `g % rows`.
+    ring: Vec<f32>,
+    /// Frames whose row maxima have entered the ring.
+    made: usize,
+    /// The next frame to examine.
+    next: usize,
+    /// The loudest value of the frames made so far.
+    loudest: f32,
+    sliding: SlidingMax,
+    /// Peaks above the lowest floor there can be (`min_log_power`): the floor also follows
+    /// the loudest value, which is known only at the end.
+    candidates: Vec<Peak>,
+}
+
+impl<'p> PeakPicker<'p> {
+    /// A picker for spectrograms of `n_bins` bins a frame.
+    pub fn new(
+        params: &'p Params,
+        peaks_per_s: f32,
+        (radius_frames, radius_bins): (usize, usize),
+        n_bins: usize,
+    ) -> Self {
+        Self {
+            params,
+            peaks_per_s,
+            radius_frames,
+            radius_bins,
+            n_bins,
+            ring: vec![f32::NEG_INFINITY; (2 * radius_frames + 1) * n_bins],
+            made: 0,
+            next: 1,
+            loudest: f32::NEG_INFINITY,
+            sliding: SlidingMax::default(),
+            candidates: Vec::new(),
         }
-        let (previous, frame, next) = (spec.frame(f - 1), spec.frame(f), spec.frame(f + 1));
+    }
+
+    /// Examines what `data` (every frame so far, frame-major; it only ever grows) now
+    /// allows.
+    pub fn advance(&mut self, data: &[f32]) {
+        if self.n_bins < 3 {
+            return;
+        }
+        let n_frames = data.len() / self.n_bins;
+        // Frame f needs the row maxima up to f + radius and the frame after it.
+        let ahead = self.radius_frames.max(1);
+        while self.next + ahead < n_frames {
+            self.examine(data, self.next, None);
+            self.next += 1;
+        }
+    }
+
+    /// The peaks of the whole spectrogram `data` (everything given to [`Self::advance`]
+    /// and any frames since), thinned to the density asked for.
+    pub fn finish(mut self, data: &[f32]) -> Vec<Peak> {
+        let n_bins = self.n_bins;
+        let n_frames = if n_bins == 0 { 0 } else { data.len() / n_bins };
+        if n_frames < 3 || n_bins < 3 {
+            return Vec::new();
+        }
+        while self.next + 1 < n_frames {
+            self.examine(data, self.next, Some(n_frames));
+            self.next += 1;
+        }
+        // Frames that no examined frame needed (the last, with a radius of 0 frames) still
+        // count for the loudest value.
+        while self.made < n_frames {
+            let frame = &data[self.made * n_bins..][..n_bins];
+            self.loudest = frame.iter().copied().fold(self.loudest, f32::max);
+            self.made += 1;
+        }
+        // The floor follows the signal's loudest bin, so a gain moves it with the peaks.
+        let p = self.params;
+        let floor = p.min_log_power.max(self.loudest - p.dynamic_range_log);
+        self.candidates.retain(|peak| peak.strength >= floor);
+        thin(self.candidates, p, self.peaks_per_s, n_frames, n_bins)
+    }
+
+    /// Looks for peaks in frame `f` of `data`; `end`, the number of frames, once known
+    /// (rows past it are -inf).
+    fn examine(&mut self, data: &[f32], f: usize, end: Option<usize>) {
+        let n_bins = self.n_bins;
+        let rows = 2 * self.radius_frames + 1;
+        while self.made <= f + self.radius_frames {
+            let row = &mut self.ring[(self.made % rows) * n_bins..][..n_bins];
+            if end.is_some_and(|n| self.made >= n) {
+                row.fill(f32::NEG_INFINITY);
+            } else {
+                let frame = &data[self.made * n_bins..][..n_bins];
+                self.loudest = frame.iter().copied().fold(self.loudest, f32::max);
+                self.sliding.run(frame, self.radius_bins, row);
+            }
+            self.made += 1;
+        }
+        let floor = self.params.min_log_power;
+        let frame_at = |g: usize| &data[g * n_bins..][..n_bins];
+        let (previous, frame, next) = (frame_at(f - 1), frame_at(f), frame_at(f + 1));
         for k in 1..n_bins - 1 {
             let v = frame[k];
             if v < floor {
@@ -74,7 +162,8 @@ pub fn find_peaks(
             if v <= left || v <= right || v <= before || v <= after {
                 continue;
             }
-            let neighbourhood = ring
+            let neighbourhood = self
+                .ring
                 .iter()
                 .skip(k)
                 .step_by(n_bins)
@@ -82,14 +171,13 @@ pub fn find_peaks(
             if v < neighbourhood {
                 continue;
             }
-            candidates.push(Peak {
+            self.candidates.push(Peak {
                 time: f as f32 + parabolic_offset(before, v, after),
                 bin: k as f32 + parabolic_offset(left, v, right),
                 strength: v,
             });
         }
     }
-    thin(candidates, params, peaks_per_s, n_frames, n_bins)
 }
 
 /// Keeps the strongest peaks of each (block of time, sub-band) cell.
@@ -237,6 +325,41 @@ mod tests {
         out
     }
 
+    /// A spectrogram of few levels, so that ties and plateaus are common.
+    fn levels_spectrogram(
+        n_frames: usize,
+        n_bins: usize,
+        levels: u32,
+        seed: u64,
+    ) -> LogSpectrogram {
+        let mut state = seed | 1;
+        let data = (0..n_frames * n_bins)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % u64::from(levels)) as f32 - 30.0
+            })
+            .collect();
+        LogSpectrogram {
+            n_frames,
+            n_bins,
+            data,
+        }
+    }
+
+    /// Parameters whose thinning keeps every peak (one cell a frame and sub-band holds
+    /// them all at the density asked for in these tests, 1e9 a second).
+    fn keep_all(dynamic_range_log: f32) -> Params {
+        Params {
+            density_block_frames: 1,
+            density_subbands: 1,
+            min_log_power: -20.0,
+            dynamic_range_log,
+            ..Params::default()
+        }
+    }
+
     proptest! {
         #[test]
         fn peaks_are_the_maxima_of_their_neighbourhoods(
@@ -245,35 +368,59 @@ mod tests {
             levels in 2u32..40,
             rf in 0usize..10,
             rb in 0usize..10,
+            range in 1f32..40.0,
             seed in any::<u64>(),
         ) {
-            // Few levels, so that ties and plateaus are common.
-            let mut state = seed | 1;
-            let data = (0..n_frames * n_bins)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state % u64::from(levels)) as f32 - 30.0
-                })
-                .collect();
-            let spec = LogSpectrogram { n_frames, n_bins, data };
-            // Thinning keeps everything: one cell a frame and sub-band would hold it all.
-            let params = Params {
-                density_block_frames: 1,
-                density_subbands: 1,
-                min_log_power: -20.0,
-                dynamic_range_log: 100.0,
-                ..Params::default()
-            };
-            let peaks = find_peaks(&spec, &params, 1e9, (rf, rb));
+            let spec = levels_spectrogram(n_frames, n_bins, levels, seed);
+            let peaks = find_peaks(&spec, &keep_all(range), 1e9, (rf, rb));
             let mut found: Vec<(usize, usize)> = peaks
                 .iter()
                 .map(|p| (p.time.round() as usize, p.bin.round() as usize))
                 .collect();
             found.sort_unstable();
-            prop_assert_eq!(found, naive_candidates(&spec, -20.0, (rf, rb)));
+            let loudest = spec.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let floor = (-20f32).max(loudest - range);
+            prop_assert_eq!(found, naive_candidates(&spec, floor, (rf, rb)));
         }
+
+        #[test]
+        fn frames_in_any_pieces_give_the_same_peaks(
+            n_frames in 0usize..80,
+            n_bins in 0usize..30,
+            rf in 0usize..10,
+            rb in 0usize..6,
+            range in 1f32..40.0,
+            pieces in proptest::collection::vec(0usize..20, 0..12),
+            seed in any::<u64>(),
+        ) {
+            let spec = levels_spectrogram(n_frames, n_bins, 30, seed);
+            let params = Params { density_block_frames: 7, density_subbands: 2, ..keep_all(range) };
+            let whole = find_peaks(&spec, &params, 40.0, (rf, rb));
+            let mut picker = PeakPicker::new(&params, 40.0, (rf, rb), n_bins);
+            let mut frames = 0;
+            for piece in pieces {
+                frames = (frames + piece).min(n_frames);
+                picker.advance(&spec.data[..frames * n_bins]);
+            }
+            prop_assert_eq!(picker.finish(&spec.data), whole);
+        }
+    }
+
+    #[test]
+    fn the_floor_follows_the_loudest_frame_even_the_last() {
+        // A peak at -10 in frame 2, and the loudest value (+20) in the last frame, which
+        // a radius of 0 frames never reads as a neighbour.
+        let mut spec = LogSpectrogram {
+            n_frames: 5,
+            n_bins: 5,
+            data: vec![-30.0; 25],
+        };
+        spec.data[2 * 5 + 2] = -10.0;
+        spec.data[4 * 5 + 2] = 20.0;
+        // Floor: max(-20, 20 - 25) = -5, above the peak.
+        assert!(find_peaks(&spec, &keep_all(25.0), 1e9, (0, 1)).is_empty());
+        // Floor: max(-20, 20 - 35) = -15, below it.
+        assert_eq!(find_peaks(&spec, &keep_all(35.0), 1e9, (0, 1)).len(), 1);
     }
 
     #[test]

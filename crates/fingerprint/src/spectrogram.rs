@@ -98,6 +98,11 @@ impl SpectrogramBuilder {
         }
     }
 
+    /// Number of log-frequency bins of a frame.
+    pub fn n_bins(&self) -> usize {
+        self.map.len()
+    }
+
     /// Number of frames a signal of `n_samples` yields.
     pub fn n_frames(&self, n_samples: usize) -> usize {
         if n_samples < self.fft_size {
@@ -215,6 +220,11 @@ impl SpectrogramStream<'_> {
             self.pending.drain(..self.next_start);
             self.next_start = 0;
         }
+    }
+
+    /// The frames made so far, frame-major (what [`Self::finish`] will hold, so far).
+    pub fn data(&self) -> &[f32] {
+        &self.data
     }
 
     /// The spectrogram of everything pushed.
