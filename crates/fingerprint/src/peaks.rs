@@ -110,7 +110,7 @@ impl<'p> PeakPicker<'p> {
     /// and any frames since), thinned to the density asked for.
     pub fn finish(mut self, data: &[f32]) -> Vec<Peak> {
         let n_bins = self.n_bins;
-        let n_frames = if n_bins == 0 { 0 } else { data.len() / n_bins };
+        let n_frames = data.len().checked_div(n_bins).unwrap_or(0);
         if n_frames < 3 || n_bins < 3 {
             return Vec::new();
         }
