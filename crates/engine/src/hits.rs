@@ -53,9 +53,14 @@ impl Hasher for TrackIdHasher {
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Where one lookup shard's hits go: kept while the lookup's hits, over all shards, fit
-/// in their budget (`kept`, shared), counted after.
+/// in their budget (`kept`, shared), counted after. Kept hits fill blocks of
+/// [`HIT_BLOCK`]: a vector that doubled as it grew copied its hits at each doubling and
+/// held up to twice what it needed, where a block once full stays put.
 pub(crate) struct HitSink<'a> {
+    /// The block being filled.
     hits: Vec<Hit>,
+    /// Full blocks.
+    full: Vec<Vec<Hit>>,
     /// Hits this sink may still keep before it asks the shared budget for more.
     reserved: usize,
     budget: Option<&'a Budget>,
@@ -70,6 +75,10 @@ pub(crate) struct HitSink<'a> {
 pub(crate) struct Budget {
     left: AtomicUsize,
 }
+
+/// Hits a block of a [`HitSink`] holds (4 MB): the matcher takes blocks as they are, so
+/// they must be large enough that a track's hits are a few runs of each, not many.
+const HIT_BLOCK: usize = 1 << 18;
 
 /// Hits a sink takes from the shared budget at a time: few enough that what the shards
 /// hold unused (under a batch each) is a small part of any useful budget (16 shards: 16K
@@ -138,7 +147,8 @@ impl<'a> HitSink<'a> {
     /// `expected` of them to start with.
     pub(crate) fn new(budget: Option<&'a Budget>, expected: usize) -> Self {
         Self {
-            hits: Vec::with_capacity(expected),
+            hits: Vec::with_capacity(expected.min(HIT_BLOCK)),
+            full: Vec::new(),
             reserved: if budget.is_some() { 0 } else { usize::MAX },
             budget,
             counted: None,
@@ -158,18 +168,28 @@ impl<'a> HitSink<'a> {
             Some(counted) => counted.add(&hit, plausible),
             None => {
                 self.reserved -= 1;
+                if self.hits.len() == HIT_BLOCK {
+                    let block = std::mem::replace(&mut self.hits, Vec::with_capacity(HIT_BLOCK));
+                    self.full.push(block);
+                }
                 self.hits.push(hit);
             }
         }
     }
 
+    /// Hits kept.
+    fn kept(&self) -> usize {
+        self.full.iter().map(Vec::len).sum::<usize>() + self.hits.len()
+    }
+
     /// Turns the kept hits into counts and frees them.
     fn overflow(&mut self, plausible: &Plausible<'_>) {
         let mut counted = Counted::default();
-        for hit in &self.hits {
+        for hit in self.full.iter().flatten().chain(&self.hits) {
             counted.add(hit, plausible);
         }
         self.hits = Vec::new();
+        self.full = Vec::new();
         self.counted = Some(counted);
     }
 }
@@ -183,7 +203,7 @@ pub(crate) struct Plausible<'q> {
 /// What a lookup into several sinks gave: every hit, or (when they outgrew the budget)
 /// counts only.
 pub(crate) enum Collected {
-    /// The hits, one vector per lookup shard.
+    /// The hits, in blocks (each from one lookup shard).
     All(Vec<Vec<Hit>>),
     /// The hits outgrew the budget; the passes that will hold them and the scope that
     /// their matching shares.
@@ -202,9 +222,15 @@ pub(crate) fn collect(
     ids: &RangeInclusive<TrackId>,
     budget: usize,
 ) -> Collected {
-    let kept: usize = sinks.iter().map(|s| s.hits.len()).sum();
+    let kept: usize = sinks.iter().map(HitSink::kept).sum();
     if sinks.iter().all(|s| s.counted.is_none()) && kept <= budget {
-        return Collected::All(sinks.into_iter().map(|s| s.hits).collect());
+        return Collected::All(
+            sinks
+                .into_iter()
+                .flat_map(|s| s.full.into_iter().chain([s.hits]))
+                .filter(|block| !block.is_empty())
+                .collect(),
+        );
     }
     let mut total = Counted::default();
     for mut sink in sinks {
@@ -322,6 +348,23 @@ mod tests {
         ));
         assert_eq!(passes.len(), 2, "{passes:?}");
         assert_eq!(*passes[1].end(), 6, "up to the last track counted");
+    }
+
+    #[test]
+    fn hits_beyond_a_block_are_all_kept_or_all_counted() {
+        let n = 2 * HIT_BLOCK + 5;
+        let Collected::All(blocks) = lookup(usize::MAX / 2, &[n, 3]) else {
+            panic!("everything fits");
+        };
+        assert_eq!(blocks.iter().map(Vec::len).sum::<usize>(), n + 3);
+        assert_eq!(blocks.len(), 4, "three blocks of the first sink, one of the second");
+        assert!(blocks.iter().all(|b| b.len() <= HIT_BLOCK));
+        // Over the budget after two full blocks: the counts cover every hit.
+        let Collected::Over { passes, scope } = lookup(HIT_BLOCK, &[n, 3]) else {
+            panic!("does not fit");
+        };
+        assert_eq!(scope.n_tracks_hit, 7);
+        assert!(passes.len() >= 2, "{passes:?}");
     }
 
     #[test]
