@@ -357,7 +357,11 @@ mod tests {
             panic!("everything fits");
         };
         assert_eq!(blocks.iter().map(Vec::len).sum::<usize>(), n + 3);
-        assert_eq!(blocks.len(), 4, "three blocks of the first sink, one of the second");
+        assert_eq!(
+            blocks.len(),
+            4,
+            "three blocks of the first sink, one of the second"
+        );
         assert!(blocks.iter().all(|b| b.len() <= HIT_BLOCK));
         // Over the budget after two full blocks: the counts cover every hit.
         let Collected::Over { passes, scope } = lookup(HIT_BLOCK, &[n, 3]) else {
