@@ -65,7 +65,13 @@ pub(crate) struct HitSink<'a> {
     reserved: usize,
     budget: Option<&'a Budget>,
     counted: Option<Counted>,
+    /// Hits offered and admitted, not yet pushed: the first `n_offered`.
+    offered: [Hit; OFFERED],
+    n_offered: usize,
 }
+
+/// Hits a sink gathers from [`HitSink::offer`] before pushing them.
+const OFFERED: usize = 64;
 
 /// A lookup's budget of hits, shared by its sinks (which run on several threads): each
 /// takes [`BUDGET_BATCH`] hits at a time from it. It holds a batch per sink beyond the
@@ -152,6 +158,28 @@ impl<'a> HitSink<'a> {
             reserved: if budget.is_some() { 0 } else { usize::MAX },
             budget,
             counted: None,
+            offered: [Hit::default(); OFFERED],
+            n_offered: 0,
+        }
+    }
+
+    /// Takes `hit` if `admitted`, without a branch on the verdict: the hit is written
+    /// either way and counted only if admitted, so that a verdict that comes out at random
+    /// costs no mispredicted branch.
+    #[inline]
+    pub(crate) fn offer(&mut self, hit: Hit, admitted: bool, plausible: &Plausible<'_>) {
+        self.offered[self.n_offered] = hit;
+        self.n_offered += usize::from(admitted);
+        if self.n_offered == OFFERED {
+            self.push_offered(plausible);
+        }
+    }
+
+    /// Pushes the hits offered and admitted so far.
+    fn push_offered(&mut self, plausible: &Plausible<'_>) {
+        let n = std::mem::take(&mut self.n_offered);
+        for i in 0..n {
+            self.push(self.offered[i], plausible);
         }
     }
 
@@ -222,6 +250,10 @@ pub(crate) fn collect(
     ids: &RangeInclusive<TrackId>,
     budget: usize,
 ) -> Collected {
+    let mut sinks = sinks;
+    for sink in &mut sinks {
+        sink.push_offered(plausible);
+    }
     let kept: usize = sinks.iter().map(HitSink::kept).sum();
     if sinks.iter().all(|s| s.counted.is_none()) && kept <= budget {
         return Collected::All(
@@ -348,6 +380,39 @@ mod tests {
         ));
         assert_eq!(passes.len(), 2, "{passes:?}");
         assert_eq!(*passes[1].end(), 6, "up to the last track counted");
+    }
+
+    #[test]
+    fn offered_hits_are_kept_if_admitted_in_order() {
+        let p = MatchParams::default();
+        let query = [QueryQuad {
+            time: 10.0,
+            bin: 50.0,
+            span: 20.0,
+        }];
+        let plausible = Plausible {
+            query: &query,
+            range: matcher::TransformRange::new(&p),
+        };
+        let mut sink = HitSink::new(None, 16);
+        let hit = |t: u32| Hit {
+            track: t % 5,
+            query: 0,
+            r_time: t,
+            r_bin: 50 * 64,
+            r_span: 20 * 16,
+        };
+        // Across several flushes of the offered hits, and some left over for `collect`.
+        for t in 0..1_000 {
+            sink.offer(hit(t), t % 3 != 0, &plausible);
+        }
+        let Collected::All(blocks) = collect(vec![sink], &plausible, &p, &(0..=9), usize::MAX)
+        else {
+            panic!("no budget, so everything is kept");
+        };
+        let kept: Vec<Hit> = blocks.into_iter().flatten().collect();
+        let expected: Vec<Hit> = (0..1_000).filter(|t| t % 3 != 0).map(hit).collect();
+        assert_eq!(kept, expected);
     }
 
     #[test]

@@ -790,37 +790,37 @@ impl Engine {
             query,
             range: matcher::TransformRange::new(mp),
         };
-        let admit = |i: usize, posting: Posting| -> Option<Hit> {
-            if !filter.admits(posting.track) {
-                return None;
-            }
+        // The hit a posting makes for query quad `i`, and whether it is admitted: in the
+        // filter's range, and its time factor and pitch shift within those searched. Most
+        // postings are not (69% of those visited for a 3-minute song against 10 hours),
+        // at random, so the tests are combined without a branch and the sink takes the
+        // verdict (`HitSink::offer`).
+        let admit = |i: usize, posting: Posting| -> (Hit, bool) {
             let q = &query[i];
             let r_span = posting.span as f32 / SPAN_SCALE;
             let r_bin = posting.freq as f32 / FREQ_SCALE;
             // |ln(q.span / r_span)| <= ln(max factor), without a logarithm per posting.
-            if r_span <= 0.0
-                || q.span > r_span * max_factor
-                || q.span * max_factor < r_span
-                || (q.bin - r_bin).abs() > max_pitch_bins
-            {
-                return None;
-            }
-            Some(Hit {
+            let admitted = filter.admits(posting.track)
+                & (r_span > 0.0)
+                & (q.span <= r_span * max_factor)
+                & (q.span * max_factor >= r_span)
+                & ((q.bin - r_bin).abs() <= max_pitch_bins);
+            let hit = Hit {
                 track: posting.track,
                 query: i as u32,
                 r_time: whole_frames(posting.time),
                 r_bin: posting.freq,
                 r_span: posting.span,
-            })
+            };
+            (hit, admitted)
         };
         {
             let mut visitors: Vec<_> = sinks
                 .iter_mut()
                 .map(|sink| {
                     move |i, posting| {
-                        if let Some(hit) = admit(i, posting) {
-                            sink.push(hit, plausible);
-                        }
+                        let (hit, admitted) = admit(i, posting);
+                        sink.offer(hit, admitted, plausible);
                     }
                 })
                 .collect();

@@ -42,7 +42,7 @@ pub struct QueryQuad {
 /// against 12 hours), so a hit is 16 bytes: the query side is an index into the query's
 /// quads, and the reference side is kept in the store's own fixed point, which loses
 /// nothing.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Hit {
     /// Reference track.
     pub track: u32,
