@@ -122,6 +122,29 @@ impl Grid {
         (0..self.order_bits as usize).fold(0, |bits, i| bits | (u32::from(louder[i] > 0.0) << i))
     }
 
+    /// What one more cell of coordinate `coord` (0-2: a frequency difference, 3-4: a
+    /// ratio) adds to a packed hash, modulo 2^32.
+    fn step(&self, coord: usize) -> u32 {
+        let (l, r) = (self.df_levels, self.ratio_levels);
+        let unit = if self.triplets {
+            match coord {
+                0 => l * r,
+                1 => r,
+                3 => 1,
+                _ => 0,
+            }
+        } else {
+            match coord {
+                0 => l * l * r * r,
+                1 => l * r * r,
+                2 => r * r,
+                3 => r,
+                _ => 1,
+            }
+        };
+        unit.wrapping_shl(self.order_bits)
+    }
+
     fn pack(&self, df: [u32; 3], ratio: [u32; 2], order: u32) -> u32 {
         let h = if self.triplets {
             (df[0] * self.df_levels + df[1]) * self.ratio_levels + ratio[0]
@@ -307,7 +330,6 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
     let min_dt = p.quad_min_dt_frames / p.max_time_factor;
     let max_dt = p.quad_max_dt_frames * p.max_time_factor;
     let mut cells = Vec::with_capacity(p.max_expansions);
-    let mut coords = Vec::with_capacity(p.max_expansions);
     for_each_anchor_in(
         peaks,
         anchors,
@@ -328,7 +350,7 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
                 let Some(inv) = invariants(a, rest) else {
                     return;
                 };
-                expand_cells(&grid, p, &inv, span, &mut coords, &mut cells);
+                expand_cells(&grid, p, &inv, span, &mut cells);
                 for &hash in &cells {
                     out.push(QueryQuad {
                         hash,
@@ -345,14 +367,7 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
 
 /// Fills `cells` with the hash of the quad's own cell and of the neighbouring cells worth
 /// trying, closest boundaries first, at most `max_expansions` hashes in all.
-fn expand_cells(
-    grid: &Grid,
-    p: &Params,
-    inv: &Invariants,
-    span: f32,
-    coords: &mut Vec<CellCoords>,
-    cells: &mut Vec<u32>,
-) {
+fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mut Vec<u32>) {
     cells.clear();
     let df_cells = inv.df.map(|x| grid.df_cell(x));
     let ratio_cells = inv.ratio.map(|x| grid.ratio_cell(x));
@@ -382,35 +397,51 @@ fn expand_cells(
         // (No cell: a bit flips whatever the other bits are.)
         near[5 + i] = (closeness, 5 + i, 0);
     }
-    near.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Each neighbour worth trying doubles the cells: the ones so far, then each of them
-    // moved to that neighbour. The caller's buffer holds them, so no triplet allocates.
-    coords.clear();
-    coords.push((df_cells, ratio_cells, order));
-    for &(closeness, coord, cell) in &near {
-        let n = coords.len();
-        if closeness > 1.0 || n * 2 > p.max_expansions {
-            break;
-        }
-        for k in 0..n {
-            let (mut df, mut ratio, mut bits) = coords[k];
-            match coord {
-                0..=2 => df[coord] = cell,
-                3..=4 => ratio[coord - 3] = cell,
-                _ => bits ^= 1 << (coord - 5),
-            }
-            coords.push((df, ratio, bits));
+    // Only the neighbours within the tolerance are worth trying, closest first (a stable
+    // sort: ties keep the coordinates' order). Most triplets have none or one, so they
+    // are picked out before sorting.
+    let mut worth = [(0f32, 0usize, 0u32); 8];
+    let mut n_worth = 0;
+    for &candidate in &near {
+        if candidate.0 <= 1.0 {
+            worth[n_worth] = candidate;
+            n_worth += 1;
         }
     }
-    cells.extend(
-        coords
-            .iter()
-            .map(|&(df, ratio, bits)| grid.pack(df, ratio, bits)),
-    );
+    let worth = &mut worth[..n_worth];
+    worth.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Each neighbour worth trying doubles the cells: the ones so far, then each of them
+    // moved to that neighbour. Moving one coordinate adds the same amount to every hash
+    // (its step in the packing times the cells moved; an order bit flips from its own
+    // value), so the hashes are made from the first by sums, in the caller's buffer.
+    cells.push(grid.pack(df_cells, ratio_cells, order));
+    for &(_, coord, cell) in worth.iter() {
+        let n = cells.len();
+        if n * 2 > p.max_expansions {
+            break;
+        }
+        let delta = match coord {
+            0..=2 => grid
+                .step(coord)
+                .wrapping_mul(cell.wrapping_sub(df_cells[coord])),
+            3..=4 => grid
+                .step(coord)
+                .wrapping_mul(cell.wrapping_sub(ratio_cells[coord - 3])),
+            _ => {
+                let bit = 1u32 << (coord - 5);
+                if order & bit == 0 {
+                    bit
+                } else {
+                    bit.wrapping_neg()
+                }
+            }
+        };
+        for k in 0..n {
+            let moved = cells[k].wrapping_add(delta);
+            cells.push(moved);
+        }
+    }
 }
-
-/// A hash cell as its coordinates: frequency-difference cells, ratio cells, order bits.
-type CellCoords = ([u32; 3], [u32; 2], u32);
 
 /// The neighbouring cell nearer to `coord` and the distance to the shared boundary, in units
 /// of `tol` (so values below 1 are worth trying); infinity where there is no neighbour.
@@ -617,6 +648,79 @@ mod tests {
         // with two unrelated peaks in between.
         let extra = [peak(55.0, 83.0), peak(61.0, 95.0)];
         assert_query_finds(&base_quad(), &quad_params(), 1.6, 5.0, &extra);
+    }
+
+    /// The expanded cells made the plain way: every coordinate set moved and packed.
+    fn cells_by_coordinates(grid: &Grid, p: &Params, inv: &Invariants, span: f32) -> Vec<u32> {
+        let mut worth = Vec::new();
+        let df_tol = p.df_tolerance_bins / grid.df_step;
+        let ratio_tol = p.time_tolerance_frames / span * grid.ratio_levels as f32;
+        let (df_cells, ratio_cells) = (
+            inv.df.map(|x| grid.df_cell(x)),
+            inv.ratio.map(|x| grid.ratio_cell(x)),
+        );
+        for i in 0..p.hash_peaks - 1 {
+            worth.push(neighbour(
+                grid.df_coord(inv.df[i]),
+                df_cells[i],
+                grid.df_levels,
+                df_tol,
+                i,
+            ));
+        }
+        for i in 0..p.hash_peaks - 2 {
+            let c = grid.ratio_coord(inv.ratio[i]);
+            worth.push(neighbour(
+                c,
+                ratio_cells[i],
+                grid.ratio_levels,
+                ratio_tol,
+                3 + i,
+            ));
+        }
+        for i in 0..grid.order_bits as usize {
+            worth.push((inv.louder[i].abs() / p.strength_tolerance, 5 + i, 0));
+        }
+        worth.retain(|w| w.0 <= 1.0);
+        worth.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut coords = vec![(df_cells, ratio_cells, grid.order(&inv.louder))];
+        for &(_, coord, cell) in &worth {
+            let n = coords.len();
+            if n * 2 > p.max_expansions {
+                break;
+            }
+            for k in 0..n {
+                let (mut df, mut ratio, mut bits) = coords[k];
+                match coord {
+                    0..=2 => df[coord] = cell,
+                    3..=4 => ratio[coord - 3] = cell,
+                    _ => bits ^= 1 << (coord - 5),
+                }
+                coords.push((df, ratio, bits));
+            }
+        }
+        coords
+            .iter()
+            .map(|&(df, ratio, bits)| grid.pack(df, ratio, bits))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn expanded_cells_are_the_moved_coordinates_packed(
+            quads in proptest::bool::ANY,
+            df in proptest::array::uniform3(-30f32..30.0),
+            ratio in proptest::array::uniform2(0f32..1.0),
+            louder in proptest::array::uniform3(-3f32..3.0),
+            span in 2f32..200.0,
+        ) {
+            let p = if quads { Params { hash_order_bits: 2, ..quad_params() } } else { Params::default() };
+            let grid = Grid::new(&p);
+            let inv = Invariants { df, ratio, louder };
+            let mut cells = Vec::new();
+            expand_cells(&grid, &p, &inv, span, &mut cells);
+            proptest::prop_assert_eq!(cells, cells_by_coordinates(&grid, &p, &inv, span));
+        }
     }
 
     #[test]
