@@ -659,24 +659,30 @@ mod tests {
             inv.df.map(|x| grid.df_cell(x)),
             inv.ratio.map(|x| grid.ratio_cell(x)),
         );
-        for i in 0..p.hash_peaks - 1 {
+        for (i, (&df, &cell)) in inv
+            .df
+            .iter()
+            .zip(&df_cells)
+            .enumerate()
+            .take(p.hash_peaks - 1)
+        {
             worth.push(neighbour(
-                grid.df_coord(inv.df[i]),
-                df_cells[i],
+                grid.df_coord(df),
+                cell,
                 grid.df_levels,
                 df_tol,
                 i,
             ));
         }
-        for i in 0..p.hash_peaks - 2 {
-            let c = grid.ratio_coord(inv.ratio[i]);
-            worth.push(neighbour(
-                c,
-                ratio_cells[i],
-                grid.ratio_levels,
-                ratio_tol,
-                3 + i,
-            ));
+        for (i, (&ratio, &cell)) in inv
+            .ratio
+            .iter()
+            .zip(&ratio_cells)
+            .enumerate()
+            .take(p.hash_peaks - 2)
+        {
+            let c = grid.ratio_coord(ratio);
+            worth.push(neighbour(c, cell, grid.ratio_levels, ratio_tol, 3 + i));
         }
         for i in 0..grid.order_bits as usize {
             worth.push((inv.louder[i].abs() / p.strength_tolerance, 5 + i, 0));
