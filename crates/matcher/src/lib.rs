@@ -434,10 +434,30 @@ fn matches_in_scope(
     scope: Option<PassScope>,
 ) -> Vec<SampleMatch> {
     let range = TransformRange::new(p);
-    shards.par_iter_mut().for_each(|hits| {
-        hits.retain(|h| range.admits(h, query));
-        hits.sort_unstable_by_key(|h| h.track);
-    });
+    // Each shard keeps its plausible hits, noting the latest query time among them (the
+    // query quad is at hand there), and is ordered by track.
+    let latest_query_time = shards
+        .par_iter_mut()
+        .map(|hits| {
+            let mut latest: Option<f32> = None;
+            hits.retain(|h| {
+                let admitted = range.admits(h, query);
+                if admitted {
+                    let time = query[h.query as usize].time;
+                    latest = Some(latest.map_or(time, |t| t.max(time)));
+                }
+                admitted
+            });
+            hits.sort_unstable_by_key(|h| h.track);
+            latest
+        })
+        .reduce(
+            || None,
+            |a, b| match (a, b) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+        );
     // Each track's stretch of each shard, as (track, shard, start, end), by track and
     // then shard.
     let mut spans: Vec<(u32, usize, usize, usize)> = Vec::new();
@@ -460,11 +480,7 @@ fn matches_in_scope(
     } = scope.unwrap_or_else(|| {
         PassScope::from_counts(
             spans.chunk_by(|a, b| a.0 == b.0).map(n_hits),
-            shards
-                .iter()
-                .flatten()
-                .map(|h| query[h.query as usize].time)
-                .reduce(f32::max),
+            latest_query_time,
             p,
         )
     });
