@@ -560,12 +560,15 @@ impl QueryStream<'_> {
     pub fn finish(self) -> QueryPrint {
         let spec = self.spectrogram.finish();
         let (hash_peaks, verify_peaks) = (self.hash_peaks, self.verify_peaks);
-        let (peaks, verify_peaks) = rayon::join(
-            || hash_peaks.finish(&spec.data),
+        let params = &self.fingerprinter.params;
+        // The hashes need only the hash peaks, so they are paired while the verification
+        // peaks are finished.
+        let (quads, verify_peaks) = rayon::join(
+            || quads::query_quads(&hash_peaks.finish(&spec.data), params),
             || verify_peaks.finish(&spec.data),
         );
         QueryPrint {
-            quads: quads::query_quads(&peaks, &self.fingerprinter.params),
+            quads,
             verify_peaks,
             n_frames: spec.n_frames,
             n_bins: spec.n_bins,
