@@ -323,17 +323,24 @@ pub(crate) fn plan_passes(
 mod tests {
     use super::*;
 
+    /// The one query quad the tests' hits name, at 10 frames, bin 50, spanning 20 frames.
+    const QUERY: [QueryQuad; 1] = [QueryQuad {
+        time: 10.0,
+        bin: 50.0,
+        span: 20.0,
+    }];
+
+    /// The plausibility test of [`QUERY`] under `p`.
+    fn plausible(p: &MatchParams) -> Plausible<'static> {
+        Plausible {
+            query: &QUERY,
+            range: matcher::TransformRange::new(p),
+        }
+    }
+
     fn lookup(budget: usize, per_sink: &[usize]) -> Collected {
         let p = MatchParams::default();
-        let query = [QueryQuad {
-            time: 10.0,
-            bin: 50.0,
-            span: 20.0,
-        }];
-        let plausible = Plausible {
-            query: &query,
-            range: matcher::TransformRange::new(&p),
-        };
+        let plausible = plausible(&p);
         let shared = Budget::new(budget, per_sink.len());
         let mut sinks: Vec<HitSink> = per_sink
             .iter()
@@ -385,15 +392,7 @@ mod tests {
     #[test]
     fn offered_hits_are_kept_if_admitted_in_order() {
         let p = MatchParams::default();
-        let query = [QueryQuad {
-            time: 10.0,
-            bin: 50.0,
-            span: 20.0,
-        }];
-        let plausible = Plausible {
-            query: &query,
-            range: matcher::TransformRange::new(&p),
-        };
+        let plausible = plausible(&p);
         let mut sink = HitSink::new(None, 16);
         let hit = |t: u32| Hit {
             track: t % 5,
