@@ -613,8 +613,8 @@ impl Engine {
 
     /// Identifies what `decode` decodes: it is handed a sink for the samples, which makes
     /// the spectrogram and picks most of the peaks on the decoder's helper thread as they
-    /// come, so that they cost little time of their own (BENCHMARKS.md, sessions 16-17). Returns the samples too if asked to
-    /// `keep` them, else an empty vector.
+    /// come, so that they cost little time of their own (BENCHMARKS.md, sessions 16-17).
+    /// Returns the samples too if asked to `keep` them, else an empty vector.
     fn identify_decoding(
         &self,
         name: &str,

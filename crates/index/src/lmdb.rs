@@ -860,13 +860,13 @@ impl LmdbStore {
     }
 
     /// The postings of tracks in `tracks` of the keys of `queries` that fall in the
-    /// partitions marked in `serves`, from the snapshot of `rtxn`, in key order;
-    /// `visit(partition, i, posting)`. The cap counts every live posting of a key, in
-    /// `tracks` or not; a posting list is read only up to its last track in `tracks` when
-    /// no tombstone asks for the rest to be counted. What it reads through the map is
-    /// released past `resident_budget` bytes. Each key's postings come in one call,
-    /// `visit(partition, queries of the key, postings)`, which visits every posting for
-    /// every query in turn: one call a key rather than one a posting and query.
+    /// partitions marked in `serves`, from the snapshot of `rtxn`, in key order, a key's
+    /// at once: `visit(partition, the key's queries, its postings)`, which visits every
+    /// posting for every query in turn (one call a key rather than one a posting and
+    /// query). The cap counts every live posting of a key, in `tracks` or not; a posting
+    /// list is read only up to its last track in `tracks` when no tombstone asks for the
+    /// rest to be counted. What it reads through the map is released past
+    /// `resident_budget` bytes.
     #[allow(clippy::too_many_arguments)]
     fn lookup_partitions(
         &self,
