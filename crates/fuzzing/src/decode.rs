@@ -46,11 +46,14 @@ pub fn decode_to_fingerprint(data: &[u8]) {
         max_duration_s: MAX_DURATION_S,
     };
     let plain = audio::decode_bytes(bytes.to_vec(), hint, &opts);
-    // Identify's decode (resampling on a helper thread, the spectrogram made as the samples
-    // come) gives the same samples or the same error, and the same spectrogram.
+    // Identify's decode (resampling on a helper thread, the spectrogram and the peaks made
+    // as the samples come) gives the same samples or the same error, the same spectrogram
+    // and the same print.
     let mut spectrogram = fp.spectrogram_stream();
+    let mut print = fp.query_stream();
     let streamed = audio::decode_bytes_streaming(bytes.to_vec(), hint, &opts, &mut |samples| {
-        spectrogram.push(samples)
+        spectrogram.push(samples);
+        print.push(samples);
     });
     match (&plain, &streamed) {
         (Ok((a, _)), Ok((b, _))) => assert!(a == b, "the streaming decode differs"),
@@ -77,6 +80,13 @@ pub fn decode_to_fingerprint(data: &[u8]) {
                 .map(|x| x.to_bits())
                 .eq(streamed.data.iter().map(|x| x.to_bits())),
         "the streamed spectrogram differs"
+    );
+    let (whole, streamed) = (fp.query_print(&decoded.samples), print.finish());
+    assert!(
+        whole.quads == streamed.quads
+            && whole.verify_peaks == streamed.verify_peaks
+            && whole.n_frames == streamed.n_frames,
+        "the streamed print differs"
     );
     assert_eq!(decoded.rate_hz, opts.target_rate_hz, "wrong output rate");
     assert!(
