@@ -432,15 +432,49 @@ impl Fingerprinter {
         )
     }
 
-    /// The peaks a query's hashes are built from.
-    fn query_hash_peaks(&self, spec: &LogSpectrogram) -> Vec<Peak> {
+    /// A picker of the peaks a query's hashes are built from, for `n_bins` bins a frame.
+    fn query_hash_picker(&self, n_bins: usize) -> PeakPicker<'_> {
         let p = &self.params;
-        peaks::find_peaks(
-            spec,
+        PeakPicker::new(
             p,
             p.query_peaks_per_s,
             (p.query_peak_radius_frames, p.query_peak_radius_bins),
+            n_bins,
         )
+    }
+
+    /// A picker of a query's dense verification peaks, for `n_bins` bins a frame.
+    fn query_verify_picker(&self, n_bins: usize) -> PeakPicker<'_> {
+        let p = &self.params;
+        PeakPicker::new(
+            p,
+            p.verify_peaks_per_s,
+            (p.verify_radius_frames, p.verify_radius_bins),
+            n_bins,
+        )
+    }
+
+    /// The print of the query whose spectrogram is `spec`, with the pickers of its two
+    /// peak sets (fed some of its frames already, or none).
+    fn query_print_with(
+        &self,
+        spec: &LogSpectrogram,
+        hash_peaks: PeakPicker<'_>,
+        verify_peaks: PeakPicker<'_>,
+    ) -> QueryPrint {
+        // The two peak sets are independent, and the hashes need only the hash peaks: a
+        // query waits for its answer, so they are paired while the verification peaks
+        // are finished.
+        let (quads, verify_peaks) = rayon::join(
+            || quads::query_quads(&hash_peaks.finish(&spec.data), &self.params),
+            || verify_peaks.finish(&spec.data),
+        );
+        QueryPrint {
+            quads,
+            verify_peaks,
+            n_frames: spec.n_frames,
+            n_bins: spec.n_bins,
+        }
     }
 
     /// The quads to store for a reference recording.
@@ -474,7 +508,8 @@ impl Fingerprinter {
 
     /// The quads to look up for a query.
     pub fn query(&self, samples: &[f32]) -> Vec<QueryQuad> {
-        let peaks = self.query_hash_peaks(&self.spectrogram(samples));
+        let spec = self.spectrogram(samples);
+        let peaks = self.query_hash_picker(spec.n_bins).finish(&spec.data);
         quads::query_quads(&peaks, &self.params)
     }
 
@@ -494,48 +529,22 @@ impl Fingerprinter {
     /// of the peak picking then overlap the decoding. Gives exactly [`Self::query_print`]
     /// of all the samples.
     pub fn query_stream(&self) -> QueryStream<'_> {
-        let p = &self.params;
         let n_bins = self.spectrogram.n_bins();
         QueryStream {
             fingerprinter: self,
             spectrogram: self.spectrogram.stream(),
-            hash_peaks: PeakPicker::new(
-                p,
-                p.query_peaks_per_s,
-                (p.query_peak_radius_frames, p.query_peak_radius_bins),
-                n_bins,
-            ),
-            verify_peaks: PeakPicker::new(
-                p,
-                p.verify_peaks_per_s,
-                (p.verify_radius_frames, p.verify_radius_bins),
-                n_bins,
-            ),
+            hash_peaks: self.query_hash_picker(n_bins),
+            verify_peaks: self.query_verify_picker(n_bins),
         }
     }
 
     /// [`Self::query_print`] from the query's spectrogram.
     pub fn query_print_of(&self, spec: &LogSpectrogram) -> QueryPrint {
-        let p = &self.params;
-        // The two peak sets are independent: a query waits for its answer, so they are
-        // picked side by side.
-        let (peaks, verify_peaks) = rayon::join(
-            || self.query_hash_peaks(spec),
-            || {
-                peaks::find_peaks(
-                    spec,
-                    p,
-                    p.verify_peaks_per_s,
-                    (p.verify_radius_frames, p.verify_radius_bins),
-                )
-            },
-        );
-        QueryPrint {
-            quads: quads::query_quads(&peaks, p),
-            verify_peaks,
-            n_frames: spec.n_frames,
-            n_bins: spec.n_bins,
-        }
+        self.query_print_with(
+            spec,
+            self.query_hash_picker(spec.n_bins),
+            self.query_verify_picker(spec.n_bins),
+        )
     }
 }
 
@@ -559,20 +568,8 @@ impl QueryStream<'_> {
     /// The print of everything pushed.
     pub fn finish(self) -> QueryPrint {
         let spec = self.spectrogram.finish();
-        let (hash_peaks, verify_peaks) = (self.hash_peaks, self.verify_peaks);
-        let params = &self.fingerprinter.params;
-        // The hashes need only the hash peaks, so they are paired while the verification
-        // peaks are finished.
-        let (quads, verify_peaks) = rayon::join(
-            || quads::query_quads(&hash_peaks.finish(&spec.data), params),
-            || verify_peaks.finish(&spec.data),
-        );
-        QueryPrint {
-            quads,
-            verify_peaks,
-            n_frames: spec.n_frames,
-            n_bins: spec.n_bins,
-        }
+        self.fingerprinter
+            .query_print_with(&spec, self.hash_peaks, self.verify_peaks)
     }
 }
 
@@ -585,11 +582,11 @@ mod tests {
         // Three seconds of tones that come and go over noise, so that there are peaks
         // near every piece's edges.
         let fp = Fingerprinter::new(Params::default()).expect("valid");
-        let mut state = 7u32;
-        let samples: Vec<f32> = (0..48_000)
-            .map(|i| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                let noise = ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.05;
+        let samples: Vec<f32> = spectrogram::tests::noise(48_000, 7)
+            .into_iter()
+            .enumerate()
+            .map(|(i, noise)| {
+                let noise = noise * 0.05;
                 let t = i as f32 / 16_000.0;
                 let on = ((i / 1_700) % 3 != 0) as u8 as f32;
                 let tone =

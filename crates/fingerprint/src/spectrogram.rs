@@ -249,12 +249,12 @@ fn norm_sqr(c: &Complex<f32>) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A fixed pseudo-random signal in [-0.5, 0.5) (an LCG from `state`), so that tests
     /// are deterministic.
-    fn noise(len: usize, mut state: u32) -> Vec<f32> {
+    pub(crate) fn noise(len: usize, mut state: u32) -> Vec<f32> {
         (0..len)
             .map(|_| {
                 state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
