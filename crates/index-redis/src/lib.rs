@@ -1234,11 +1234,7 @@ impl Store for RedisStore {
             if list.len() > max_postings_per_key {
                 continue;
             }
-            for &posting in list {
-                for query in group.indices() {
-                    visit(query, posting);
-                }
-            }
+            group.visit(list, &mut *visit);
         }
         Ok(())
     }

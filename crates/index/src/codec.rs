@@ -307,6 +307,18 @@ impl QueryGroup<'_> {
         self.key
     }
 
+    /// Calls `visit(i, posting)` for each of the key's `postings` in order, and for each
+    /// posting for each of the caller's positions `i` of the key, ascending: the order
+    /// [`crate::Store::lookup`] visits in.
+    #[inline]
+    pub fn visit(&self, postings: &[Posting], mut visit: impl FnMut(usize, Posting)) {
+        for &posting in postings {
+            for i in self.indices() {
+                visit(i, posting);
+            }
+        }
+    }
+
     /// The caller's positions of the key, ascending.
     #[inline]
     pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {

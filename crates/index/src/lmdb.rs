@@ -849,13 +849,7 @@ impl LmdbStore {
             tracks,
             &[true; N_PARTITIONS],
             self.options.lookup_resident_bytes,
-            &mut |_, group, list| {
-                for &posting in list {
-                    for i in group.indices() {
-                        visit(i, posting);
-                    }
-                }
-            },
+            &mut |_, group, list| group.visit(list, &mut *visit),
         )
     }
 
@@ -2051,12 +2045,7 @@ impl Store for LmdbStore {
                     &serves,
                     budget,
                     &mut |partition, group, list| {
-                        let visit = &mut *mine[slot[partition % n_shards]].1;
-                        for &posting in list {
-                            for i in group.indices() {
-                                visit(i, posting);
-                            }
-                        }
+                        group.visit(list, &mut *mine[slot[partition % n_shards]].1)
                     },
                 )
             })

@@ -228,11 +228,7 @@ impl Store for MemStore {
             if list.len() > max_postings_per_key {
                 continue;
             }
-            for &posting in list {
-                for query in group.indices() {
-                    visit(query, posting);
-                }
-            }
+            group.visit(list, &mut *visit);
         }
         Ok(())
     }
