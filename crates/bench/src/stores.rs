@@ -110,7 +110,10 @@ pub fn run_stores(a: &StoresArgs) -> Result<()> {
         Some(url) => (url.clone(), None),
         None => {
             started_cluster = TestCluster::start(3, 0).context("start a 3-master cluster")?;
-            (started_cluster.url("prefix=bench"), Some(&started_cluster))
+            (
+                started_cluster.url("prefix=bench&durable=0"),
+                Some(&started_cluster),
+            )
         }
     };
     let redis = run_backend(

@@ -48,8 +48,10 @@
 //! publish fails) and purges dead ids past the grace period, using the manifest written
 //! before any posting. Two processes adding the same file both write
 //! postings, and the second publish finds the identity taken and abandons its id, whose
-//! postings are purged like a crash's. Every write waits (`WAIT`) until a replica has it,
-//! so a failover loses nothing acknowledged.
+//! postings are purged like a crash's. Every write waits (`WAIT`) until `durable` replicas
+//! have it, so a failover loses nothing acknowledged; a write to a master with fewer
+//! replicas than that (as its own `INFO replication` counts them: the cluster map comes by
+//! gossip and may lag) is refused with an error that says so, and reads go on.
 
 mod layout;
 mod scripts;
@@ -215,6 +217,13 @@ enum Failure {
     Redis(RedisError),
     /// A write did not reach the replicas it waits for in time.
     NotDurable { wanted: usize, acked: i64 },
+    /// The master that would take a write has fewer replicas than a write waits for, so
+    /// the write could not survive that master's loss.
+    TooFewReplicas {
+        master: String,
+        replicas: usize,
+        wanted: usize,
+    },
     /// The cluster answered something this layout never writes.
     Corrupt(String),
 }
@@ -246,7 +255,9 @@ impl Failure {
                     )
             }
             Failure::NotDurable { .. } => true,
-            Failure::Corrupt(_) => false,
+            // Decided on a freshly read topology: waiting for the operator would take
+            // longer than any retry.
+            Failure::TooFewReplicas { .. } | Failure::Corrupt(_) => false,
         }
     }
 }
@@ -264,6 +275,8 @@ struct Topology {
     node_of_slot: Vec<u16>,
     /// Replicas of each node.
     replicas: Vec<usize>,
+    /// Each node's `host:port`, for messages.
+    addresses: Vec<String>,
 }
 
 impl Topology {
@@ -284,6 +297,14 @@ impl Topology {
             .unwrap_or(0)
     }
 
+    /// The `host:port` of the master serving `slot`, or `"unknown"`.
+    fn address_of(&self, slot: u16) -> &str {
+        self.node_of_slot
+            .get(usize::from(slot))
+            .and_then(|&node| self.addresses.get(usize::from(node)))
+            .map_or("unknown", String::as_str)
+    }
+
     fn parse(value: &Value) -> Option<Self> {
         let Value::Array(ranges) = value else {
             return None;
@@ -291,6 +312,7 @@ impl Topology {
         let mut topology = Topology {
             node_of_slot: vec![u16::MAX; layout::N_SLOTS],
             replicas: Vec::new(),
+            addresses: Vec::new(),
         };
         let mut nodes: Vec<(Vec<u8>, i64)> = Vec::new();
         for range in ranges {
@@ -305,6 +327,11 @@ impl Topology {
             let node = match nodes.iter().position(|known| *known == address) {
                 Some(node) => node,
                 None => {
+                    topology.addresses.push(format!(
+                        "{}:{}",
+                        String::from_utf8_lossy(&address.0),
+                        address.1
+                    ));
                     nodes.push(address);
                     topology.replicas.push(items.len() - 3);
                     nodes.len() - 1
@@ -405,6 +432,17 @@ impl Link {
                  {WAIT_TIMEOUT_MS} ms (is a replica down?)"
             )
             .into(),
+            Failure::TooFewReplicas {
+                master,
+                replicas,
+                wanted,
+            } => format!(
+                "the master at {master} has {replicas} replica(s) and a write waits for \
+                 {wanted} (URL option durable), so the write could not survive that \
+                 master's loss: restore or add its replica, or open the store with \
+                 durable=0 to accept asynchronous replication"
+            )
+            .into(),
         };
         IndexError::Backend {
             dir: self.name.clone(),
@@ -422,11 +460,21 @@ impl Link {
         commands: &[Cmd],
         durable: bool,
     ) -> Result<Vec<Value>, Failure> {
-        let wait_for = if durable {
-            self.topology().replicas_of(slot).min(self.durable_replicas)
-        } else {
-            0
-        };
+        let wait_for = if durable { self.durable_replicas } else { 0 };
+        if wait_for > 0 && self.topology().replicas_of(slot) < wait_for {
+            // The map comes from any node's view, which learns of a new replica by gossip
+            // and may lag: the master's own count decides.
+            let replicas = self.replicas_of_master(slot).await?;
+            if replicas < wait_for {
+                return Err(Failure::TooFewReplicas {
+                    master: self.topology().address_of(slot).to_owned(),
+                    replicas,
+                    wanted: wait_for,
+                });
+            }
+            // A failed refresh keeps the old map, and the next write asks the master again.
+            let _ = self.refresh_topology().await;
+        }
         let route = || SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
         for attempt in 0..2 {
             let mut pipe = redis::pipe();
@@ -471,6 +519,34 @@ impl Link {
             return Ok(values);
         }
         unreachable!("the loop returns on its second pass")
+    }
+
+    /// How many replicas the master of `slot` has connected, syncing or in sync (its
+    /// `INFO replication`); `WAIT` holds a write until they have it.
+    async fn replicas_of_master(&self, slot: u16) -> Result<usize, Failure> {
+        let mut command = redis::cmd("INFO");
+        command.arg("replication");
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conn.clone();
+        let value = conn
+            .route_command(
+                command,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                    slot,
+                    SlotAddr::Master,
+                ))),
+            )
+            .await?;
+        let info = match &value {
+            Value::VerbatimString { text, .. } => text.clone(),
+            other => as_bytes(other)
+                .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                .ok_or_else(|| Failure::Corrupt("INFO answered in an unknown form".into()))?,
+        };
+        info.lines()
+            .find_map(|line| line.strip_prefix("connected_slaves:"))
+            .and_then(|count| count.trim().parse().ok())
+            .ok_or_else(|| Failure::Corrupt("INFO replication shows no connected_slaves".into()))
     }
 
     /// Loads every script into one node; returns their SHA1 names.
@@ -661,15 +737,23 @@ impl RedisStore {
 
     /// Creates the meta if allowed and absent, then checks it; adopts the stored bucket bits.
     fn check_meta(&mut self, create: bool) -> Result<(), IndexError> {
-        let mut command = self.catalogue_command(Script::Meta);
-        command
-            .arg(self.meta.format_version)
-            .arg(&self.meta.fingerprint_params)
-            .arg(self.bucket_bits)
-            .arg(if create { "1" } else { "0" });
-        let value = self.link.run("reading the store's format", || {
-            self.catalogue_call(&command, create)
-        })?;
+        let meta_call = |create: bool| {
+            let mut command = self.catalogue_command(Script::Meta);
+            command
+                .arg(self.meta.format_version)
+                .arg(&self.meta.fingerprint_params)
+                .arg(self.bucket_bits)
+                .arg(if create { "1" } else { "0" });
+            // Only creating writes, so only creating waits for replicas: a store on a
+            // cluster that has lost a replica still opens for reading.
+            self.link.run("reading the store's format", || {
+                self.catalogue_call(&command, create)
+            })
+        };
+        let mut value = meta_call(false)?;
+        if create && !matches!(value, Value::Array(_)) {
+            value = meta_call(true)?;
+        }
         let Value::Array(fields) = value else {
             return Err(IndexError::NotFound {
                 dir: self.link.name.clone(),
@@ -964,6 +1048,32 @@ impl RedisStore {
         self.catalogue_call(&command, durable).await
     }
 
+    /// A lookup found no live bitmap, which a store has from its first published track
+    /// on (a removal clears bits but keeps the string): fails if tracks are catalogued and
+    /// the bitmap is still missing, as when a failover without `durable` replicas lost
+    /// it, instead of answering as if nothing were live.
+    fn check_no_tracks_without_bitmap(&self) -> Result<(), IndexError> {
+        let (tracks, live) = (self.keys.catalogue("tracks"), self.keys.catalogue("live"));
+        let values = self.link.run("checking the live bitmap", || async {
+            let mut count = redis::cmd("HLEN");
+            count.arg(&tracks);
+            // Read after the count: a track published in between has set its bit.
+            let mut bitmap = redis::cmd("GET");
+            bitmap.arg(&live);
+            self.link
+                .exec(self.catalogue_slot, &[count, bitmap], false)
+                .await
+        })?;
+        let n_tracks = values.first().and_then(as_int).unwrap_or(0);
+        if n_tracks > 0 && values.get(1) == Some(&Value::Nil) {
+            return Err(self.corrupt(format!(
+                "{n_tracks} tracks are catalogued but the live bitmap is missing (lost in a \
+                 failover without durable replicas?)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads one field of a catalogue hash.
     fn catalogue_get(&self, hash: &str, field: &[u8]) -> Result<Value, IndexError> {
         let key = self.keys.catalogue(hash);
@@ -1201,6 +1311,9 @@ impl Store for RedisStore {
             let values = self.link.exec_spread(&commands, false).await?;
             Ok((bitmap, values))
         })?;
+        if bitmap == Value::Nil {
+            self.check_no_tracks_without_bitmap()?;
+        }
         let bitmap = as_bytes(&bitmap).unwrap_or_default();
 
         let mut lists: Vec<Option<Vec<Posting>>> = vec![None; distinct.len()];

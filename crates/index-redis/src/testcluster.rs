@@ -110,6 +110,24 @@ impl TestCluster {
                 String::from_utf8_lossy(&output.stdout)
             )));
         }
+        // `cluster create` returns before every replica has taken its role: until then a
+        // replica-to-be reports `role:master`, and a store opened then sees its master
+        // without a replica.
+        let expected = masters * replicas;
+        wait_until(
+            &format!("{expected} replicas have taken their role"),
+            || {
+                cluster
+                    .nodes
+                    .iter()
+                    .filter(|node| {
+                        cli(node.port, &["INFO", "replication"])
+                            .is_ok_and(|out| out.contains("role:slave"))
+                    })
+                    .count()
+                    == expected
+            },
+        )?;
         cluster.wait_healthy()?;
         Ok(cluster)
     }
@@ -183,8 +201,21 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Starts a node that [`TestCluster::kill`] stopped again, on its port and with its
+    /// cluster configuration, as an operator replaces a failed machine: a master that has
+    /// been failed over rejoins as a replica of its successor. Waits until it has taken
+    /// that role and the cluster is healthy.
+    pub fn restart(&mut self, port: u16) -> io::Result<()> {
+        let watchdog = spawn_watched(&self.dir, port)?;
+        self.nodes.push(Node { port, watchdog });
+        wait_until(&format!("node {port} rejoins as a replica"), || {
+            cli(port, &["INFO", "replication"]).is_ok_and(|out| out.contains("role:slave"))
+        })?;
+        self.wait_healthy()
+    }
+
     /// Waits until every live node reports `cluster_state:ok` and every live replica is
-    /// linked to its master.
+    /// linked to its master and holds its data (no sync in progress).
     pub fn wait_healthy(&self) -> io::Result<()> {
         for node in &self.nodes {
             wait_until(
@@ -196,7 +227,9 @@ impl TestCluster {
             )?;
             wait_until(&format!("node {} is in sync", node.port), || {
                 cli(node.port, &["INFO", "replication"]).is_ok_and(|out| {
-                    out.contains("role:master") || out.contains("master_link_status:up")
+                    out.contains("role:master")
+                        || (out.contains("master_link_status:up")
+                            && out.contains("master_sync_in_progress:0"))
                 })
             })?;
         }

@@ -19,7 +19,8 @@ fn cluster() -> &'static TestCluster {
 fn fresh_url(options: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let prefix = format!("prefix=cl{}-{n}", std::process::id());
+    // This cluster has no replicas, so writes may not wait for one.
+    let prefix = format!("prefix=cl{}-{n}&durable=0", std::process::id());
     if options.is_empty() {
         cluster().url(&prefix)
     } else {
@@ -236,4 +237,38 @@ fn the_store_works_when_called_from_inside_an_async_runtime() {
     });
     assert_eq!(tracks.len(), 1);
     assert_eq!(found.1, 1);
+}
+
+#[test]
+fn a_write_that_would_wait_for_a_missing_replica_is_refused_and_reads_still_work() {
+    // Created and filled without waiting for replicas, which this cluster lacks.
+    let url = fresh_url("");
+    let entries = spread_entries(21, 100);
+    let store = RedisStore::open(&url, "p").expect("create with durable=0");
+    store
+        .put_track(&track_info("/kept", "kept", 10.0), &entries, None)
+        .expect("put with durable=0");
+    drop(store);
+    // The default waits for one replica: reads work, a write is refused with a message
+    // that says why and what to do, and leaves the store as it was.
+    let strict = RedisStore::open(&url.replace("&durable=0", ""), "p").expect("reopen");
+    assert_eq!(strict.tracks().expect("tracks").len(), 1);
+    assert_eq!(lookup_all(&strict, &[entries[0].0]).len(), 1);
+    let error = strict
+        .put_track(
+            &track_info("/new", "new", 10.0),
+            &spread_entries(22, 100),
+            None,
+        )
+        .expect_err("a write no replica holds");
+    let message = error.to_string();
+    assert!(
+        message.contains("0 replica(s)") && message.contains("durable=0"),
+        "{message}"
+    );
+    assert_eq!(strict.tracks().expect("tracks").len(), 1);
+    // Creating a store is a write too.
+    let error = RedisStore::open(&fresh_url("").replace("&durable=0", ""), "p")
+        .expect_err("creating a store no replica holds");
+    assert!(error.to_string().contains("durable=0"), "{error}");
 }

@@ -1,6 +1,8 @@
 //! Failover: three masters with a replica each; a master is killed (SIGKILL) while
 //! identify queries run; after the failover queries answer again, the same, and every
-//! indexed track is still there, because each write waited for a replica (`WAIT`).
+//! indexed track is still there, because each write waited for a replica (`WAIT`). The
+//! promoted replica has no replica of its own, so writes to it are refused until the
+//! killed node rejoins.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -145,7 +147,16 @@ fn a_killed_master_fails_over_without_losing_tracks_or_answers() {
     assert_eq!(identify().expect("identify after the failover"), expected);
     assert_eq!(engine.store().tracks().expect("tracks"), tracks_before);
     assert_eq!(engine.store().stats().expect("stats"), stats_before);
-    // And the cluster still takes writes.
+    // Its successor has no replica, so a write that waits for one is refused...
+    let path = dir.path().join("unreplicated.wav");
+    write_wav(&path, &music(98, 20.0));
+    match engine.index_file(&path) {
+        Err(error) => assert!(error.to_string().contains("durable=0"), "{error}"),
+        Ok(outcome) => panic!("a write no replica holds was taken: {outcome:?}"),
+    }
+    assert_eq!(engine.store().tracks().expect("tracks"), tracks_before);
+    // ... until the failed node comes back, as the successor's replica.
+    cluster.restart(victim).expect("restart the killed node");
     let path = dir.path().join("after.wav");
     write_wav(&path, &music(99, 20.0));
     let outcome = engine.index_file(&path).expect("index after the failover");

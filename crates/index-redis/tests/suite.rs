@@ -19,7 +19,10 @@ fn cluster() -> &'static TestCluster {
 fn make_fixture() -> Fixture {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let url = cluster().url(&format!("prefix=suite{}-{n}&buckets=4", std::process::id()));
+    let url = cluster().url(&format!(
+        "prefix=suite{}-{n}&buckets=4&durable=0",
+        std::process::id()
+    ));
     Fixture::new(RedisStore::open(&url, "test params").expect("open store"))
 }
 

@@ -46,7 +46,7 @@ fn run(url: &str, args: &[&str], paths: &[&Path]) -> Output {
 fn two_indexers_on_one_cluster_lose_nothing_and_store_a_shared_file_once() {
     let Some(corpus) = corpus() else { return };
     let cluster = TestCluster::start(3, 0).expect("start a 3-master cluster");
-    let url = cluster.url("prefix=cli");
+    let url = cluster.url("prefix=cli&durable=0");
     let refs: Vec<&Path> = corpus.refs.iter().take(4).map(|p| p.as_path()).collect();
     // Both index refs[2] at the same time; each also has files of its own.
     let first = spawn(&url, &["index", "-q"], &[refs[0], refs[2], refs[1]]);
@@ -152,7 +152,7 @@ fn serve_on_a_cluster_store_starts_and_answers() {
     use std::io::BufRead;
     let Some(corpus) = corpus() else { return };
     let cluster = TestCluster::start(3, 0).expect("start a 3-master cluster");
-    let url = cluster.url("prefix=serve");
+    let url = cluster.url("prefix=serve&durable=0");
     let dir = TestDir::new();
     run(&url, &["index", "-q"], &[corpus.refs[0].as_path()]).expect_code(0);
 
