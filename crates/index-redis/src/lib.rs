@@ -224,6 +224,9 @@ enum Failure {
         replicas: usize,
         wanted: usize,
     },
+    /// A write was routed to a node that is no longer a master (a failover the client's
+    /// map has not caught up with).
+    StaleRoute,
     /// The cluster answered something this layout never writes.
     Corrupt(String),
 }
@@ -254,9 +257,9 @@ impl Failure {
                             )
                     )
             }
-            Failure::NotDurable { .. } => true,
-            // Decided on a freshly read topology: waiting for the operator would take
-            // longer than any retry.
+            Failure::NotDurable { .. } | Failure::StaleRoute => true,
+            // Counted by the master itself: adding a replica takes an operator, longer
+            // than any retry.
             Failure::TooFewReplicas { .. } | Failure::Corrupt(_) => false,
         }
     }
@@ -443,6 +446,10 @@ impl Link {
                  durable=0 to accept asynchronous replication"
             )
             .into(),
+            Failure::StaleRoute => {
+                "writes kept reaching a node that is no longer a master (is a failover stuck?)"
+                    .into()
+            }
         };
         IndexError::Backend {
             dir: self.name.clone(),
@@ -543,6 +550,9 @@ impl Link {
                 .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
                 .ok_or_else(|| Failure::Corrupt("INFO answered in an unknown form".into()))?,
         };
+        if !info.lines().any(|line| line.trim() == "role:master") {
+            return Err(Failure::StaleRoute);
+        }
         info.lines()
             .find_map(|line| line.strip_prefix("connected_slaves:"))
             .and_then(|count| count.trim().parse().ok())
