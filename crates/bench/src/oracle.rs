@@ -93,7 +93,8 @@ pub fn report(
             .any(|m| m.track as usize == track && m.is_accepted(p));
         out.push(format!(
             "oracle {condition} {name} found={found} peaks={}/{} quads={} all4={} formed={} \
-             agreeing_hits={agreeing} ideal_verification={:.1} contrast={:.3} null={:.3}+-{:.3} z={:.1}",
+             agreeing_hits={agreeing} ideal_verification={:.1} contrast={:.3} null={:.3}+-{:.3} z={:.1} \
+             formed3={}/{} formed4={}/{} formed5={}/{}",
             survival.peaks_surviving,
             hash_region.len(),
             survival.quads,
@@ -104,6 +105,12 @@ pub fn report(
             contrast.null_mean,
             contrast.null_sd,
             contrast.z(),
+            survival.features_by_size[3].1,
+            survival.features_by_size[3].0,
+            survival.features_by_size[4].1,
+            survival.features_by_size[4].0,
+            survival.features_by_size[5].1,
+            survival.features_by_size[5].0,
         ));
     }
     out
@@ -202,6 +209,12 @@ struct Survival {
     quads: usize,
     all_four: usize,
     formed: usize,
+    /// By size k (3 to 5 peaks: an anchor and k - 1 of its reference partners): how many
+    /// such features the reference has in the region, and how many of them the query
+    /// still forms (every peak survives and every partner is among the query anchor's
+    /// partners). How a shortlist on features of more peaks, far more specific keys,
+    /// would keep the samples found today.
+    features_by_size: [(usize, usize); 6],
 }
 
 /// Replays the reference's quad construction over `region` and the query's over the
@@ -245,6 +258,20 @@ fn quad_survival(region: &[RefPeak], line: &Line, query: &[Peak], fpp: &Params) 
                     .collect()
             })
             .unwrap_or_default();
+        for subset in 1u32..1 << partners.len() {
+            let size = subset.count_ones() as usize + 1;
+            if !(3..=5).contains(&size) {
+                continue;
+            }
+            s.features_by_size[size].0 += 1;
+            let formed = images[i].is_some()
+                && (0..partners.len())
+                    .filter(|&k| subset >> k & 1 == 1)
+                    .all(|k| images[partners[k]].is_some_and(|q| query_partners.contains(&q)));
+            if formed {
+                s.features_by_size[size].1 += 1;
+            }
+        }
         for x in 0..partners.len() {
             for y in x + 1..partners.len() {
                 for z in y + 1..partners.len() {

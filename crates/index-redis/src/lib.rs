@@ -125,7 +125,7 @@ impl RedisOptions {
         let invalid = |why: String| IndexError::Backend {
             dir: PathBuf::from(redact(url)),
             doing: "reading the store URL",
-            source: why.into(),
+            reason: why.into(),
         };
         let rest = url
             .strip_prefix("redis://")
@@ -422,7 +422,7 @@ impl Link {
     }
 
     fn error(&self, doing: &'static str, failure: Failure) -> IndexError {
-        let source: Box<dyn std::error::Error + Send + Sync> = match failure {
+        let reason: Box<dyn std::error::Error + Send + Sync> = match failure {
             Failure::Corrupt(what) => {
                 return IndexError::Corrupt {
                     dir: self.name.clone(),
@@ -454,7 +454,7 @@ impl Link {
         IndexError::Backend {
             dir: self.name.clone(),
             doing,
-            source,
+            reason,
         }
     }
 
@@ -695,7 +695,7 @@ impl RedisStore {
         let connect_error = |error: RedisError| IndexError::Backend {
             dir: name.clone(),
             doing: "connecting to the cluster",
-            source: Box::new(error),
+            reason: Box::new(error),
         };
         let client = ClusterClient::builder(options.nodes.clone())
             .connection_timeout(Duration::from_secs(2))
@@ -756,9 +756,13 @@ impl RedisStore {
                 .arg(if create { "1" } else { "0" });
             // Only creating writes, so only creating waits for replicas: a store on a
             // cluster that has lost a replica still opens for reading.
-            self.link.run("reading the store's format", || {
-                self.catalogue_call(&command, create)
-            })
+            let doing = if create {
+                "creating the store"
+            } else {
+                "reading the store's format"
+            };
+            self.link
+                .run(doing, || self.catalogue_call(&command, create))
         };
         let mut value = meta_call(false)?;
         if create && !matches!(value, Value::Array(_)) {
@@ -977,7 +981,7 @@ impl RedisStore {
                 return Err(IndexError::Backend {
                     dir: self.link.name.clone(),
                     doing: "publishing a track",
-                    source: format!(
+                    reason: format!(
                         "writing track {id} took longer than {} s, so its postings were \
                          purged as a crashed writer's; index the file again",
                         self.pending_ttl.as_secs()
@@ -1406,7 +1410,7 @@ impl Store for RedisStore {
         Err(IndexError::Backend {
             dir: self.link.name.clone(),
             doing: "updating metadata",
-            source: "the entry kept changing under 16 attempts".into(),
+            reason: "the entry kept changing under 16 attempts".into(),
         })
     }
 

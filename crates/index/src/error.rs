@@ -158,17 +158,15 @@ pub enum IndexError {
     },
 
     /// The storage backend failed for a reason not covered above.
-    #[error(
-        "the store at {dir} failed while {doing}: {source}; check disk space and \
-         permissions, then retry"
-    )]
+    #[error("the store at {dir} failed while {doing}: {reason}")]
     Backend {
         /// The store directory (empty for backends without one).
         dir: PathBuf,
         /// What the store was doing.
         doing: &'static str,
-        /// The backend's own error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// The backend's own error, with what to do about it. Part of the message, and
+        /// not also a `source()`, so that a caller printing the error's chain does not
+        /// say it twice.
+        reason: Box<dyn std::error::Error + Send + Sync>,
     },
 }

@@ -2367,7 +2367,7 @@ fn map_heed(dir: &Path, doing: &'static str, error: heed::Error) -> IndexError {
         other => IndexError::Backend {
             dir: dir.to_owned(),
             doing,
-            source: Box::new(other),
+            reason: format!("{other}; check disk space and permissions, then retry").into(),
         },
     }
 }
