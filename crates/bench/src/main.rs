@@ -13,6 +13,7 @@ mod run;
 mod scale;
 mod score;
 mod shared;
+mod shortlist;
 mod songs;
 mod stores;
 mod sweep;

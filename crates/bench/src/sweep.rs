@@ -30,6 +30,8 @@ use matcher::verify::RefPeak;
 use matcher::{Hit, MatchParams, QueryQuad};
 use rayon::prelude::*;
 
+use crate::shortlist::Shortlist;
+
 /// What `sweep` needs.
 pub struct SweepArgs {
     pub out: PathBuf,
@@ -40,7 +42,7 @@ pub struct SweepArgs {
     pub thresholds: Vec<f64>,
 }
 
-fn env_or(name: &str, default: f64) -> f64 {
+pub(crate) fn env_or(name: &str, default: f64) -> f64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -87,6 +89,17 @@ struct Outcome {
     /// and what grows with the store.
     lookups: usize,
     hits: usize,
+    /// With `SHORTLIST`: what the first stage cost and kept.
+    first_stage: Option<FirstStage>,
+}
+
+/// The shortlist stage's cost and yield for one query.
+struct FirstStage {
+    lookups: usize,
+    hits: usize,
+    tracks: usize,
+    /// Triplet hits on the shortlisted references (the second stage's work).
+    kept_hits: usize,
 }
 
 pub fn run_sweep(args: &SweepArgs) -> Result<()> {
@@ -160,11 +173,19 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             as usize,
         ..fp.params().clone()
     })?;
-    let both: Vec<(Vec<RefQuad>, Vec<RefPeak>, Vec<RefPeak>)> = refs
+    let shortlist_fp = Shortlist::fingerprinter_from_env(fp.params())?;
+    type RefPrints = (
+        Vec<RefQuad>,
+        Vec<RefPeak>,
+        Vec<RefPeak>,
+        Option<Vec<RefQuad>>,
+    );
+    let both: Vec<RefPrints> = refs
         .par_iter()
         .map(|r| {
             let samples = decode(r)?;
             let print = fp.reference_print(&samples);
+            let shortlist_quads = shortlist_fp.as_ref().map(|f| f.reference(&samples));
             // Through the stored form, as the engine sees them.
             let stored = |peaks: &[fingerprint::Peak]| {
                 fingerprint::peak_list::decode(&fingerprint::peak_list::encode(peaks))
@@ -173,6 +194,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 print.quads,
                 stored(&print.verify_peaks)?,
                 stored(&print.peaks)?,
+                shortlist_quads,
             ))
         })
         .collect::<Result<_>>()?;
@@ -180,11 +202,15 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     let mut ref_peaks = Vec::with_capacity(both.len());
     // The hash peaks, for the oracle's survival counts.
     let mut hash_peaks = Vec::with_capacity(both.len());
-    for (quads, verify, hash) in both {
+    let mut shortlist_quads = Vec::with_capacity(both.len());
+    for (quads, verify, hash, shortlist) in both {
         per_ref.push(quads);
         ref_peaks.push(verify);
         hash_peaks.push(hash);
+        shortlist_quads.extend(shortlist);
     }
+    let shortlist =
+        shortlist_fp.map(|f| Shortlist::new(f, shortlist_quads, args.cap_factor, &match_params));
     let mut index: HashMap<u32, Vec<(u32, RefQuad)>> = HashMap::new();
     let mut n_postings = 0usize;
     for (i, quads) in per_ref.into_iter().enumerate() {
@@ -243,6 +269,16 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 ..match_params.clone()
             };
             let n_hits = hits.len();
+            let stage = shortlist.as_ref().map(|s| s.stage(&samples));
+            if let Some(stage) = &stage {
+                hits.retain(|h| stage.tracks.contains(&h.track));
+            }
+            let first_stage = stage.map(|s| FirstStage {
+                lookups: s.lookups,
+                hits: s.hits,
+                tracks: s.tracks.len(),
+                kept_hits: hits.len(),
+            });
             if std::env::var("SWEEP_COUNTS").is_ok() {
                 // Hits on the true references that the matcher's transform limits admit:
                 // the number the engine reports for the same track.
@@ -377,6 +413,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 wrong,
                 lookups: quads.len(),
                 hits: n_hits,
+                first_stage,
             })
         })
         .collect::<Result<_>>()?;
@@ -386,6 +423,27 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         outcomes.iter().map(|o| o.lookups).sum::<usize>() as f64 / n,
         outcomes.iter().map(|o| o.hits).sum::<usize>() as f64 / n
     );
+    let stages: Vec<&FirstStage> = outcomes
+        .iter()
+        .filter_map(|o| o.first_stage.as_ref())
+        .collect();
+    if !stages.is_empty() {
+        let mean = |f: &dyn Fn(&FirstStage) -> usize| {
+            stages.iter().map(|s| f(s)).sum::<usize>() as f64 / stages.len() as f64
+        };
+        let mut tracks: Vec<usize> = stages.iter().map(|s| s.tracks).collect();
+        tracks.sort_unstable();
+        println!(
+            "shortlist per query: {:.0} 4-peak lookups, {:.0} 4-peak hits, {:.1} references \
+             (median {}, max {}), {:.0} triplet hits kept",
+            mean(&|s| s.lookups),
+            mean(&|s| s.hits),
+            mean(&|s| s.tracks),
+            tracks[tracks.len() / 2],
+            tracks[tracks.len() - 1],
+            mean(&|s| s.kept_hits),
+        );
+    }
     for &threshold in &args.thresholds {
         print_row(&outcomes, threshold, |&(evidence, _)| evidence >= threshold);
     }

@@ -51,7 +51,9 @@
 //! postings are purged like a crash's. Every write waits (`WAIT`) until `durable` replicas
 //! have it, so a failover loses nothing acknowledged; a write to a master with fewer
 //! replicas than that (as its own `INFO replication` counts them: the cluster map comes by
-//! gossip and may lag) is refused with an error that says so, and reads go on.
+//! gossip and may lag) is retried for a few seconds and then refused with an error that
+//! says so, and reads go on. Purges do not wait: a lost one leaves postings of a dead id,
+//! which no lookup shows.
 
 mod layout;
 mod scripts;
@@ -92,6 +94,12 @@ pub const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
 /// How long one `WAIT` for replicas may take before the write counts as failed.
 const WAIT_TIMEOUT_MS: u64 = 5_000;
 
+/// How long a write to a master with too few replicas is retried (within the store's
+/// timeout) before it is refused: long enough for a replica that dropped its link (a
+/// restart, a network blip) to reconnect, short enough that a cluster set up without
+/// replicas says so at once.
+const TOO_FEW_REPLICAS_GRACE: Duration = Duration::from_secs(5);
+
 /// Default log2 of the number of posting buckets: 65,536 buckets hold about 35 hash keys
 /// each at 12 hours of audio (2.3M keys), small enough for Redis's compact hash encoding.
 pub const DEFAULT_BUCKET_BITS: u32 = 16;
@@ -109,7 +117,7 @@ pub struct RedisOptions {
     pub prefix: String,
     /// Log2 of the number of posting buckets; used when the store is created.
     pub bucket_bits: u32,
-    /// Replicas each write waits for (up to the number the master has).
+    /// Replicas each write waits for; a write to a master with fewer is refused.
     pub durable_replicas: usize,
     /// How long an operation retries through failovers and redirections.
     pub timeout: Duration,
@@ -257,10 +265,11 @@ impl Failure {
                             )
                     )
             }
-            Failure::NotDurable { .. } | Failure::StaleRoute => true,
-            // Counted by the master itself: adding a replica takes an operator, longer
-            // than any retry.
-            Failure::TooFewReplicas { .. } | Failure::Corrupt(_) => false,
+            // Retried only for a short grace: see `TOO_FEW_REPLICAS_GRACE`.
+            Failure::NotDurable { .. } | Failure::StaleRoute | Failure::TooFewReplicas { .. } => {
+                true
+            }
+            Failure::Corrupt(_) => false,
         }
     }
 }
@@ -410,7 +419,16 @@ impl Link {
         loop {
             match self.block_on(attempt()) {
                 Ok(value) => return Ok(value),
-                Err(failure) if failure.is_transient() && started.elapsed() < self.timeout => {
+                Err(failure)
+                    if failure.is_transient()
+                        && started.elapsed()
+                            < match failure {
+                                Failure::TooFewReplicas { .. } => {
+                                    self.timeout.min(TOO_FEW_REPLICAS_GRACE)
+                                }
+                                _ => self.timeout,
+                            } =>
+                {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(1));
                     // A failed refresh keeps the old map; the next attempt tells.
@@ -432,7 +450,10 @@ impl Link {
             Failure::Redis(error) => Box::new(error),
             Failure::NotDurable { wanted, acked } => format!(
                 "the write reached {acked} of the {wanted} replicas it waits for within \
-                 {WAIT_TIMEOUT_MS} ms (is a replica down?)"
+                 {WAIT_TIMEOUT_MS} ms, retried until the store's timeout (is a replica \
+                 down?); the master may hold it, so readers may see it, but it is not \
+                 confirmed: index it again once the replicas are back, or open the store \
+                 with durable=0 to accept asynchronous replication"
             )
             .into(),
             Failure::TooFewReplicas {
@@ -469,18 +490,7 @@ impl Link {
     ) -> Result<Vec<Value>, Failure> {
         let wait_for = if durable { self.durable_replicas } else { 0 };
         if wait_for > 0 && self.topology().replicas_of(slot) < wait_for {
-            // The map comes from any node's view, which learns of a new replica by gossip
-            // and may lag: the master's own count decides.
-            let replicas = self.replicas_of_master(slot).await?;
-            if replicas < wait_for {
-                return Err(Failure::TooFewReplicas {
-                    master: self.topology().address_of(slot).to_owned(),
-                    replicas,
-                    wanted: wait_for,
-                });
-            }
-            // A failed refresh keeps the old map, and the next write asks the master again.
-            let _ = self.refresh_topology().await;
+            self.check_replicas(slot, wait_for).await?;
         }
         let route = || SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
         for attempt in 0..2 {
@@ -528,9 +538,24 @@ impl Link {
         unreachable!("the loop returns on its second pass")
     }
 
-    /// How many replicas the master of `slot` has connected, syncing or in sync (its
-    /// `INFO replication`); `WAIT` holds a write until they have it.
-    async fn replicas_of_master(&self, slot: u16) -> Result<usize, Failure> {
+    /// Checks that the master of `slot` has `wanted` replicas, when the map at hand shows
+    /// fewer. The map is one node's gossip view and may lag behind a replica that has
+    /// just joined: it is read afresh, and if it still shows too few, the master named
+    /// there is asked (`INFO replication`: `connected_slaves` counts a replica that is
+    /// still syncing, and `WAIT` then holds the write until it has synced). Asked by
+    /// address, so that the count is that master's and no other node's. A user whose
+    /// ACL denies `INFO` skips the question: `WAIT` still decides.
+    async fn check_replicas(&self, slot: u16, wanted: usize) -> Result<(), Failure> {
+        self.refresh_topology().await?;
+        let topology = self.topology();
+        if topology.replicas_of(slot) >= wanted {
+            return Ok(());
+        }
+        let master = topology.address_of(slot).to_owned();
+        let (host, port) = master
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
+            .ok_or(Failure::StaleRoute)?;
         let mut command = redis::cmd("INFO");
         command.arg("replication");
         self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -538,25 +563,42 @@ impl Link {
         let value = conn
             .route_command(
                 command,
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
-                    slot,
-                    SlotAddr::Master,
-                ))),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
             )
-            .await?;
+            .await;
+        let value = match value {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                return Ok(());
+            }
+            other => other?,
+        };
         let info = match &value {
+            Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoPerm) => {
+                return Ok(());
+            }
+            Value::ServerError(error) => return Err(Failure::Redis(error.clone().into())),
             Value::VerbatimString { text, .. } => text.clone(),
             other => as_bytes(other)
                 .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
                 .ok_or_else(|| Failure::Corrupt("INFO answered in an unknown form".into()))?,
         };
         if !info.lines().any(|line| line.trim() == "role:master") {
+            // The map is already fresh: a failover is under way.
             return Err(Failure::StaleRoute);
         }
-        info.lines()
+        let replicas: usize = info
+            .lines()
             .find_map(|line| line.strip_prefix("connected_slaves:"))
             .and_then(|count| count.trim().parse().ok())
-            .ok_or_else(|| Failure::Corrupt("INFO replication shows no connected_slaves".into()))
+            .ok_or_else(|| Failure::Corrupt("INFO replication shows no connected_slaves".into()))?;
+        if replicas < wanted {
+            return Err(Failure::TooFewReplicas {
+                master,
+                replicas,
+                wanted,
+            });
+        }
+        Ok(())
     }
 
     /// Loads every script into one node; returns their SHA1 names.
@@ -1064,8 +1106,8 @@ impl RedisStore {
 
     /// A lookup found no live bitmap, which a store has from its first published track
     /// on (a removal clears bits but keeps the string): fails if tracks are catalogued and
-    /// the bitmap is still missing, as when a failover without `durable` replicas lost
-    /// it, instead of answering as if nothing were live.
+    /// the bitmap is still missing (evicted, or deleted by hand), instead of answering as
+    /// if nothing were live.
     fn check_no_tracks_without_bitmap(&self) -> Result<(), IndexError> {
         let (tracks, live) = (self.keys.catalogue("tracks"), self.keys.catalogue("live"));
         let values = self.link.run("checking the live bitmap", || async {
@@ -1081,8 +1123,8 @@ impl RedisStore {
         let n_tracks = values.first().and_then(as_int).unwrap_or(0);
         if n_tracks > 0 && values.get(1) == Some(&Value::Nil) {
             return Err(self.corrupt(format!(
-                "{n_tracks} tracks are catalogued but the live bitmap is missing (lost in a \
-                 failover without durable replicas?)"
+                "{n_tracks} tracks are catalogued but the live bitmap is missing (evicted? \
+                 the cluster must run with maxmemory-policy noeviction; or deleted by hand)"
             )));
         }
         Ok(())

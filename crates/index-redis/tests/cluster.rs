@@ -272,3 +272,32 @@ fn a_write_that_would_wait_for_a_missing_replica_is_refused_and_reads_still_work
         .expect_err("creating a store no replica holds");
     assert!(error.to_string().contains("durable=0"), "{error}");
 }
+
+#[test]
+fn a_lost_live_bitmap_is_an_error_and_an_empty_store_answers_nothing() {
+    let prefix = format!("lost{}", std::process::id());
+    let url = cluster().url(&format!("prefix={prefix}&durable=0"));
+    let store = RedisStore::open(&url, "p").expect("create");
+    let entries = spread_entries(31, 50);
+    let mut visits = 0;
+    store
+        .lookup(&[entries[0].0], usize::MAX, &mut |_, _| visits += 1)
+        .expect("a lookup in an empty store");
+    assert_eq!(visits, 0);
+    store
+        .put_track(&track_info("/lost", "lost", 10.0), &entries, None)
+        .expect("put");
+    assert_eq!(lookup_all(&store, &[entries[0].0]).len(), 1);
+    // As eviction or a careless DEL would: every posting would look dead.
+    let live = format!("{{{prefix}}}:live");
+    let master = cluster().master_of(&live).expect("the catalogue's master");
+    let deleted = std::process::Command::new("redis-cli")
+        .args(["-p", &master.to_string(), "DEL", &live])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "1");
+    match store.lookup(&[entries[0].0], usize::MAX, &mut |_, _| {}) {
+        Err(IndexError::Corrupt { what, .. }) => assert!(what.contains("live bitmap"), "{what}"),
+        other => panic!("a lookup without the live bitmap answered {other:?}"),
+    }
+}
