@@ -22,13 +22,12 @@ use anyhow::Result;
 use fingerprint::{Fingerprinter, Params, RefQuad};
 use matcher::{Hit, MatchParams, QueryQuad};
 
-use crate::sweep::env_or;
+use crate::sweep::{MemIndex, env_or, matcher_quads};
 
 /// The 4-peak index of the references and how it is read.
 pub struct Shortlist {
     fp: Fingerprinter,
-    index: HashMap<u32, Vec<(u32, RefQuad)>>,
-    cap: usize,
+    index: MemIndex,
     cells: VoteCells,
     matcher: Option<MatchParams>,
 }
@@ -78,19 +77,12 @@ impl Shortlist {
         cap_factor: f64,
         base: &MatchParams,
     ) -> Self {
-        let mut index: HashMap<u32, Vec<(u32, RefQuad)>> = HashMap::new();
-        let mut n_postings = 0usize;
-        for (track, quads) in per_ref.into_iter().enumerate() {
-            n_postings += quads.len();
-            for q in quads {
-                index.entry(q.hash).or_default().push((track as u32, q));
-            }
-        }
-        let mean = n_postings as f64 / index.len().max(1) as f64;
-        let cap = ((mean * cap_factor).ceil() as usize).max(20);
+        let index = MemIndex::new(per_ref, cap_factor);
         eprintln!(
-            "shortlist: {n_postings} 4-peak postings on {} keys (cap {cap})",
-            index.len()
+            "shortlist: {} 4-peak postings on {} keys (cap {})",
+            index.n_postings,
+            index.map.len(),
+            index.cap
         );
         let cells = VoteCells {
             log_factor: env_or("SL_LF", 0.03),
@@ -114,7 +106,6 @@ impl Shortlist {
         Self {
             fp,
             index,
-            cap,
             cells,
             matcher,
         }
@@ -123,31 +114,8 @@ impl Shortlist {
     /// The references whose 4-peak hits in `samples` form a transform group.
     pub fn stage(&self, samples: &[f32]) -> Stage {
         let print = self.fp.query_print(samples);
-        let query: Vec<QueryQuad> = print
-            .quads
-            .iter()
-            .map(|x| QueryQuad {
-                time: x.time,
-                bin: x.bin,
-                span: x.span,
-            })
-            .collect();
-        let mut hits = Vec::new();
-        for (i, x) in print.quads.iter().enumerate() {
-            let Some(list) = self.index.get(&x.hash) else {
-                continue;
-            };
-            if list.len() > self.cap {
-                continue;
-            }
-            hits.extend(list.iter().map(|(track, r)| Hit {
-                track: *track,
-                query: i as u32,
-                r_time: fingerprint::whole_frames(r.time),
-                r_bin: r.freq,
-                r_span: r.span,
-            }));
-        }
+        let query = matcher_quads(&print.quads);
+        let hits = self.index.hits(&print.quads);
         let n_hits = hits.len();
         let tracks = match &self.matcher {
             Some(params) => matcher::find_matches(hits, &query, params)

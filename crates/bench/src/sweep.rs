@@ -78,6 +78,69 @@ fn params_from_env() -> Params {
     }
 }
 
+/// Every reference's quads by key, as the sweep's stand-in for the store.
+pub(crate) struct MemIndex {
+    pub map: HashMap<u32, Vec<(u32, RefQuad)>>,
+    pub n_postings: usize,
+    /// Keys with more postings are skipped: `cap_factor` times the mean list length,
+    /// at least 20 (the engine's stop-word cut).
+    pub cap: usize,
+}
+
+impl MemIndex {
+    /// Indexes `per_ref`, reference `i`'s quads as track `i`.
+    pub fn new(per_ref: Vec<Vec<RefQuad>>, cap_factor: f64) -> Self {
+        let mut map: HashMap<u32, Vec<(u32, RefQuad)>> = HashMap::new();
+        let mut n_postings = 0usize;
+        for (track, quads) in per_ref.into_iter().enumerate() {
+            n_postings += quads.len();
+            for q in quads {
+                map.entry(q.hash).or_default().push((track as u32, q));
+            }
+        }
+        let mean = n_postings as f64 / map.len().max(1) as f64;
+        let cap = ((mean * cap_factor).ceil() as usize).max(20);
+        Self {
+            map,
+            n_postings,
+            cap,
+        }
+    }
+
+    /// The hits of a query's quads, each naming its quad by position.
+    pub fn hits(&self, quads: &[fingerprint::QueryQuad]) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        for (i, x) in quads.iter().enumerate() {
+            let Some(list) = self.map.get(&x.hash) else {
+                continue;
+            };
+            if list.len() > self.cap {
+                continue;
+            }
+            hits.extend(list.iter().map(|(track, r)| Hit {
+                track: *track,
+                query: i as u32,
+                r_time: fingerprint::whole_frames(r.time),
+                r_bin: r.freq,
+                r_span: r.span,
+            }));
+        }
+        hits
+    }
+}
+
+/// A query's quads as the matcher reads them (without their keys).
+pub(crate) fn matcher_quads(quads: &[fingerprint::QueryQuad]) -> Vec<QueryQuad> {
+    quads
+        .iter()
+        .map(|x| QueryQuad {
+            time: x.time,
+            bin: x.bin,
+            span: x.span,
+        })
+        .collect()
+}
+
 /// One true sample's outcome: found, and the significance of the match that found it.
 struct Outcome {
     condition: String,
@@ -211,20 +274,13 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     }
     let shortlist =
         shortlist_fp.map(|f| Shortlist::new(f, shortlist_quads, args.cap_factor, &match_params));
-    let mut index: HashMap<u32, Vec<(u32, RefQuad)>> = HashMap::new();
-    let mut n_postings = 0usize;
-    for (i, quads) in per_ref.into_iter().enumerate() {
-        n_postings += quads.len();
-        for q in quads {
-            index.entry(q.hash).or_default().push((i as u32, q));
-        }
-    }
-    let mean = n_postings as f64 / index.len().max(1) as f64;
-    let cap = ((mean * args.cap_factor).ceil() as usize).max(20);
+    let index = MemIndex::new(per_ref, args.cap_factor);
     eprintln!(
-        "{} references, {n_postings} postings on {} keys (cap {cap}) in {:.1} s",
+        "{} references, {} postings on {} keys (cap {}) in {:.1} s",
         refs.len(),
-        index.len(),
+        index.n_postings,
+        index.map.len(),
+        index.cap,
         started.elapsed().as_secs_f64()
     );
     let outcomes: Vec<Outcome> = truth
@@ -237,30 +293,8 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             let print = fp.query_print(&samples);
             let quads = &print.quads;
             let grid = engine::verification_grid(&print, &match_params);
-            let query_quads: Vec<QueryQuad> = quads
-                .iter()
-                .map(|x| QueryQuad {
-                    time: x.time,
-                    bin: x.bin,
-                    span: x.span,
-                })
-                .collect();
-            let mut hits = Vec::new();
-            for (i, x) in quads.iter().enumerate() {
-                let Some(list) = index.get(&x.hash) else {
-                    continue;
-                };
-                if list.len() > cap {
-                    continue;
-                }
-                hits.extend(list.iter().map(|(track, r)| Hit {
-                    track: *track,
-                    query: i as u32,
-                    r_time: fingerprint::whole_frames(r.time),
-                    r_bin: r.freq,
-                    r_span: r.span,
-                }));
-            }
+            let query_quads = matcher_quads(quads);
+            let mut hits = index.hits(quads);
             // Every candidate down to significance 0 is kept with its evidence, so that
             // any threshold can be scored; the engine keeps the accepted ones only.
             let all = MatchParams {
