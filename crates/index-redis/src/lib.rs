@@ -1542,6 +1542,64 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_durable_script_with_nothing_left_to_do_still_writes() {
+        // A retried call whose first attempt was applied finds nothing to do; from Redis
+        // 7.2 its `WAIT` covers only what it propagated, so it must still write. A write
+        // shows as one more change since the last save (the test nodes never save).
+        let cluster = testcluster::TestCluster::start(3, 0).expect("a 3-master cluster");
+        let store =
+            RedisStore::open(&cluster.url("prefix=touch&durable=0&buckets=2"), "p").expect("open");
+        let changes = |key: &str| -> u64 {
+            let port = cluster.master_of(key).expect("the key's master");
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "INFO", "persistence"])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|line| line.strip_prefix("rdb_changes_since_last_save:"))
+                .and_then(|n| n.trim().parse().ok())
+                .expect("INFO persistence shows the changes")
+        };
+        let run = |slot: u16, command: &Cmd| {
+            store
+                .link
+                .block_on(store.link.exec(slot, std::slice::from_ref(command), false))
+                .expect("the script runs")
+        };
+        let bucket = store.keys.bucket(0);
+        let mut append = redis::cmd("EVALSHA");
+        append
+            .arg(&store.shas[Script::Append.index()])
+            .arg(1)
+            .arg(&bucket)
+            .arg(&[0u8, 0, 0, 1][..])
+            .arg(&b"a chunk"[..]);
+        let mut meta = store.catalogue_command(Script::Meta);
+        meta.arg(FORMAT_VERSION).arg("p").arg(2).arg("1");
+        let mut remove = store.catalogue_command(Script::Remove);
+        remove.arg(4_000_000_000u32);
+        let bucket_slot = slot_of(bucket.as_bytes());
+        run(bucket_slot, &append);
+        for (key, slot, command) in [
+            (bucket.as_str(), bucket_slot, &append),
+            (store.catalogue_key.as_str(), store.catalogue_slot, &meta),
+            (store.catalogue_key.as_str(), store.catalogue_slot, &remove),
+        ] {
+            let before = changes(key);
+            run(slot, command);
+            assert!(
+                changes(key) > before,
+                "{key}: a call with nothing to do wrote nothing"
+            );
+        }
+        // What was there is unchanged.
+        let mut read = redis::cmd("HGET");
+        read.arg(&bucket).arg(&[0u8, 0, 0, 1][..]);
+        assert_eq!(as_bytes(&run(bucket_slot, &read)[0]), Some(&b"a chunk"[..]));
+    }
+
+    #[test]
     fn urls_parse_with_defaults_and_options() {
         let options = RedisOptions::from_url("redis://127.0.0.1:7000,127.0.0.1:7001").expect("ok");
         assert_eq!(

@@ -11,6 +11,11 @@
 const CATALOGUE_PRELUDE: &str = r#"
 local T = ARGV[1]
 local function key(name) return T .. ':' .. name end
+-- A write that changes nothing, for a script that answers a retried durable call with
+-- nothing left to do: from Redis 7.2, `WAIT` covers only what a connection's own
+-- commands propagated, so without it the retry's `WAIT` would return before the first
+-- attempt's writes reached a replica.
+local function touch() redis.call('HINCRBY', key('counters'), 'live_postings', 0) end
 -- The server's clock, so clients on machines whose clocks disagree share one timeline.
 local function now_ms()
   local t = redis.call('TIME')
@@ -68,6 +73,8 @@ if redis.call('EXISTS', m) == 0 then
   if ARGV[5] ~= '1' then return false end
   redis.call('HSET', m, 'format_version', ARGV[2], 'fingerprint_params', ARGV[3],
     'bucket_bits', ARGV[4])
+elseif ARGV[5] == '1' then
+  touch()
 end
 return redis.call('HMGET', m, 'format_version', 'fingerprint_params', 'bucket_bits')
 "#;
@@ -108,7 +115,10 @@ return {'ok', sid, redis.call('ZRANGEBYSCORE', key('dead'), '-inf', now - tonumb
 const PUBLISH: &str = r#"
 local id, path, content, replaces, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], now_ms()
 if not redis.call('ZSCORE', key('pending'), id) then
-  if redis.call('HEXISTS', key('tracks'), id) == 1 then return {'ok', ''} end
+  if redis.call('HEXISTS', key('tracks'), id) == 1 then
+    touch()
+    return {'ok', ''}
+  end
   return {'stale', ''}
 end
 local function abandon(code, other)
@@ -140,6 +150,7 @@ return {'ok', ''}
 /// ARGV: tag, id.
 const REMOVE: &str = r#"
 if remove_track(ARGV[2], now_ms()) then return 1 end
+touch()
 return 0
 "#;
 
@@ -230,18 +241,24 @@ return 1
 "#;
 
 /// Appends chunks to fields of one bucket; returns how many fields it created. A chunk
-/// already present is not appended again, so a retried append changes nothing.
+/// already present is not appended again, so a retried append changes nothing, but it
+/// still writes (the first field, unchanged), so that its `WAIT` covers the first
+/// attempt's writes (see `touch` in the catalogue prelude).
 /// KEYS: the bucket. ARGV: (field, chunks) pairs.
 pub const APPEND: &str = r#"
-local new = 0
+local new, wrote = 0, false
 for i = 1, #ARGV, 2 do
   local old = redis.call('HGET', KEYS[1], ARGV[i])
   if not old then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    new = new + 1
+    new, wrote = new + 1, true
   elseif not string.find(old, ARGV[i + 1], 1, true) then
     redis.call('HSET', KEYS[1], ARGV[i], old .. ARGV[i + 1])
+    wrote = true
   end
+end
+if not wrote and #ARGV >= 2 then
+  redis.call('HSET', KEYS[1], ARGV[1], redis.call('HGET', KEYS[1], ARGV[1]))
 end
 return new
 "#;
