@@ -361,6 +361,11 @@ impl Topology {
 struct Link {
     /// Dropped before the runtime that drives it.
     conn: ClusterConnection,
+    /// A second connection for writes that wait for replicas: a `WAIT` holds its
+    /// connection to a node for up to [`WAIT_TIMEOUT_MS`] while a replica lags, and on
+    /// `conn` it would hold up every lookup on that node too. A write and its `WAIT` go
+    /// in one pipeline on this connection, so the `WAIT` covers the write.
+    writes: ClusterConnection,
     /// Always `Some` until dropped; see the `Drop` impl.
     runtime: Option<tokio::runtime::Runtime>,
     topology: RwLock<Arc<Topology>>,
@@ -503,7 +508,11 @@ impl Link {
             }
             let count = commands.len() + usize::from(wait_for > 0);
             self.round_trips.fetch_add(1, Ordering::Relaxed);
-            let mut conn = self.conn.clone();
+            let mut conn = if wait_for > 0 {
+                self.writes.clone()
+            } else {
+                self.conn.clone()
+            };
             let mut values = conn.route_pipeline(pipe, 0, count, route()).await?;
             let mut missing_script = false;
             for value in &values {
@@ -745,8 +754,10 @@ impl RedisStore {
             .build()
             .map_err(connect_error)?;
         let conn = wait(&runtime, client.get_async_connection()).map_err(connect_error)?;
+        let writes = wait(&runtime, client.get_async_connection()).map_err(connect_error)?;
         let link = Link {
             conn,
+            writes,
             runtime: Some(runtime),
             topology: RwLock::new(Arc::new(Topology::default())),
             sources: Script::ALL.iter().map(|script| script.source()).collect(),

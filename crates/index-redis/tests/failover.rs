@@ -162,3 +162,75 @@ fn a_killed_master_fails_over_without_losing_tracks_or_answers() {
     let outcome = engine.index_file(&path).expect("index after the failover");
     assert!(matches!(outcome, IndexOutcome::Added { .. }), "{outcome:?}");
 }
+
+/// The port of a replica of the master on `master` (its `INFO replication`).
+fn replica_of(master: u16) -> u16 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &master.to_string(), "INFO", "replication"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|line| line.starts_with("slave0:"))
+        .and_then(|line| line.split(',').find_map(|part| part.strip_prefix("port=")))
+        .and_then(|port| port.parse().ok())
+        .expect("the master has a replica")
+}
+
+/// The process id of the server on `port`.
+fn pid_of(port: u16) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "server"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .map(|pid| pid.trim().to_owned())
+        .expect("INFO server shows the pid")
+}
+
+/// Sends `signal` (STOP or CONT) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn a_stalled_replica_holds_up_writes_but_not_lookups() {
+    use index::Store;
+    use index::testsuite::{lookup_all, track_info};
+    let cluster = TestCluster::start(3, 1).expect("start 3 masters + 3 replicas");
+    let store = RedisStore::open(&cluster.url("prefix=slow&timeout_s=6"), "p").expect("open");
+    let entries: Vec<index::Entry> = (0..200u32)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9), i, 7, 11))
+        .collect();
+    store
+        .put_track(&track_info("/kept", "kept", 10.0), &entries, None)
+        .expect("put");
+    // Every write touches the catalogue's master; with its replica stopped, each write
+    // waits there for up to 5 s per attempt.
+    let replica = pid_of(replica_of(
+        cluster.master_of("{slow}:meta").expect("master"),
+    ));
+    signal(&replica, "STOP");
+    let (looked_up, elapsed) = std::thread::scope(|scope| {
+        let writer = scope
+            .spawn(|| store.put_track(&track_info("/stalled", "stalled", 10.0), &entries, None));
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let found = lookup_all(&store, &[entries[0].0]).len();
+        let elapsed = started.elapsed();
+        signal(&replica, "CONT");
+        let _ = writer.join();
+        (found, elapsed)
+    });
+    assert_eq!(looked_up, 1);
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "a lookup waited {elapsed:?} behind a write's WAIT"
+    );
+}
