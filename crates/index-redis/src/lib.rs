@@ -240,10 +240,12 @@ enum Failure {
 }
 
 impl Failure {
-    /// Whether trying again later can succeed: the kinds of failure a failover, a slot
-    /// migration or a restarting node produce.
-    fn is_transient(&self) -> bool {
-        match self {
+    /// How long an operation that failed so may go on retrying, given the store's
+    /// `timeout`: all of it for the kinds of failure a failover, a slot migration or a
+    /// restarting node produce, a short grace for a master short of replicas (see
+    /// [`TOO_FEW_REPLICAS_GRACE`]), none for the rest.
+    fn retry_window(&self, timeout: Duration) -> Duration {
+        let transient = match self {
             Failure::Redis(error) => {
                 error.is_io_error()
                     || error.is_timeout()
@@ -265,12 +267,11 @@ impl Failure {
                             )
                     )
             }
-            // Retried only for a short grace: see `TOO_FEW_REPLICAS_GRACE`.
-            Failure::NotDurable { .. } | Failure::StaleRoute | Failure::TooFewReplicas { .. } => {
-                true
-            }
+            Failure::NotDurable { .. } | Failure::StaleRoute => true,
+            Failure::TooFewReplicas { .. } => return timeout.min(TOO_FEW_REPLICAS_GRACE),
             Failure::Corrupt(_) => false,
-        }
+        };
+        if transient { timeout } else { Duration::ZERO }
     }
 }
 
@@ -287,8 +288,8 @@ struct Topology {
     node_of_slot: Vec<u16>,
     /// Replicas of each node.
     replicas: Vec<usize>,
-    /// Each node's `host:port`, for messages.
-    addresses: Vec<String>,
+    /// Each node's host and port.
+    addresses: Vec<(String, u16)>,
 }
 
 impl Topology {
@@ -309,12 +310,11 @@ impl Topology {
             .unwrap_or(0)
     }
 
-    /// The `host:port` of the master serving `slot`, or `"unknown"`.
-    fn address_of(&self, slot: u16) -> &str {
+    /// The host and port of the master serving `slot`, if the map knows it.
+    fn address_of(&self, slot: u16) -> Option<&(String, u16)> {
         self.node_of_slot
             .get(usize::from(slot))
             .and_then(|&node| self.addresses.get(usize::from(node)))
-            .map_or("unknown", String::as_str)
     }
 
     fn parse(value: &Value) -> Option<Self> {
@@ -339,10 +339,9 @@ impl Topology {
             let node = match nodes.iter().position(|known| *known == address) {
                 Some(node) => node,
                 None => {
-                    topology.addresses.push(format!(
-                        "{}:{}",
-                        String::from_utf8_lossy(&address.0),
-                        address.1
+                    topology.addresses.push((
+                        String::from_utf8_lossy(&address.0).into_owned(),
+                        u16::try_from(address.1).ok()?,
                     ));
                     nodes.push(address);
                     topology.replicas.push(items.len() - 3);
@@ -424,16 +423,7 @@ impl Link {
         loop {
             match self.block_on(attempt()) {
                 Ok(value) => return Ok(value),
-                Err(failure)
-                    if failure.is_transient()
-                        && started.elapsed()
-                            < match failure {
-                                Failure::TooFewReplicas { .. } => {
-                                    self.timeout.min(TOO_FEW_REPLICAS_GRACE)
-                                }
-                                _ => self.timeout,
-                            } =>
-                {
+                Err(failure) if started.elapsed() < failure.retry_window(self.timeout) => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(1));
                     // A failed refresh keeps the old map; the next attempt tells.
@@ -560,10 +550,10 @@ impl Link {
         if topology.replicas_of(slot) >= wanted {
             return Ok(());
         }
-        let master = topology.address_of(slot).to_owned();
-        let (host, port) = master
-            .rsplit_once(':')
-            .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
+        // A slot no master serves in a fresh map: a failover is under way.
+        let (host, port) = topology
+            .address_of(slot)
+            .cloned()
             .ok_or(Failure::StaleRoute)?;
         let mut command = redis::cmd("INFO");
         command.arg("replication");
@@ -572,9 +562,16 @@ impl Link {
         let value = conn
             .route_command(
                 command,
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port,
+                }),
             )
-            .await;
+            .await
+            .and_then(|value| match value {
+                Value::ServerError(error) => Err(error.into()),
+                value => Ok(value),
+            });
         let value = match value {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => {
                 return Ok(());
@@ -582,10 +579,6 @@ impl Link {
             other => other?,
         };
         let info = match &value {
-            Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoPerm) => {
-                return Ok(());
-            }
-            Value::ServerError(error) => return Err(Failure::Redis(error.clone().into())),
             Value::VerbatimString { text, .. } => text.clone(),
             other => as_bytes(other)
                 .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
@@ -602,7 +595,7 @@ impl Link {
             .ok_or_else(|| Failure::Corrupt("INFO replication shows no connected_slaves".into()))?;
         if replicas < wanted {
             return Err(Failure::TooFewReplicas {
-                master,
+                master: format!("{host}:{port}"),
                 replicas,
                 wanted,
             });
