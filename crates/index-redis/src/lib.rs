@@ -1555,15 +1555,10 @@ mod tests {
             RedisStore::open(&cluster.url("prefix=touch&durable=0&buckets=2"), "p").expect("open");
         let changes = |key: &str| -> u64 {
             let port = cluster.master_of(key).expect("the key's master");
-            let out = std::process::Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "INFO", "persistence"])
-                .output()
-                .expect("redis-cli");
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find_map(|line| line.strip_prefix("rdb_changes_since_last_save:"))
-                .and_then(|n| n.trim().parse().ok())
+            testcluster::info_field(port, "persistence", "rdb_changes_since_last_save")
                 .expect("INFO persistence shows the changes")
+                .parse()
+                .expect("a count")
         };
         let run = |slot: u16, command: &Cmd| {
             store

@@ -184,15 +184,8 @@ impl TestCluster {
 
     /// Kills the node on `port` with SIGKILL, as a crash would, and forgets it.
     pub fn kill(&mut self, port: u16) -> io::Result<()> {
-        let pid: u32 = cli(port, &["INFO", "server"])?
-            .lines()
-            .find_map(|line| line.strip_prefix("process_id:"))
-            .and_then(|pid| pid.trim().parse().ok())
-            .ok_or_else(|| io::Error::other("INFO server shows no process_id"))?;
-        Command::new("kill")
-            .arg("-9")
-            .arg(pid.to_string())
-            .status()?;
+        let pid = info_field(port, "server", "process_id")?;
+        Command::new("kill").arg("-9").arg(pid).status()?;
         if let Some(position) = self.nodes.iter().position(|node| node.port == port) {
             let mut node = self.nodes.remove(position);
             // The watchdog sees its server gone and exits.
@@ -240,17 +233,24 @@ impl TestCluster {
     pub fn used_memory_bytes(&self) -> io::Result<u64> {
         let mut total = 0;
         for node in &self.nodes {
-            let info = cli(node.port, &["INFO", "all"])?;
-            if !info.contains("role:master") {
+            if info_field(node.port, "replication", "role")? != "master" {
                 continue;
             }
-            total += info
-                .lines()
-                .find_map(|line| line.strip_prefix("used_memory:"))
-                .and_then(|bytes| bytes.trim().parse::<u64>().ok())
-                .ok_or_else(|| io::Error::other("INFO shows no used_memory"))?;
+            total += info_field(node.port, "memory", "used_memory")?
+                .parse::<u64>()
+                .map_err(io::Error::other)?;
         }
         Ok(total)
+    }
+
+    /// The port of a replica of the master on `master` (its first, as `INFO
+    /// replication` lists them).
+    pub fn replica_of(&self, master: u16) -> io::Result<u16> {
+        info_field(master, "replication", "slave0")?
+            .split(',')
+            .find_map(|part| part.strip_prefix("port="))
+            .and_then(|port| port.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("node {master} lists no replica")))
     }
 
     fn any_port(&self) -> io::Result<u16> {
@@ -311,8 +311,18 @@ fn shell_quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
+/// One field of a node's `INFO SECTION` (`process_id` of `server`, say), trimmed.
+pub fn info_field(port: u16, section: &str, field: &str) -> io::Result<String> {
+    let prefix = format!("{field}:");
+    cli(port, &["INFO", section])?
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().to_owned())
+        .ok_or_else(|| io::Error::other(format!("INFO {section} of node {port} shows no {field}")))
+}
+
 /// Runs `redis-cli -p PORT ARGS...` and returns its output.
-fn cli(port: u16, args: &[&str]) -> io::Result<String> {
+pub fn cli(port: u16, args: &[&str]) -> io::Result<String> {
     let output = Command::new("redis-cli")
         .arg("-p")
         .arg(port.to_string())

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use index::testsuite::{lookup_all, track_info};
 use index::{Entry, IndexError, Posting, Store};
 use index_redis::RedisStore;
-use index_redis::testcluster::TestCluster;
+use index_redis::testcluster::{self, TestCluster};
 
 fn cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
@@ -291,11 +291,8 @@ fn a_lost_live_bitmap_is_an_error_and_an_empty_store_answers_nothing() {
     // As eviction or a careless DEL would: every posting would look dead.
     let live = format!("{{{prefix}}}:live");
     let master = cluster().master_of(&live).expect("the catalogue's master");
-    let deleted = std::process::Command::new("redis-cli")
-        .args(["-p", &master.to_string(), "DEL", &live])
-        .output()
-        .expect("redis-cli");
-    assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "1");
+    let deleted = testcluster::cli(master, &["DEL", &live]).expect("redis-cli");
+    assert_eq!(deleted.trim(), "1");
     match store.lookup(&[entries[0].0], usize::MAX, &mut |_, _| {}) {
         Err(IndexError::Corrupt { what, .. }) => assert!(what.contains("live bitmap"), "{what}"),
         other => panic!("a lookup without the live bitmap answered {other:?}"),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use engine::{Engine, IndexOutcome};
 use index_redis::RedisStore;
-use index_redis::testcluster::TestCluster;
+use index_redis::testcluster::{self, TestCluster};
 
 /// The engine's sample rate; test audio is written at it so an excerpt is a slice.
 const RATE_HZ: u32 = 16_000;
@@ -163,33 +163,6 @@ fn a_killed_master_fails_over_without_losing_tracks_or_answers() {
     assert!(matches!(outcome, IndexOutcome::Added { .. }), "{outcome:?}");
 }
 
-/// The port of a replica of the master on `master` (its `INFO replication`).
-fn replica_of(master: u16) -> u16 {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &master.to_string(), "INFO", "replication"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|line| line.starts_with("slave0:"))
-        .and_then(|line| line.split(',').find_map(|part| part.strip_prefix("port=")))
-        .and_then(|port| port.parse().ok())
-        .expect("the master has a replica")
-}
-
-/// The process id of the server on `port`.
-fn pid_of(port: u16) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", "server"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| line.strip_prefix("process_id:"))
-        .map(|pid| pid.trim().to_owned())
-        .expect("INFO server shows the pid")
-}
-
 /// Sends `signal` (STOP or CONT) to process `pid`.
 fn signal(pid: &str, signal: &str) {
     let status = std::process::Command::new("kill")
@@ -213,9 +186,13 @@ fn a_stalled_replica_holds_up_writes_but_not_lookups() {
         .expect("put");
     // Every write touches the catalogue's master; with its replica stopped, each write
     // waits there for up to 5 s per attempt.
-    let replica = pid_of(replica_of(
-        cluster.master_of("{slow}:meta").expect("master"),
-    ));
+    let master = cluster.master_of("{slow}:meta").expect("master");
+    let replica = testcluster::info_field(
+        cluster.replica_of(master).expect("its replica"),
+        "server",
+        "process_id",
+    )
+    .expect("the replica's pid");
     signal(&replica, "STOP");
     let (looked_up, elapsed) = std::thread::scope(|scope| {
         let writer = scope
