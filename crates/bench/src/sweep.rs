@@ -9,7 +9,8 @@
 //! `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
 //! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_NULL=0`
-//! (no null lines), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` (the query's
+//! (no null lines), `V_SCREEN` (the weak candidates' screen, nats; 0 shows every
+//! candidate's full verification in `SWEEP_DEBUG` and the wrong candidates' list), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` (the query's
 //! verification peaks), `V_R_PPS`, `V_R_PRT`, `V_R_PRB` (the reference's) override its settings
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
 //! its slope fit's run gap, `M_BSEED`, `M_SEEDMIN`, `M_SBLOCK` its intercept seeds,
@@ -19,7 +20,10 @@
 //! accepted at a lower cut, and every candidate on each true sample's reference (accepted
 //! or not); `ORACLE`
 //! prints, per true sample, where its evidence is lost (see [`crate::oracle`]), and with
-//! `ORACLE_HITS` also each quad hit that agrees with the true transform.
+//! `ORACLE_HITS` also each quad hit that agrees with the true transform. `QSCALES`
+//! (e.g. `0.6,0.8,1:2,1.25,1.6`) looks the query up at several time scales, each with a
+//! hop of the base hop over the scale and searching time factors within `QTF` (or the
+//! `:factor` after it) of its scale (session 19: not adopted).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -207,6 +211,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     match_params.verify.tolerance_bins =
         env_or("V_DB", match_params.verify.tolerance_bins as f64) as usize;
     match_params.verify.refine_tempo = env_or("V_RT", match_params.verify.refine_tempo);
+    match_params.verify.screen_nats = env_or("V_SCREEN", match_params.verify.screen_nats);
     if env_or("V_NULL", 1.0) == 0.0 {
         match_params.verify.null_shifts_frames.clear();
     }
@@ -237,6 +242,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         ..fp.params().clone()
     })?;
     let shortlist_fp = Shortlist::fingerprinter_from_env(fp.params())?;
+    let scale_fps = scale_fingerprinters(fp.params())?;
     type RefPrints = (
         Vec<RefQuad>,
         Vec<RefPeak>,
@@ -291,10 +297,20 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 .ok_or_else(|| anyhow!("truth without query"))?;
             let samples = decode(query)?;
             let print = fp.query_print(&samples);
-            let quads = &print.quads;
+            let scaled = scaled_quads(&scale_fps, &samples);
+            let quads = scaled.as_ref().map_or(&print.quads, |(q, _)| q);
             let grid = engine::verification_grid(&print, &match_params);
             let query_quads = matcher_quads(quads);
             let mut hits = index.hits(quads);
+            if let Some((_, ratios)) = &scaled {
+                // Each scale searches time factors within QTF of its own.
+                hits.retain(|h| {
+                    let q = &quads[h.query as usize];
+                    let (ratio, tf) = ratios[h.query as usize];
+                    let factor = h.r_span_frames() / q.span * ratio;
+                    factor <= tf && factor * tf >= 1.0
+                });
+            }
             // Every candidate down to significance 0 is kept with its evidence, so that
             // any threshold can be scored; the engine keeps the accepted ones only.
             let all = MatchParams {
@@ -526,4 +542,53 @@ fn print_row(outcomes: &[Outcome], threshold: f64, accept: impl Fn(&(f64, f64)) 
         outcomes.len(),
         detail.join(" ")
     );
+}
+
+/// With `QSCALES` (time scales, e.g. `0.7,1,1.4`): one fingerprinter per scale, whose hop
+/// is the base hop divided by the scale, so that a sample playing at that speed in the
+/// query is analysed on the reference's own time grid; each searches time factors within
+/// `QTF` (default 1.2) of its scale. Experiment of session 19.
+fn scale_fingerprinters(base: &Params) -> Result<Vec<(f32, f32, Fingerprinter)>> {
+    let Ok(list) = std::env::var("QSCALES") else {
+        return Ok(Vec::new());
+    };
+    let tf = env_or("QTF", 1.2) as f32;
+    list.split(',')
+        .map(|x| {
+            let (scale, tf) = match x.split_once(':') {
+                Some((s, t)) => (s, t.parse().context("QSCALES")?),
+                None => (x, tf),
+            };
+            let scale: f32 = scale.trim().parse().context("QSCALES")?;
+            let hop = (base.hop as f32 / scale).round() as usize;
+            let fp = Fingerprinter::new(Params {
+                hop,
+                max_time_factor: tf,
+                ..base.clone()
+            })?;
+            Ok((hop as f32 / base.hop as f32, tf, fp))
+        })
+        .collect()
+}
+
+/// The query quads of every scale of [`scale_fingerprinters`], their times and spans in
+/// the base hop's frames; `None` without scales.
+type Scaled = (Vec<fingerprint::QueryQuad>, Vec<(f32, f32)>);
+
+fn scaled_quads(fps: &[(f32, f32, Fingerprinter)], samples: &[f32]) -> Option<Scaled> {
+    if fps.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ratios = Vec::new();
+    for (ratio, tf, fp) in fps {
+        let before = out.len();
+        out.extend(fp.query(samples).into_iter().map(|mut q| {
+            q.time *= ratio;
+            q.span *= ratio;
+            q
+        }));
+        ratios.resize(ratios.len() + out.len() - before, (*ratio, *tf));
+    }
+    Some((out, ratios))
 }

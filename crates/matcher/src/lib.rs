@@ -160,7 +160,13 @@ pub struct MatchParams {
     /// probability) reaches this...
     pub min_significance: f64,
     /// ...or when its significance reaches this and peak-level verification
-    /// ([`verify`]) scores at least `min_verification` nats.
+    /// ([`verify`]) scores at least `min_verification` nats. 0 by default (every
+    /// candidate is verified): with 4 hits a match (`min_match_hits`, was 6) from seeds of
+    /// 3 (was 4), and this at 0 (was 7), the benchmark found 7 more of its 332 samples
+    /// (tune and held-out splits, core and full suites) with no stronger chance on its
+    /// queries (42 nats at most), and whole songs that sample nothing met no new chance
+    /// line over 55 nats (BENCHMARKS.md, session 19). Weak candidates are screened before
+    /// their full verification (`VerifyParams::screen_nats`).
     pub min_candidate_significance: f64,
     /// See `min_candidate_significance`.
     pub min_verification: f64,
@@ -191,15 +197,15 @@ impl Default for MatchParams {
             cluster_gap_frames: 6.0,
             inlier_frames: 4.0,
             min_occurrence_hits: 3,
-            min_match_hits: 6,
+            min_match_hits: 4,
             min_ref_extent_frames: 50.0,
             slope_run_gap_frames: f64::INFINITY,
             seed_intercept_frames: 8.0,
-            seed_min_hits: 4,
+            seed_min_hits: 3,
             seed_block_frames: 256.0,
             max_cells_per_track: 32,
             min_significance: score::CONFIDENCE_MIDPOINT,
-            min_candidate_significance: 7.0,
+            min_candidate_significance: 0.0,
             min_verification: verify::VERIFICATION_MIDPOINT,
             min_hash_verification: 6.0,
             verify: verify::VerifyParams::default(),
@@ -287,7 +293,7 @@ pub fn finish_verified(
         matches.retain(|m| m.is_accepted(p));
     }
     matches.sort_by(|a, b| b.evidence(p).total_cmp(&a.evidence(p)));
-    suppress_alternate_locations(matches)
+    suppress_alternate_locations(matches, f64::NEG_INFINITY)
 }
 
 /// Like [`find_matches`], but keeps every group down to `min_candidate_significance`:
@@ -302,11 +308,12 @@ pub fn find_candidates_sharded(
     query: &[QueryQuad],
     p: &MatchParams,
 ) -> Vec<SampleMatch> {
+    let shadow_from = p.min_significance;
     let p = MatchParams {
         min_significance: p.min_significance.min(p.min_candidate_significance),
         ..p.clone()
     };
-    matches_in_scope(shards, query, &p, None)
+    matches_in_scope(shards, query, &p, None, shadow_from)
 }
 
 /// [`find_candidates_sharded`] for one pass of a query matched in several: `shards` hold
@@ -324,11 +331,12 @@ pub fn find_candidates_in_pass(
     p: &MatchParams,
     scope: PassScope,
 ) -> Vec<SampleMatch> {
+    let shadow_from = p.min_significance;
     let p = MatchParams {
         min_significance: p.min_significance.min(p.min_candidate_significance),
         ..p.clone()
     };
-    matches_in_scope(shards, query, &p, Some(scope))
+    matches_in_scope(shards, query, &p, Some(scope), shadow_from)
 }
 
 /// What matching takes from all of a query's plausible hits (those [`TransformRange`]
@@ -422,16 +430,20 @@ pub fn find_matches_sharded(
     query: &[QueryQuad],
     p: &MatchParams,
 ) -> Vec<SampleMatch> {
-    matches_in_scope(shards, query, p, None)
+    matches_in_scope(shards, query, p, None, p.min_significance)
 }
 
 /// [`find_matches_sharded`]; `scope` replaces what would otherwise be counted over
 /// `shards` (see [`find_candidates_in_pass`]).
+///
+/// Only a match of significance `shadow_from` or more hides a weaker one at another place
+/// of its reference (see [`suppress_alternate_locations`]).
 fn matches_in_scope(
     mut shards: Vec<Vec<Hit>>,
     query: &[QueryQuad],
     p: &MatchParams,
     scope: Option<PassScope>,
+    shadow_from: f64,
 ) -> Vec<SampleMatch> {
     let range = TransformRange::new(p);
     // Each shard keeps its plausible hits, noting the latest query time among them (the
@@ -504,40 +516,47 @@ fn matches_in_scope(
         .flatten_iter()
         .collect();
     out.sort_by(|a, b| b.significance.total_cmp(&a.significance));
-    suppress_alternate_locations(out)
+    suppress_alternate_locations(out, shadow_from)
 }
 
 /// Drops a match that shares most of its stretch of the query with a stronger match of
 /// the same track: the reference contains that material twice (a repeated chorus), and the
-/// weaker line is the same sample seen at the other place, not a second sample.
-fn suppress_alternate_locations(matches: Vec<SampleMatch>) -> Vec<SampleMatch> {
+/// weaker line is the same sample seen at the other place, not a second sample. Only a
+/// match of significance `shadow_from` or more hides another: before verification a
+/// candidate weaker than that may be chance, and the true place of a weak sample must
+/// not be lost to it (candidates are checked again by evidence after verification, in
+/// [`finish_verified`]).
+fn suppress_alternate_locations(matches: Vec<SampleMatch>, shadow_from: f64) -> Vec<SampleMatch> {
     let mut kept: Vec<SampleMatch> = Vec::with_capacity(matches.len());
     for m in matches {
-        let shadowed = kept.iter().filter(|k| k.track == m.track).any(|k| {
-            let covered: f64 = m
-                .occurrences
-                .iter()
-                .map(|o| {
-                    k.occurrences
-                        .iter()
-                        .map(|ko| {
-                            (o.query_end_s.min(ko.query_end_s)
-                                - o.query_start_s.max(ko.query_start_s))
-                            .max(0.0)
-                        })
-                        .sum::<f64>()
-                })
-                .sum();
-            let length = |x: &SampleMatch| -> f64 {
-                x.occurrences
+        let shadowed = kept
+            .iter()
+            .filter(|k| k.track == m.track && k.significance >= shadow_from)
+            .any(|k| {
+                let covered: f64 = m
+                    .occurrences
                     .iter()
-                    .map(|o| o.query_end_s - o.query_start_s)
-                    .sum()
-            };
-            // Half of the shorter of the two: verification may widen a weak line over
-            // more of the query than the sample holds.
-            covered > 0.5 * length(&m).min(length(k))
-        });
+                    .map(|o| {
+                        k.occurrences
+                            .iter()
+                            .map(|ko| {
+                                (o.query_end_s.min(ko.query_end_s)
+                                    - o.query_start_s.max(ko.query_start_s))
+                                .max(0.0)
+                            })
+                            .sum::<f64>()
+                    })
+                    .sum();
+                let length = |x: &SampleMatch| -> f64 {
+                    x.occurrences
+                        .iter()
+                        .map(|o| o.query_end_s - o.query_start_s)
+                        .sum()
+                };
+                // Half of the shorter of the two: verification may widen a weak line over
+                // more of the query than the sample holds.
+                covered > 0.5 * length(&m).min(length(k))
+            });
         if !shadowed {
             kept.push(m);
         }

@@ -644,20 +644,143 @@ mod verification {
         );
     }
 
+    /// The screen of weak candidates (`VerifyParams::screen_nats`) lets a weak true
+    /// sample through, to the same verification as without it, and turns chance lines
+    /// away before their full verification, which would not have accepted them either.
+    #[test]
+    fn the_screen_passes_weak_samples_and_stops_chance() {
+        use crate::{MatchParams, Occurrence, SampleMatch};
+        let p = MatchParams::default();
+        assert!(p.verify.screen_nats > 0.0, "the screen is on by default");
+        let unscreened = MatchParams {
+            verify: VerifyParams {
+                screen_nats: 0.0,
+                ..p.verify.clone()
+            },
+            ..p.clone()
+        };
+        // A candidate on `line` over `len` reference frames, too weak for its hits alone.
+        let candidate = |line: Line, len: f64| SampleMatch {
+            track: 0,
+            tempo: line.tempo,
+            pitch_semitones: line.shift_bins / p.bins_per_semitone,
+            occurrences: vec![Occurrence {
+                query_start_s: line.q0 * p.frame_s,
+                query_end_s: (line.q0 + len / line.tempo) * p.frame_s,
+                ref_start_s: line.r0 * p.frame_s,
+                ref_end_s: (line.r0 + len) * p.frame_s,
+                hits: 4,
+            }],
+            hits: 4,
+            significance: 1.0,
+            verification: 0.0,
+            verified: false,
+        };
+        let both = |m: &SampleMatch, reference: &[(f32, f32)], grid: &PeakGrid| {
+            let (mut a, mut b) = (m.clone(), m.clone());
+            crate::verify::verify_match(&mut a, reference, grid, &p);
+            crate::verify::verify_match(&mut b, reference, grid, &unscreened);
+            (a.verification, b.verification)
+        };
+        for seed in 0..5u64 {
+            let mut rng = Lcg(100 + seed);
+            let (reference, line, _, grid) = planted_excerpt(&mut rng, 0.8, -5.0);
+            // A line from a few hits: two frames off, and over a third of the sample.
+            let off = Line {
+                q0: line.q0 + 2.0,
+                ..line
+            };
+            let (screened, full) = both(&candidate(off, 300.0), &reference, &grid);
+            assert!(full > p.min_verification, "the sample verifies at {full}");
+            assert_eq!(screened, full, "seed {seed}");
+        }
+        let mut stopped = 0;
+        for seed in 10..40u64 {
+            let (reference, grid, line) = chance_line(seed);
+            let (screened, full) = both(&candidate(line, 300.0), &reference, &grid);
+            assert!(full < p.min_verification, "chance verified at {full}");
+            assert!(screened == 0.0 || screened == full, "seed {seed}");
+            stopped += usize::from(screened == 0.0 && full > 0.0);
+        }
+        assert!(
+            stopped >= 8,
+            "the screen stopped {stopped} chance lines of 30"
+        );
+    }
+
+    /// A weak candidate whose hits fell in two short clusters has its slope from them a
+    /// couple of percent off; the tempo from its first occurrence's start to its last
+    /// one's end is verified too, and finds the sample that the fitted slope misses.
+    #[test]
+    fn a_weak_split_candidate_is_verified_at_its_long_baseline_tempo() {
+        use crate::{MatchParams, Occurrence, SampleMatch};
+        let p = MatchParams::default();
+        let tempo = 1.25;
+        let mut rng = Lcg(7);
+        let (reference, line, _, grid) = planted_excerpt(&mut rng, tempo, 4.0);
+        let at = |r0: f64, r1: f64| Occurrence {
+            query_start_s: (line.q0 + (r0 - line.r0) / tempo) * p.frame_s,
+            query_end_s: (line.q0 + (r1 - line.r0) / tempo) * p.frame_s,
+            ref_start_s: r0 * p.frame_s,
+            ref_end_s: r1 * p.frame_s,
+            hits: 6,
+        };
+        let tilted = SampleMatch {
+            track: 0,
+            tempo: tempo * 1.025,
+            pitch_semitones: 4.0 / p.bins_per_semitone,
+            occurrences: vec![at(9_000.0, 9_150.0), at(10_000.0, 10_150.0)],
+            hits: 12,
+            significance: 20.0,
+            verification: 0.0,
+            verified: false,
+        };
+        let mut split = tilted.clone();
+        crate::verify::verify_match(&mut split, &reference, &grid, &p);
+        assert!(
+            split.verification > p.min_verification,
+            "verified at {}",
+            split.verification
+        );
+        assert!(
+            (split.tempo / tempo - 1.0).abs() < 0.005,
+            "tempo {}",
+            split.tempo
+        );
+        // One of its occurrences alone has no baseline, and the tilted slope fails.
+        let mut alone = SampleMatch {
+            occurrences: vec![tilted.occurrences[1].clone()],
+            ..tilted
+        };
+        crate::verify::verify_match(&mut alone, &reference, &grid, &p);
+        assert!(
+            alone.verification < p.min_verification,
+            "the tilted line alone verified at {}",
+            alone.verification
+        );
+    }
+
+    /// A random reference, a query of random peaks that holds none of it, and a random
+    /// line between them (from `seed`).
+    fn chance_line(seed: u64) -> (Vec<(f32, f32)>, PeakGrid, Line) {
+        let mut rng = Lcg(seed);
+        let reference = reference_peaks(&mut rng, 20_000.0);
+        let grid = query_grid(&mut rng, 5_000, 1.2, None);
+        let line = Line {
+            tempo: rng.range(0.7, 1.4),
+            r0: rng.range(0.0, 15_000.0),
+            q0: rng.range(0.0, 4_000.0),
+            shift_bins: rng.range(-20.0, 20.0).round(),
+        };
+        (reference, grid, line)
+    }
+
     #[test]
     fn unrelated_lines_score_low() {
         let p = VerifyParams::default();
         let mut worst = 0.0f64;
         for seed in 10..40u64 {
-            let mut rng = Lcg(seed);
-            let reference = reference_peaks(&mut rng, 20_000.0);
-            let grid = query_grid(&mut rng, 5_000, 1.2, None);
-            let line = Line {
-                tempo: rng.range(0.7, 1.4),
-                r0: rng.range(0.0, 15_000.0),
-                q0: rng.range(0.0, 4_000.0),
-                shift_bins: rng.range(-20.0, 20.0).round(),
-            };
+            let (reference, grid, line) = chance_line(seed);
             if let Some(v) = verify_line(line, &reference, &grid, &p) {
                 worst = worst.max(v.llr);
             }

@@ -116,6 +116,12 @@ pub struct VerifyParams {
     pub refine_tempo_from: f64,
     /// A verified stretch must hold at least this many matched peaks.
     pub min_matched: usize,
+    /// A candidate too weak to stand on its hits (significance under
+    /// [`MatchParams::min_significance`]) is first screened on its own line, with no
+    /// refinement, no null lines and only [`SCREEN_CONTROLS`] of the control spots, about
+    /// a tenth of the work; an occurrence scoring under this many nats there is not
+    /// verified further (0: no screen).
+    pub screen_nats: f64,
     /// Query displacements (frames) of the null lines whose best score is taken off a
     /// line's (see `null_score`; [`NULL_SHIFTS_FRAMES`] by default). Two recordings at one
     /// tempo and in related keys line up along a line without any sample in common; the
@@ -155,6 +161,7 @@ impl Default for VerifyParams {
             refine_tempo_step: 0.004,
             refine_tempo_from: 20.0,
             min_matched: 8,
+            screen_nats: SCREEN_NATS,
             null_shifts_frames: NULL_SHIFTS_FRAMES.to_vec(),
             chance_window: 12,
             tolerance_frames: 2,
@@ -440,6 +447,48 @@ pub(crate) fn is_loop(m: &SampleMatch) -> bool {
     })
 }
 
+/// The tempos a candidate is verified at: its fitted one and, for a candidate too weak to
+/// stand on its hits whose occurrences follow each other through the reference (a sample
+/// whose hits left a gap), the tempo from its first occurrence's start to its last one's
+/// end when within [`LONG_BASELINE_TOLERANCE`] of it. A slope fitted within short clusters
+/// of a few hits each can be off by a few percent, which over an 8 s sample moves its far
+/// end past the tolerance; the ends of the whole stretch fix it far better.
+fn candidate_tempos(m: &SampleMatch, p: &MatchParams) -> Vec<f64> {
+    let mut tempos = vec![m.tempo];
+    if m.significance >= p.min_significance || m.occurrences.len() < 2 {
+        return tempos;
+    }
+    let first = m
+        .occurrences
+        .iter()
+        .min_by(|a, b| a.query_start_s.total_cmp(&b.query_start_s));
+    let last = m
+        .occurrences
+        .iter()
+        .max_by(|a, b| a.query_end_s.total_cmp(&b.query_end_s));
+    if let (Some(first), Some(last)) = (first, last) {
+        let dq = last.query_end_s - first.query_start_s;
+        let dr = last.ref_end_s - first.ref_start_s;
+        if dq > 0.0 && dr > 0.0 {
+            let tempo = dr / dq;
+            if (tempo / m.tempo - 1.0).abs() <= LONG_BASELINE_TOLERANCE {
+                tempos.push(tempo);
+            }
+        }
+    }
+    tempos
+}
+
+/// See [`candidate_tempos`].
+const LONG_BASELINE_TOLERANCE: f64 = 0.04;
+
+/// Default of [`VerifyParams::screen_nats`].
+pub const SCREEN_NATS: f64 = 30.0;
+/// The control spots of the screen (see [`VerifyParams::screen_nats`]): a beat either
+/// way in time and two semitones either way in pitch. Each peak's chance rate is pooled
+/// over its neighbours along the line, so four spots a peak still give about a hundred.
+const SCREEN_CONTROLS: [(f32, f32); 4] = [(-25.0, 0.0), (25.0, 0.0), (0.0, -7.0), (0.0, 7.0)];
+
 /// Separate replays of one reference moment that make a loop (see [`is_loop`]).
 const MIN_LOOP_REPLAYS: usize = 3;
 /// A null shift within this many frames (0.2 s) of a multiple of a loop period is skipped.
@@ -476,35 +525,55 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
     settings
         .null_shifts_frames
         .retain(|&shift| !periods.iter().any(|&period| near_multiple(shift, period)));
+    // Most weak candidates are chance, and a screen turns them away cheaply.
+    let screen =
+        (m.significance < p.min_significance && p.verify.screen_nats > 0.0).then(|| VerifyParams {
+            controls: SCREEN_CONTROLS.to_vec(),
+            refine_frames: 0.0,
+            refine_bins: 0,
+            refine_tempo: 0.0,
+            null_shifts_frames: Vec::new(),
+            ..p.verify.clone()
+        });
+    let tempos = candidate_tempos(m, p);
     for o in &mut m.occurrences {
-        let line = Line::of_occurrence(o, m.tempo, m.pitch_semitones, p);
-        // Only the reference around the occurrence can extend it: the hits cover part of
-        // the sample, rarely less than a third, so a margin of the occurrence's own length
-        // (at least VERIFY_MARGIN_S) either side holds the whole sample. Without it a long
-        // query would map a whole reference onto itself for every candidate.
-        let margin = (o.ref_end_s - o.ref_start_s).max(VERIFY_MARGIN_S) / p.frame_s;
-        let (lo, hi) = (line.r0 - margin, o.ref_end_s / p.frame_s + margin);
-        let first = peaks.partition_point(|&(t, _)| (t as f64) < lo);
-        let last = peaks.partition_point(|&(t, _)| (t as f64) <= hi);
-        let Some(v) = verify_line(line, &peaks[first..last.max(first)], grid, &settings) else {
-            continue;
-        };
-        if v.llr > best {
-            best = v.llr;
-            best_tempo = v.line.tempo;
-        }
-        let q_of = |r: f64| (v.line.q0 + (r - v.line.r0) / v.line.tempo) * p.frame_s;
-        let (r_start, r_end) = (v.r_start * p.frame_s, v.r_end * p.frame_s);
-        let (q_start, q_end) = (q_of(v.r_start), q_of(v.r_end));
-        let overlaps = q_start < o.query_end_s && o.query_start_s < q_end;
-        if overlaps && q_start >= 0.0 {
-            if q_start < o.query_start_s {
-                o.query_start_s = q_start;
-                o.ref_start_s = r_start;
+        for &tempo in &tempos {
+            let line = Line::of_occurrence(o, tempo, m.pitch_semitones, p);
+            // Only the reference around the occurrence can extend it: the hits cover part of
+            // the sample, rarely less than a third, so a margin of the occurrence's own length
+            // (at least VERIFY_MARGIN_S) either side holds the whole sample. Without it a long
+            // query would map a whole reference onto itself for every candidate.
+            let margin = (o.ref_end_s - o.ref_start_s).max(VERIFY_MARGIN_S) / p.frame_s;
+            let (lo, hi) = (line.r0 - margin, o.ref_end_s / p.frame_s + margin);
+            let first = peaks.partition_point(|&(t, _)| (t as f64) < lo);
+            let last = peaks.partition_point(|&(t, _)| (t as f64) <= hi);
+            let region = &peaks[first..last.max(first)];
+            if let Some(screen) = &screen
+                && verify_line(line, region, grid, screen)
+                    .is_none_or(|v| v.llr < screen.screen_nats)
+            {
+                continue;
             }
-            if q_end > o.query_end_s {
-                o.query_end_s = q_end;
-                o.ref_end_s = r_end;
+            let Some(v) = verify_line(line, region, grid, &settings) else {
+                continue;
+            };
+            if v.llr > best {
+                best = v.llr;
+                best_tempo = v.line.tempo;
+            }
+            let q_of = |r: f64| (v.line.q0 + (r - v.line.r0) / v.line.tempo) * p.frame_s;
+            let (r_start, r_end) = (v.r_start * p.frame_s, v.r_end * p.frame_s);
+            let (q_start, q_end) = (q_of(v.r_start), q_of(v.r_end));
+            let overlaps = q_start < o.query_end_s && o.query_start_s < q_end;
+            if overlaps && q_start >= 0.0 {
+                if q_start < o.query_start_s {
+                    o.query_start_s = q_start;
+                    o.ref_start_s = r_start;
+                }
+                if q_end > o.query_end_s {
+                    o.query_end_s = q_end;
+                    o.ref_end_s = r_end;
+                }
             }
         }
     }
