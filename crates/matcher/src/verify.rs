@@ -482,6 +482,10 @@ fn candidate_tempos(m: &SampleMatch, p: &MatchParams) -> Vec<f64> {
 /// See [`candidate_tempos`].
 const LONG_BASELINE_TOLERANCE: f64 = 0.04;
 
+/// Relative tempos searched either way for a weak candidate once it is confirmed (see
+/// [`verify_match`]), in steps of [`VerifyParams::refine_tempo_step`].
+const CONFIRMED_TEMPO_SEARCH: f64 = 0.024;
+
 /// Default of [`VerifyParams::screen_nats`].
 pub const SCREEN_NATS: f64 = 30.0;
 /// The control spots of the screen (see [`VerifyParams::screen_nats`]): a beat either
@@ -509,6 +513,8 @@ const VERIFY_MARGIN_S: f64 = 15.0;
 pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: &MatchParams) {
     let mut best = 0.0f64;
     let mut best_tempo = m.tempo;
+    // The best line and the reference peaks it was verified over.
+    let mut best_at: Option<(Line, usize, usize)> = None;
     // A match with hits enough to stand on its own has a slope fitted over many of them;
     // only the weak ones need the tempo searched.
     let mut settings = if m.significance >= p.min_significance {
@@ -560,6 +566,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
             if v.llr > best {
                 best = v.llr;
                 best_tempo = v.line.tempo;
+                best_at = Some((v.line, first, last.max(first)));
             }
             let q_of = |r: f64| (v.line.q0 + (r - v.line.r0) / v.line.tempo) * p.frame_s;
             let (r_start, r_end) = (v.r_start * p.frame_s, v.r_end * p.frame_s);
@@ -575,6 +582,26 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
                     o.ref_end_s = r_end;
                 }
             }
+        }
+    }
+    // A weak candidate confirmed at its fitted tempo has that tempo from a few hits, and
+    // it can be a percent or two off; its peaks place it better. The tempo is searched
+    // only once the candidate is confirmed without it, so the search cannot confirm
+    // chance (a free tempo lets two rhythmic recordings line up their beats).
+    if let Some((line, first, last)) = best_at
+        && m.significance < p.min_significance
+        && best >= p.min_verification
+    {
+        let search = VerifyParams {
+            refine_tempo: CONFIRMED_TEMPO_SEARCH,
+            refine_tempo_from: 0.0,
+            ..settings.clone()
+        };
+        if let Some(v) = verify_line(line, &peaks[first..last], grid, &search)
+            && v.llr > best
+        {
+            best = v.llr;
+            best_tempo = v.line.tempo;
         }
     }
     m.verification = best;
