@@ -10,8 +10,9 @@
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
 //! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_NULL=0`
 //! (no null lines), `V_SCREEN` (the weak candidates' screen, nats; 0 shows every
-//! candidate's full verification in `SWEEP_DEBUG` and the wrong candidates' list), `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` (the query's
-//! verification peaks), `V_R_PPS`, `V_R_PRT`, `V_R_PRB` (the reference's) override its settings
+//! candidate's full verification in `SWEEP_DEBUG` and the wrong candidates' list),
+//! `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` (the query's verification peaks),
+//! `V_R_PPS`, `V_R_PRT`, `V_R_PRB` (the reference's) override its settings
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
 //! its slope fit's run gap, `M_BSEED`, `M_SEEDMIN`, `M_SBLOCK` its intercept seeds,
 //! `M_CELLS` its vote cells per track and `M_SIG` the significance cut (see
@@ -302,13 +303,13 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             let grid = engine::verification_grid(&print, &match_params);
             let query_quads = matcher_quads(quads);
             let mut hits = index.hits(quads);
-            if let Some((_, ratios)) = &scaled {
-                // Each scale searches time factors within QTF of its own.
+            if let Some((_, scale_of)) = &scaled {
+                // Each scale searches time factors near its own only.
                 hits.retain(|h| {
                     let q = &quads[h.query as usize];
-                    let (ratio, tf) = ratios[h.query as usize];
-                    let factor = h.r_span_frames() / q.span * ratio;
-                    factor <= tf && factor * tf >= 1.0
+                    let scale = &scale_fps[scale_of[h.query as usize]];
+                    let factor = h.r_span_frames() / q.span * scale.ratio;
+                    factor <= scale.max_factor && factor * scale.max_factor >= 1.0
                 });
             }
             // Every candidate down to significance 0 is kept with its evidence, so that
@@ -544,51 +545,64 @@ fn print_row(outcomes: &[Outcome], threshold: f64, accept: impl Fn(&(f64, f64)) 
     );
 }
 
+/// One time scale of a multi-scale query (`QSCALES`, experiment of session 19).
+struct QueryScale {
+    /// The scale's hop over the base hop: its frames in base frames.
+    ratio: f32,
+    /// Time factors searched either way of the scale's own.
+    max_factor: f32,
+    fp: Fingerprinter,
+}
+
 /// With `QSCALES` (time scales, e.g. `0.7,1,1.4`): one fingerprinter per scale, whose hop
 /// is the base hop divided by the scale, so that a sample playing at that speed in the
 /// query is analysed on the reference's own time grid; each searches time factors within
-/// `QTF` (default 1.2) of its scale. Experiment of session 19.
-fn scale_fingerprinters(base: &Params) -> Result<Vec<(f32, f32, Fingerprinter)>> {
+/// `QTF` (default 1.2), or the `:factor` after it, of its scale.
+fn scale_fingerprinters(base: &Params) -> Result<Vec<QueryScale>> {
     let Ok(list) = std::env::var("QSCALES") else {
         return Ok(Vec::new());
     };
-    let tf = env_or("QTF", 1.2) as f32;
+    let default_factor = env_or("QTF", 1.2) as f32;
     list.split(',')
         .map(|x| {
-            let (scale, tf) = match x.split_once(':') {
+            let (scale, max_factor) = match x.split_once(':') {
                 Some((s, t)) => (s, t.parse().context("QSCALES")?),
-                None => (x, tf),
+                None => (x, default_factor),
             };
             let scale: f32 = scale.trim().parse().context("QSCALES")?;
             let hop = (base.hop as f32 / scale).round() as usize;
             let fp = Fingerprinter::new(Params {
                 hop,
-                max_time_factor: tf,
+                max_time_factor: max_factor,
                 ..base.clone()
             })?;
-            Ok((hop as f32 / base.hop as f32, tf, fp))
+            Ok(QueryScale {
+                ratio: hop as f32 / base.hop as f32,
+                max_factor,
+                fp,
+            })
         })
         .collect()
 }
 
-/// The query quads of every scale of [`scale_fingerprinters`], their times and spans in
-/// the base hop's frames; `None` without scales.
-type Scaled = (Vec<fingerprint::QueryQuad>, Vec<(f32, f32)>);
-
-fn scaled_quads(fps: &[(f32, f32, Fingerprinter)], samples: &[f32]) -> Option<Scaled> {
-    if fps.is_empty() {
+/// The query quads of every scale, their times and spans in the base hop's frames, and
+/// the index of each quad's scale; `None` without scales.
+fn scaled_quads(
+    scales: &[QueryScale],
+    samples: &[f32],
+) -> Option<(Vec<fingerprint::QueryQuad>, Vec<usize>)> {
+    if scales.is_empty() {
         return None;
     }
     let mut out = Vec::new();
-    let mut ratios = Vec::new();
-    for (ratio, tf, fp) in fps {
-        let before = out.len();
-        out.extend(fp.query(samples).into_iter().map(|mut q| {
-            q.time *= ratio;
-            q.span *= ratio;
+    let mut scale_of = Vec::new();
+    for (i, scale) in scales.iter().enumerate() {
+        out.extend(scale.fp.query(samples).into_iter().map(|mut q| {
+            q.time *= scale.ratio;
+            q.span *= scale.ratio;
             q
         }));
-        ratios.resize(ratios.len() + out.len() - before, (*ratio, *tf));
+        scale_of.resize(out.len(), i);
     }
-    Some((out, ratios))
+    Some((out, scale_of))
 }

@@ -308,12 +308,7 @@ pub fn find_candidates_sharded(
     query: &[QueryQuad],
     p: &MatchParams,
 ) -> Vec<SampleMatch> {
-    let shadow_from = p.min_significance;
-    let p = MatchParams {
-        min_significance: p.min_significance.min(p.min_candidate_significance),
-        ..p.clone()
-    };
-    matches_in_scope(shards, query, &p, None, shadow_from)
+    candidates_in_scope(shards, query, p, None)
 }
 
 /// [`find_candidates_sharded`] for one pass of a query matched in several: `shards` hold
@@ -331,12 +326,22 @@ pub fn find_candidates_in_pass(
     p: &MatchParams,
     scope: PassScope,
 ) -> Vec<SampleMatch> {
-    let shadow_from = p.min_significance;
-    let p = MatchParams {
+    candidates_in_scope(shards, query, p, Some(scope))
+}
+
+/// The groups down to `min_candidate_significance`, of which only those that stand on
+/// their hits (`min_significance`) hide weaker ones elsewhere in their reference.
+fn candidates_in_scope(
+    shards: Vec<Vec<Hit>>,
+    query: &[QueryQuad],
+    p: &MatchParams,
+    scope: Option<PassScope>,
+) -> Vec<SampleMatch> {
+    let lowered = MatchParams {
         min_significance: p.min_significance.min(p.min_candidate_significance),
         ..p.clone()
     };
-    matches_in_scope(shards, query, &p, Some(scope), shadow_from)
+    matches_in_scope(shards, query, &lowered, scope, p.min_significance)
 }
 
 /// What matching takes from all of a query's plausible hits (those [`TransformRange`]

@@ -649,7 +649,7 @@ mod verification {
     /// away before their full verification, which would not have accepted them either.
     #[test]
     fn the_screen_passes_weak_samples_and_stops_chance() {
-        use crate::{MatchParams, Occurrence, SampleMatch};
+        use crate::{MatchParams, SampleMatch};
         let p = MatchParams::default();
         assert!(p.verify.screen_nats > 0.0, "the screen is on by default");
         let unscreened = MatchParams {
@@ -664,13 +664,7 @@ mod verification {
             track: 0,
             tempo: line.tempo,
             pitch_semitones: line.shift_bins / p.bins_per_semitone,
-            occurrences: vec![Occurrence {
-                query_start_s: line.q0 * p.frame_s,
-                query_end_s: (line.q0 + len / line.tempo) * p.frame_s,
-                ref_start_s: line.r0 * p.frame_s,
-                ref_end_s: (line.r0 + len) * p.frame_s,
-                hits: 4,
-            }],
+            occurrences: vec![occurrence_on(line, line.r0, line.r0 + len, 4)],
             hits: 4,
             significance: 1.0,
             verification: 0.0,
@@ -713,18 +707,12 @@ mod verification {
     /// one's end is verified too, and finds the sample that the fitted slope misses.
     #[test]
     fn a_weak_split_candidate_is_verified_at_its_long_baseline_tempo() {
-        use crate::{MatchParams, Occurrence, SampleMatch};
+        use crate::{MatchParams, SampleMatch};
         let p = MatchParams::default();
         let tempo = 1.25;
         let mut rng = Lcg(7);
         let (reference, line, _, grid) = planted_excerpt(&mut rng, tempo, 4.0);
-        let at = |r0: f64, r1: f64| Occurrence {
-            query_start_s: (line.q0 + (r0 - line.r0) / tempo) * p.frame_s,
-            query_end_s: (line.q0 + (r1 - line.r0) / tempo) * p.frame_s,
-            ref_start_s: r0 * p.frame_s,
-            ref_end_s: r1 * p.frame_s,
-            hits: 6,
-        };
+        let at = |r0: f64, r1: f64| occurrence_on(line, r0, r1, 6);
         let tilted = SampleMatch {
             track: 0,
             tempo: tempo * 1.025,
@@ -758,6 +746,19 @@ mod verification {
             "the tilted line alone verified at {}",
             alone.verification
         );
+    }
+
+    /// The occurrence of reference frames `r0..r1` on `line`, with `hits` hits.
+    fn occurrence_on(line: Line, r0: f64, r1: f64, hits: usize) -> crate::Occurrence {
+        let frame_s = crate::MatchParams::default().frame_s;
+        let q = |r: f64| (line.q0 + (r - line.r0) / line.tempo) * frame_s;
+        crate::Occurrence {
+            query_start_s: q(r0),
+            query_end_s: q(r1),
+            ref_start_s: r0 * frame_s,
+            ref_end_s: r1 * frame_s,
+            hits,
+        }
     }
 
     /// A random reference, a query of random peaks that holds none of it, and a random
