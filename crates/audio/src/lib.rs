@@ -56,6 +56,35 @@ pub struct Decoded {
     pub duration_s: f64,
 }
 
+/// Resamples mono `samples` from `in_rate_hz` to `out_rate_hz` (both 1 Hz or more) with the
+/// decoder's resampler; the output has `round(len * out / in)` samples. Reinterpreting the
+/// output at the input rate plays the audio `in / out` times as fast, as a turntable would:
+/// the query side uses this to undo a sample's speed change.
+pub fn resample_mono(
+    samples: &[f32],
+    in_rate_hz: u32,
+    out_rate_hz: u32,
+) -> Result<Vec<f32>, AudioError> {
+    if in_rate_hz == 0 || out_rate_hz == 0 {
+        return Err(AudioError::InvalidOptions {
+            reason: format!("cannot resample {in_rate_hz} Hz -> {out_rate_hz} Hz"),
+        });
+    }
+    let mut r = resample::MonoResampler::new(in_rate_hz, out_rate_hz)?;
+    if r.is_passthrough() {
+        return Ok(samples.to_vec());
+    }
+    let mut out = Vec::with_capacity(
+        (samples.len() as f64 * f64::from(out_rate_hz) / f64::from(in_rate_hz)) as usize + 16,
+    );
+    for part in samples.chunks(1 << 16) {
+        r.input().extend_from_slice(part);
+        r.process_ready(&mut out)?;
+    }
+    r.finish(&mut out)?;
+    Ok(out)
+}
+
 /// Decodes an audio file to mono at `opts.target_rate_hz` and reads its tags.
 pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<(Decoded, Tags), AudioError> {
     decode::decode_path(path, opts, None)
@@ -166,6 +195,46 @@ mod tests {
         assert!(matches!(
             content_hash(&dir.path().join("missing")),
             Err(AudioError::Io { .. })
+        ));
+    }
+
+    /// The frequency of the strongest of `probes` in `x` at `rate`, by correlation.
+    fn strongest(x: &[f32], rate: f32, probes: &[f32]) -> f32 {
+        let power = |f: f32| {
+            let (mut c, mut s) = (0.0f64, 0.0f64);
+            for (n, &v) in x.iter().enumerate() {
+                let phase = 2.0 * std::f64::consts::PI * f64::from(f) * n as f64 / f64::from(rate);
+                c += f64::from(v) * phase.cos();
+                s += f64::from(v) * phase.sin();
+            }
+            c * c + s * s
+        };
+        probes
+            .iter()
+            .copied()
+            .max_by(|a, b| power(*a).total_cmp(&power(*b)))
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn resampling_plays_audio_at_another_speed() {
+        let rate = 16_000u32;
+        let sine: Vec<f32> = (0..rate)
+            .map(|n| (2.0 * std::f32::consts::PI * 1_000.0 * n as f32 / rate as f32).sin())
+            .collect();
+        // 16 kHz -> 20 kHz read back at 16 kHz: 1.25 times as long, a 1 kHz tone at 800 Hz.
+        let slowed = resample_mono(&sine, rate, 20_000).expect("resamples");
+        assert_eq!(slowed.len(), 20_000);
+        let probes = [640.0, 800.0, 1_000.0, 1_250.0];
+        assert_eq!(strongest(&slowed, rate as f32, &probes), 800.0);
+        let sped = resample_mono(&sine, rate, 12_800).expect("resamples");
+        assert_eq!(sped.len(), 12_800);
+        assert_eq!(strongest(&sped, rate as f32, &probes), 1_250.0);
+        assert_eq!(resample_mono(&sine, rate, rate).expect("copies"), sine);
+        assert!(resample_mono(&[], rate, 20_000).expect("empty").is_empty());
+        assert!(matches!(
+            resample_mono(&sine, 0, rate),
+            Err(AudioError::InvalidOptions { .. })
         ));
     }
 

@@ -24,7 +24,9 @@
 //! `ORACLE_HITS` also each quad hit that agrees with the true transform. `QSCALES`
 //! (e.g. `0.6,0.8,1:2,1.25,1.6`) looks the query up at several time scales, each with a
 //! hop of the base hop over the scale and searching time factors within `QTF` (or the
-//! `:factor` after it) of its scale (session 19: not adopted).
+//! `:factor` after it) of its scale (session 19: not adopted). `QSPEEDS` (e.g.
+//! `1:2,0.75:1.15,1.33:1.15`) instead resamples the query to undo each speed (tempo and
+//! pitch together), its default band `QTF` 1.1 (session 20: not adopted).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -549,6 +551,9 @@ fn print_row(outcomes: &[Outcome], threshold: f64, accept: impl Fn(&(f64, f64)) 
 struct QueryScale {
     /// The scale's hop over the base hop: its frames in base frames.
     ratio: f32,
+    /// With `QSPEEDS`: the speed this scale undoes by resampling the query (the hop is the
+    /// base hop), and the log-frequency shift that brings its bins back to the query's.
+    speed: Option<(f32, f32)>,
     /// Time factors searched either way of the scale's own.
     max_factor: f32,
     fp: Fingerprinter,
@@ -559,6 +564,31 @@ struct QueryScale {
 /// query is analysed on the reference's own time grid; each searches time factors within
 /// `QTF` (default 1.2), or the `:factor` after it, of its scale.
 fn scale_fingerprinters(base: &Params) -> Result<Vec<QueryScale>> {
+    if let Ok(list) = std::env::var("QSPEEDS") {
+        let default_factor = env_or("QTF", 1.1) as f32;
+        return list
+            .split(',')
+            .map(|x| {
+                let (speed, max_factor) = match x.split_once(':') {
+                    Some((s, t)) => (s, t.parse().context("QSPEEDS")?),
+                    None => (x, default_factor),
+                };
+                let speed: f32 = speed.trim().parse().context("QSPEEDS")?;
+                let rate = (base.sample_rate_hz as f32 * speed).round();
+                let speed = rate / base.sample_rate_hz as f32;
+                let fp = Fingerprinter::new(Params {
+                    max_time_factor: max_factor,
+                    ..base.clone()
+                })?;
+                Ok(QueryScale {
+                    ratio: 1.0 / speed,
+                    speed: Some((speed, speed.log2() * base.bins_per_octave as f32)),
+                    max_factor,
+                    fp,
+                })
+            })
+            .collect();
+    }
     let Ok(list) = std::env::var("QSCALES") else {
         return Ok(Vec::new());
     };
@@ -578,6 +608,7 @@ fn scale_fingerprinters(base: &Params) -> Result<Vec<QueryScale>> {
             })?;
             Ok(QueryScale {
                 ratio: hop as f32 / base.hop as f32,
+                speed: None,
                 max_factor,
                 fp,
             })
@@ -597,9 +628,19 @@ fn scaled_quads(
     let mut out = Vec::new();
     let mut scale_of = Vec::new();
     for (i, scale) in scales.iter().enumerate() {
-        out.extend(scale.fp.query(samples).into_iter().map(|mut q| {
+        let (quads, bin_shift) = match scale.speed {
+            Some((speed, bin_shift)) => {
+                let rate = scale.fp.params().sample_rate_hz;
+                let out_rate = (rate as f32 * speed).round() as u32;
+                let slowed = audio::resample_mono(samples, rate, out_rate).ok()?;
+                (scale.fp.query(&slowed), bin_shift)
+            }
+            None => (scale.fp.query(samples), 0.0),
+        };
+        out.extend(quads.into_iter().map(|mut q| {
             q.time *= scale.ratio;
             q.span *= scale.ratio;
+            q.bin += bin_shift;
             q
         }));
         scale_of.resize(out.len(), i);
