@@ -60,6 +60,11 @@ enum Command {
         #[arg(long, value_name = "MB", default_value_t = engine::DEFAULT_IDENTIFY_MEMORY_MB as u64,
               value_parser = clap::value_parser!(u64).range(1..))]
         identify_memory_mb: u64,
+        /// Also search the query resampled at a few speeds (0.55, 0.75, 1.33, 1.8): finds
+        /// more of the samples whose speed is far from 1 (slowed or sped up by a third or
+        /// more), and takes 3-4 times as long.
+        #[arg(long)]
+        deep: bool,
     },
     /// Remove tracks from the store, by id or by the path they were indexed from.
     Remove {
@@ -266,8 +271,10 @@ fn run() -> anyhow::Result<ExitCode> {
             json,
             min_significance,
             identify_memory_mb,
+            deep,
         } => {
             let mut engine = location.open_existing()?;
+            engine.set_deep(deep);
             engine
                 .set_identify_memory_mb(usize::try_from(identify_memory_mb).unwrap_or(usize::MAX));
             if let Some(s) = min_significance {

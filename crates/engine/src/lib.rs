@@ -266,7 +266,22 @@ pub struct Engine {
     match_params: MatchParams,
     decode: audio::DecodeOptions,
     max_identify_hits: usize,
+    /// Whether identify also searches the query resampled at [`DEEP_SPEEDS`].
+    deep: bool,
 }
+
+/// The speeds that a deep search ([`Engine::set_deep`]) also looks the query up at, each
+/// resampled to undo that speed (tempo and pitch together, as a turntable changes them)
+/// and searched for speed changes within the given factor of it. The fingerprint keeps
+/// fewer of its hashes the further a sample's speed is from 1 (session 19); through the
+/// CLI these four found 3 more of the benchmark's 84 core samples and 8 more of its 248
+/// full-suite ones, with no more false positives on queries or whole songs, at 3-4
+/// times the time (BENCHMARKS.md, session 20).
+pub const DEEP_SPEEDS: [(f32, f32); 4] = [(0.55, 1.25), (0.75, 1.15), (1.33, 1.15), (1.8, 1.25)];
+
+/// How far, in semitones, the pitch of a match that a deep search finds at one of
+/// [`DEEP_SPEEDS`] may be from what its tempo implies for a change of speed.
+const DEEP_PITCH_TOLERANCE_ST: f64 = 1.0;
 
 /// What searching one query found, before it becomes a report.
 struct Searched {
@@ -337,7 +352,15 @@ impl Engine {
             match_params,
             decode,
             max_identify_hits: DEFAULT_IDENTIFY_MEMORY_MB * HITS_PER_MB,
+            deep: false,
         })
+    }
+
+    /// Makes identify also search the query resampled at each of [`DEEP_SPEEDS`]: more
+    /// of the samples whose speed is far from 1 are found, and identify takes several
+    /// times as long. Off by default.
+    pub fn set_deep(&mut self, deep: bool) {
+        self.deep = deep;
     }
 
     /// Replaces the matcher settings (thresholds); for benchmarks and experts.
@@ -626,7 +649,7 @@ impl Engine {
         let n_samples = decoded.samples.len();
         // Unless asked for, the samples (64 KB a second) are not held through the lookup,
         // when memory peaks.
-        let samples = if keep {
+        let samples = if keep || self.deep {
             decoded.samples
         } else {
             drop(decoded);
@@ -634,7 +657,10 @@ impl Engine {
         };
         let started = Instant::now();
         let print = print.finish();
-        let searched = self.search(started, print, &ReferenceFilter::all())?;
+        let all = ReferenceFilter::all();
+        let mut searched = self.search(started, print, &all, &self.match_params)?;
+        self.search_deeper(&samples, &all, &mut searched)?;
+        let samples = if keep { samples } else { Vec::new() };
         Ok((self.report(name, n_samples, searched)?, samples))
     }
 
@@ -657,7 +683,8 @@ impl Engine {
     ) -> Result<Identification, EngineError> {
         let started = Instant::now();
         let print = self.fingerprinter.query_print(samples);
-        let searched = self.search(started, print, filter)?;
+        let mut searched = self.search(started, print, filter, &self.match_params)?;
+        self.search_deeper(samples, filter, &mut searched)?;
         self.report(name, samples.len(), searched)
     }
 
@@ -691,10 +718,10 @@ impl Engine {
         started: Instant,
         mut print: QueryPrint,
         filter: &ReferenceFilter,
+        mp: &MatchParams,
     ) -> Result<Searched, EngineError> {
         let fingerprint_s = started.elapsed().as_secs_f64();
         let mut clock = Instant::now();
-        let mp = &self.match_params;
         let (keys, query) = lookup_order(std::mem::take(&mut print.quads))?;
         let cap = self.max_postings_per_key()?;
         let budget = self.max_identify_hits;
@@ -704,7 +731,7 @@ impl Engine {
             *total += (now - clock).as_secs_f64();
             clock = now;
         };
-        let first = self.lookup_hits(&keys, &query, cap, filter, Some(budget))?;
+        let first = self.lookup_hits(&keys, &query, cap, filter, Some(budget), mp)?;
         lap(&mut lookup_s);
         let (candidates, n_hits, n_passes, lookups) = match first {
             hits::Collected::All(shards) => {
@@ -723,7 +750,7 @@ impl Engine {
                         exclude: filter.exclude,
                     };
                     let hits::Collected::All(shards) =
-                        self.lookup_hits(&keys, &query, cap, &pass, None)?
+                        self.lookup_hits(&keys, &query, cap, &pass, None, mp)?
                     else {
                         unreachable!("a lookup without a budget keeps every hit");
                     };
@@ -741,7 +768,7 @@ impl Engine {
         let n_lookups = keys.len().saturating_mul(lookups);
         drop(keys);
         drop(query);
-        let matches = self.verify(candidates, &print)?;
+        let matches = self.verify(candidates, &print, mp)?;
         let verify_s = clock.elapsed().as_secs_f64();
         Ok(Searched {
             matches,
@@ -757,6 +784,74 @@ impl Engine {
         })
     }
 
+    /// With [`Self::set_deep`]: searches `samples` again at each of [`DEEP_SPEEDS`],
+    /// resampled to undo that speed and within its band of time factors, and adds what
+    /// that finds to `searched` (on the query's own time and pitch), keeping the strongest
+    /// match wherever two cover one stretch of the query with one reference.
+    fn search_deeper(
+        &self,
+        samples: &[f32],
+        filter: &ReferenceFilter,
+        searched: &mut Searched,
+    ) -> Result<(), EngineError> {
+        if !self.deep || samples.is_empty() {
+            return Ok(());
+        }
+        let rate = self.sample_rate_hz();
+        for (speed, band) in DEEP_SPEEDS {
+            let started = Instant::now();
+            let out_rate = (rate as f32 * speed).round() as u32;
+            // The rate actually used, which the match's tempo and pitch are mapped by.
+            let speed = f64::from(out_rate) / f64::from(rate);
+            let slowed = audio::resample_mono(samples, rate, out_rate).map_err(|source| {
+                EngineError::Audio {
+                    path: "the query, resampled".to_string(),
+                    source,
+                }
+            })?;
+            let fingerprinter = Fingerprinter::new(Params {
+                max_time_factor: band,
+                ..self.fingerprinter.params().clone()
+            })?;
+            let print = fingerprinter.query_print(&slowed);
+            drop(slowed);
+            // Within the band, tempo and pitch move together (a turntable's speed): the
+            // pitch searched is what the band's time factors imply, and a match whose
+            // pitch strays from its tempo's is dropped. The extra searches give chance
+            // more places to line up, and this takes most of them back (chance lines of
+            // whole songs at a 1.54 tempo and +5.2 semitones, say; session 20).
+            let max_factor = f64::from(band) * 1.02;
+            let mp = MatchParams {
+                max_time_factor: max_factor,
+                max_pitch_semitones: 12.0 * max_factor.log2() + DEEP_PITCH_TOLERANCE_ST,
+                ..self.match_params.clone()
+            };
+            let mut found = self.search(started, print, filter, &mp)?;
+            // And only what the peaks confirm counts: on whole songs, the hits alone of
+            // one resampled search made a chance loop of significance 57 (a second of a
+            // reference matched at 19 places of a song, peaks 25 nats; session 20).
+            found.matches.retain(|m| {
+                (m.pitch_semitones - 12.0 * m.tempo.log2()).abs() <= DEEP_PITCH_TOLERANCE_ST
+                    && m.verified
+                    && m.verification >= mp.min_verification
+            });
+            searched.n_lookups += found.n_lookups;
+            searched.n_hits += found.n_hits;
+            searched.n_passes += found.n_passes;
+            let (t, f) = (&mut searched.timings, &found.timings);
+            t.fingerprint_s += f.fingerprint_s;
+            t.lookup_s += f.lookup_s;
+            t.match_s += f.match_s;
+            t.verify_s += f.verify_s;
+            searched
+                .matches
+                .extend(found.matches.into_iter().map(|m| at_own_speed(m, speed)));
+        }
+        let matches = std::mem::take(&mut searched.matches);
+        searched.matches = matcher::finish_verified(matches, &self.match_params, true);
+        Ok(())
+    }
+
     /// Looks the query's `keys` up into [`LOOKUP_SHARDS`] sinks, keeping the hits that
     /// `filter` admits and some searched transform can explain (hits are dropped as they
     /// arrive, so memory follows the plausible hits only). With a `budget` (hits, shared by
@@ -770,8 +865,8 @@ impl Engine {
         cap: usize,
         filter: &ReferenceFilter,
         budget: Option<usize>,
+        mp: &MatchParams,
     ) -> Result<hits::Collected, EngineError> {
-        let mp = &self.match_params;
         let max_factor = mp.max_time_factor as f32;
         let max_pitch_bins = (mp.max_pitch_semitones * mp.bins_per_semitone) as f32;
         // The store serves the lookup from several threads, into LOOKUP_SHARDS vectors
@@ -848,8 +943,8 @@ impl Engine {
         &self,
         candidates: Vec<SampleMatch>,
         print: &QueryPrint,
+        mp: &MatchParams,
     ) -> Result<Vec<SampleMatch>, EngineError> {
-        let mp = &self.match_params;
         let grid = verification_grid(print, mp);
         let mut candidates = candidates;
         candidates.sort_by_key(|m| m.track);
@@ -948,6 +1043,18 @@ const _: () =
 /// matcher takes them. A store visits postings in key order anyway, so sorted keys cost it
 /// no sorted copy of its own (23 MB for a 3-minute query), and a stable order keeps the
 /// hits, and so every result, exactly as they were in the fingerprint's order.
+/// A match found in the query resampled to play `speed` times as slow, on the query's
+/// own time and pitch.
+fn at_own_speed(mut m: SampleMatch, speed: f64) -> SampleMatch {
+    m.tempo *= speed;
+    m.pitch_semitones += 12.0 * speed.log2();
+    for o in &mut m.occurrences {
+        o.query_start_s /= speed;
+        o.query_end_s /= speed;
+    }
+    m
+}
+
 fn lookup_order(
     quads: Vec<fingerprint::QueryQuad>,
 ) -> Result<(Vec<u32>, Vec<matcher::QueryQuad>), index::IndexError> {

@@ -287,14 +287,16 @@ impl Identification {
 /// `cratedigger --db DB identify --json QUERY`, which must succeed with one JSON line.
 #[track_caller]
 pub fn identify(db: &Path, query: &Path) -> Identification {
-    let out = cratedigger(
-        db,
-        [
-            OsStr::new("identify"),
-            OsStr::new("--json"),
-            query.as_os_str(),
-        ],
-    );
+    identify_with(db, query, &[])
+}
+
+/// [`identify`] with more of identify's flags (e.g. `--deep`).
+#[track_caller]
+pub fn identify_with(db: &Path, query: &Path, flags: &[&str]) -> Identification {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("identify"), OsStr::new("--json")];
+    args.extend(flags.iter().map(OsStr::new));
+    args.push(query.as_os_str());
+    let out = cratedigger(db, args);
     out.expect_code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON line per query expected:\n{out:?}");
@@ -305,11 +307,16 @@ pub fn identify(db: &Path, query: &Path) -> Identification {
     found
 }
 
-/// `cratedigger --db DB identify --json QUERIES...` in one run, which must succeed with
-/// one JSON line per query, in the order given.
+/// `cratedigger --db DB identify --json FLAGS... QUERIES...` in one run, which must succeed
+/// with one JSON line per query, in the order given.
 #[track_caller]
-pub fn identify_all<P: AsRef<Path>>(db: &Path, queries: &[P]) -> Vec<Identification> {
+pub fn identify_all_with<P: AsRef<Path>>(
+    db: &Path,
+    queries: &[P],
+    flags: &[&str],
+) -> Vec<Identification> {
     let mut args: Vec<&OsStr> = vec![OsStr::new("identify"), OsStr::new("--json")];
+    args.extend(flags.iter().map(OsStr::new));
     args.extend(queries.iter().map(|q| q.as_ref().as_os_str()));
     let out = cratedigger(db, args);
     out.expect_code(0);
