@@ -62,7 +62,7 @@ enum Command {
         identify_memory_mb: u64,
         /// Also search the query resampled at a few speeds (0.55, 0.75, 1.33, 1.8): finds
         /// more of the samples whose speed is far from 1 (slowed or sped up by a third or
-        /// more), and takes 3-4 times as long.
+        /// more), and takes 3-4 times as long (and 64 KB of memory a second of query).
         #[arg(long)]
         deep: bool,
     },
