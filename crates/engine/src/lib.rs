@@ -1040,10 +1040,6 @@ impl Engine {
 const _: () =
     assert!(matcher::REF_BIN_SCALE == FREQ_SCALE && matcher::REF_SPAN_SCALE == SPAN_SCALE);
 
-/// The query quads' hash keys in ascending order, and the quads in the same order as the
-/// matcher takes them. A store visits postings in key order anyway, so sorted keys cost it
-/// no sorted copy of its own (23 MB for a 3-minute query), and a stable order keeps the
-/// hits, and so every result, exactly as they were in the fingerprint's order.
 /// A match found in the query resampled to play `speed` times as slow, on the query's
 /// own time and pitch.
 fn at_own_speed(mut m: SampleMatch, speed: f64) -> SampleMatch {
@@ -1056,6 +1052,10 @@ fn at_own_speed(mut m: SampleMatch, speed: f64) -> SampleMatch {
     m
 }
 
+/// The query quads' hash keys in ascending order, and the quads in the same order as the
+/// matcher takes them. A store visits postings in key order anyway, so sorted keys cost it
+/// no sorted copy of its own (23 MB for a 3-minute query), and a stable order keeps the
+/// hits, and so every result, exactly as they were in the fingerprint's order.
 fn lookup_order(
     quads: Vec<fingerprint::QueryQuad>,
 ) -> Result<(Vec<u32>, Vec<matcher::QueryQuad>), index::IndexError> {
