@@ -300,7 +300,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                 .ok_or_else(|| anyhow!("truth without query"))?;
             let samples = decode(query)?;
             let print = fp.query_print(&samples);
-            let scaled = scaled_quads(&scale_fps, &samples);
+            let scaled = scaled_quads(&scale_fps, &samples)?;
             let quads = scaled.as_ref().map_or(&print.quads, |(q, _)| q);
             let grid = engine::verification_grid(&print, &match_params);
             let query_quads = matcher_quads(quads);
@@ -562,18 +562,14 @@ struct QueryScale {
 /// With `QSCALES` (time scales, e.g. `0.7,1,1.4`): one fingerprinter per scale, whose hop
 /// is the base hop divided by the scale, so that a sample playing at that speed in the
 /// query is analysed on the reference's own time grid; each searches time factors within
-/// `QTF` (default 1.2), or the `:factor` after it, of its scale.
+/// `QTF` (default 1.2), or the `:factor` after it, of its scale. With `QSPEEDS` instead:
+/// one per speed, at the base hop, for the query resampled to undo that speed (`QTF`
+/// default 1.1).
 fn scale_fingerprinters(base: &Params) -> Result<Vec<QueryScale>> {
-    if let Ok(list) = std::env::var("QSPEEDS") {
-        let default_factor = env_or("QTF", 1.1) as f32;
-        return list
-            .split(',')
-            .map(|x| {
-                let (speed, max_factor) = match x.split_once(':') {
-                    Some((s, t)) => (s, t.parse().context("QSPEEDS")?),
-                    None => (x, default_factor),
-                };
-                let speed: f32 = speed.trim().parse().context("QSPEEDS")?;
+    if let Some(speeds) = scale_list("QSPEEDS", 1.1)? {
+        return speeds
+            .into_iter()
+            .map(|(speed, max_factor)| {
                 let rate = (base.sample_rate_hz as f32 * speed).round();
                 let speed = rate / base.sample_rate_hz as f32;
                 let fp = Fingerprinter::new(Params {
@@ -589,17 +585,12 @@ fn scale_fingerprinters(base: &Params) -> Result<Vec<QueryScale>> {
             })
             .collect();
     }
-    let Ok(list) = std::env::var("QSCALES") else {
+    let Some(scales) = scale_list("QSCALES", 1.2)? else {
         return Ok(Vec::new());
     };
-    let default_factor = env_or("QTF", 1.2) as f32;
-    list.split(',')
-        .map(|x| {
-            let (scale, max_factor) = match x.split_once(':') {
-                Some((s, t)) => (s, t.parse().context("QSCALES")?),
-                None => (x, default_factor),
-            };
-            let scale: f32 = scale.trim().parse().context("QSCALES")?;
+    scales
+        .into_iter()
+        .map(|(scale, max_factor)| {
             let hop = (base.hop as f32 / scale).round() as usize;
             let fp = Fingerprinter::new(Params {
                 hop,
@@ -616,14 +607,33 @@ fn scale_fingerprinters(base: &Params) -> Result<Vec<QueryScale>> {
         .collect()
 }
 
+/// The list in environment variable `var` (`value[:factor],...`), each value with its
+/// factor (`QTF`, else `default_factor`, where no `:factor` follows it); `None` unset.
+fn scale_list(var: &str, default_factor: f64) -> Result<Option<Vec<(f32, f32)>>> {
+    let Ok(list) = std::env::var(var) else {
+        return Ok(None);
+    };
+    let default_factor = env_or("QTF", default_factor) as f32;
+    list.split(',')
+        .map(|x| {
+            let (value, factor) = match x.split_once(':') {
+                Some((v, t)) => (v, t.parse().context(var.to_string())?),
+                None => (x, default_factor),
+            };
+            Ok((value.trim().parse().context(var.to_string())?, factor))
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
 /// The query quads of every scale, their times and spans in the base hop's frames, and
 /// the index of each quad's scale; `None` without scales.
 fn scaled_quads(
     scales: &[QueryScale],
     samples: &[f32],
-) -> Option<(Vec<fingerprint::QueryQuad>, Vec<usize>)> {
+) -> Result<Option<(Vec<fingerprint::QueryQuad>, Vec<usize>)>> {
     if scales.is_empty() {
-        return None;
+        return Ok(None);
     }
     let mut out = Vec::new();
     let mut scale_of = Vec::new();
@@ -632,7 +642,8 @@ fn scaled_quads(
             Some((speed, bin_shift)) => {
                 let rate = scale.fp.params().sample_rate_hz;
                 let out_rate = (rate as f32 * speed).round() as u32;
-                let slowed = audio::resample_mono(samples, rate, out_rate).ok()?;
+                let slowed = audio::resample_mono(samples, rate, out_rate)
+                    .context("resampling the query")?;
                 (scale.fp.query(&slowed), bin_shift)
             }
             None => (scale.fp.query(samples), 0.0),
@@ -645,5 +656,5 @@ fn scaled_quads(
         }));
         scale_of.resize(out.len(), i);
     }
-    Some((out, scale_of))
+    Ok(Some((out, scale_of)))
 }
