@@ -8,7 +8,8 @@
 //! `RL`, `MAXEXP`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`, `FMIN`, `OCT`: see
 //! `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
-//! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_NULL=0`
+//! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_RELOC` and
+//! `V_RELOC_K` (the relocation of failed candidates: least significance, places), `V_NULL=0`
 //! (no null lines), `V_SCREEN` (the weak candidates' screen, nats; 0 shows every
 //! candidate's full verification in `SWEEP_DEBUG` and the wrong candidates' list),
 //! `V_SMIN`, `V_THR`, `V_Q_PPS`, `V_Q_PRT`, `V_Q_PRB` (the query's verification peaks),
@@ -226,6 +227,9 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     match_params.seed_min_hits = env_or("M_SEEDMIN", match_params.seed_min_hits as f64) as usize;
     match_params.min_significance = env_or("M_SIG", match_params.min_significance);
     match_params.verify.refine_tempo_from = env_or("V_RTF", match_params.verify.refine_tempo_from);
+    match_params.verify.relocate_from = env_or("V_RELOC", match_params.verify.relocate_from);
+    match_params.verify.relocate_places =
+        env_or("V_RELOC_K", match_params.verify.relocate_places as f64) as usize;
     match_params.min_candidate_significance =
         env_or("V_SMIN", match_params.min_candidate_significance);
     match_params.min_verification = env_or("V_THR", match_params.min_verification);

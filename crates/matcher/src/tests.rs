@@ -748,6 +748,86 @@ mod verification {
         );
     }
 
+    /// A candidate whose hits put it at the wrong place of its reference (a repetitive
+    /// reference's other bar) fails on its own line; its place is searched anew at its
+    /// transform and found, and the occurrence moves there. Without the search it fails,
+    /// and the search confirms no chance candidate.
+    #[test]
+    fn a_candidate_at_the_wrong_place_is_relocated() {
+        use crate::{MatchParams, SampleMatch};
+        let p = MatchParams::default();
+        assert!(
+            p.verify.relocate_from <= 10.0,
+            "the search is on by default"
+        );
+        let fixed = MatchParams {
+            verify: VerifyParams {
+                relocate_from: f64::INFINITY,
+                ..p.verify.clone()
+            },
+            ..p.clone()
+        };
+        let candidate = |line: Line, significance: f64| SampleMatch {
+            track: 0,
+            tempo: line.tempo,
+            pitch_semitones: line.shift_bins / p.bins_per_semitone,
+            occurrences: vec![occurrence_on(line, line.r0, line.r0 + 400.0, 6)],
+            hits: 6,
+            significance,
+            verification: 0.0,
+            verified: false,
+        };
+        for (seed, tempo, shift) in [(21u64, 0.9, -5.0), (22, 1.0, 0.0), (23, 1.3, 12.0)] {
+            let mut rng = Lcg(seed);
+            let (reference, line, _, grid) = planted_excerpt(&mut rng, tempo, shift);
+            // The same query stretch, 3,000 reference frames (24 s) early.
+            let wrong = Line {
+                r0: line.r0 - 3_000.0,
+                ..line
+            };
+            let mut stuck = candidate(wrong, 12.0);
+            crate::verify::verify_match(&mut stuck, &reference, &grid, &fixed);
+            assert!(
+                stuck.verification < p.min_verification,
+                "seed {seed}: the wrong place verified at {}",
+                stuck.verification
+            );
+            let mut moved = candidate(wrong, 12.0);
+            crate::verify::verify_match(&mut moved, &reference, &grid, &p);
+            assert!(
+                moved.verification > p.min_verification,
+                "seed {seed}: relocated to {}",
+                moved.verification
+            );
+            let o = &moved.occurrences[0];
+            // The planted excerpt is reference frames 9,000 on, at query frame 2,000 (a
+            // stretch may begin with a chance peak or two just before it).
+            let (r, q) = (o.ref_start_s / p.frame_s, o.query_start_s / p.frame_s);
+            assert!(
+                (8_950.0..9_000.0 + 1_000.0 * tempo).contains(&r),
+                "seed {seed}: reference frame {r}"
+            );
+            assert!(
+                (line.q0 + (r - line.r0) / tempo - q).abs() <= 4.0,
+                "seed {seed}: query frame {q} off the true line"
+            );
+            // Too weak a candidate is not searched.
+            let mut weak = candidate(wrong, p.verify.relocate_from / 2.0);
+            crate::verify::verify_match(&mut weak, &reference, &grid, &p);
+            assert!(weak.verification < p.min_verification, "seed {seed}");
+        }
+        for seed in 50..80u64 {
+            let (reference, grid, line) = chance_line(seed);
+            let mut m = candidate(line, 12.0);
+            crate::verify::verify_match(&mut m, &reference, &grid, &p);
+            assert!(
+                m.verification < p.min_verification,
+                "seed {seed}: chance relocated to {}",
+                m.verification
+            );
+        }
+    }
+
     /// The occurrence of reference frames `r0..r1` on `line`, with `hits` hits.
     fn occurrence_on(line: Line, r0: f64, r1: f64, hits: usize) -> crate::Occurrence {
         let frame_s = crate::MatchParams::default().frame_s;

@@ -35,6 +35,8 @@ pub struct PeakGrid {
     n_bins: usize,
     words_per_frame: usize,
     bits: Vec<u64>,
+    /// The peaks on the grid, by time: what [`relocate`] votes with.
+    points: Vec<(f32, f32)>,
 }
 
 impl PeakGrid {
@@ -43,6 +45,7 @@ impl PeakGrid {
     pub fn new(peaks: &[(f32, f32)], n_frames: usize, n_bins: usize, dt: usize, db: usize) -> Self {
         let words_per_frame = n_bins.div_ceil(64).max(1);
         let mut bits = vec![0u64; n_frames * words_per_frame];
+        let mut points = Vec::with_capacity(peaks.len());
         for &(time, bin) in peaks {
             if !(time.is_finite() && bin.is_finite()) || time < 0.0 || bin < 0.0 {
                 continue;
@@ -51,18 +54,28 @@ impl PeakGrid {
             if t >= n_frames || b >= n_bins {
                 continue;
             }
+            points.push((time, bin));
             for f in t.saturating_sub(dt)..(t + dt + 1).min(n_frames) {
                 for k in b.saturating_sub(db)..(b + db + 1).min(n_bins) {
                     bits[f * words_per_frame + k / 64] |= 1 << (k % 64);
                 }
             }
         }
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
         Self {
             n_frames,
             n_bins,
             words_per_frame,
             bits,
+            points,
         }
+    }
+
+    /// The peaks on the grid from frame `from` to frame `to`, by time.
+    fn points_between(&self, from: f64, to: f64) -> &[(f32, f32)] {
+        let first = self.points.partition_point(|&(t, _)| f64::from(t) < from);
+        let last = self.points.partition_point(|&(t, _)| f64::from(t) <= to);
+        &self.points[first..last.max(first)]
     }
 
     /// Whether a query peak lies within tolerance of (`time`, `bin`); false off the grid.
@@ -116,6 +129,13 @@ pub struct VerifyParams {
     pub refine_tempo_from: f64,
     /// A verified stretch must hold at least this many matched peaks.
     pub min_matched: usize,
+    /// A candidate of at least this significance whose own line fails verification has
+    /// its place in the reference searched anew at its transform ([`relocate`]); infinite:
+    /// never.
+    pub relocate_from: f64,
+    /// Places of the reference [`relocate`] verifies: those where most query peaks fall on
+    /// reference peaks.
+    pub relocate_places: usize,
     /// A candidate too weak to stand on its hits (significance under
     /// [`MatchParams::min_significance`]) is first screened on its own line, with no
     /// refinement, no null lines and only [`SCREEN_CONTROLS`] of the control spots, about
@@ -161,6 +181,8 @@ impl Default for VerifyParams {
             refine_tempo_step: 0.004,
             refine_tempo_from: 20.0,
             min_matched: 8,
+            relocate_from: 5.0,
+            relocate_places: 4,
             screen_nats: SCREEN_NATS,
             null_shifts_frames: NULL_SHIFTS_FRAMES.to_vec(),
             chance_window: 12,
@@ -504,6 +526,149 @@ fn near_multiple(shift: f64, period: f64) -> bool {
     k >= 1.0 && (shift.abs() - k * period).abs() <= LOOP_SHIFT_TOLERANCE_FRAMES
 }
 
+/// Query seconds either side of a candidate's occurrences that [`relocate`] votes with.
+const RELOCATE_PAD_S: f64 = 2.0;
+/// Longest stretch of the query (seconds) that [`relocate`] votes with.
+const RELOCATE_MAX_SPAN_S: f64 = 40.0;
+/// Least distance (seconds of the reference) between two places [`relocate`] verifies.
+const RELOCATE_SEPARATION_S: f64 = 0.25;
+
+/// Searches the whole reference for the place of a candidate whose own line failed, at
+/// the candidate's tempo and pitch: a reference that repeats itself (a chorus, the bars of
+/// a groove) can gather more hits at another repetition than at the one sampled, and
+/// verifying that one finds too few of the sample's peaks. Every query peak around the
+/// candidate's occurrences votes for each reference peak in its bin (the candidate's pitch
+/// undone) with the reference time that would put the two together at query time 0; the
+/// [`VerifyParams::relocate_places`] places with the most votes are verified as lines. The
+/// best is returned with the penalty of having chosen it among every place of the
+/// reference: the logarithm of their number (in nats, as the score is), so that chance
+/// gains nothing on average from the search.
+fn relocate(
+    m: &SampleMatch,
+    peaks: &[RefPeak],
+    grid: &PeakGrid,
+    settings: &VerifyParams,
+    p: &MatchParams,
+) -> Option<(Verified, f64)> {
+    let (&(first_t, _), &(last_t, _)) = (peaks.first()?, peaks.last()?);
+    let tempo = m.tempo;
+    if !(tempo.is_finite() && tempo > 0.0) {
+        return None;
+    }
+    let pad = RELOCATE_PAD_S / p.frame_s;
+    let q_lo = (m
+        .occurrences
+        .iter()
+        .map(|o| o.query_start_s)
+        .fold(f64::INFINITY, f64::min)
+        / p.frame_s
+        - pad)
+        .max(0.0);
+    let q_hi = (m
+        .occurrences
+        .iter()
+        .map(|o| o.query_end_s)
+        .fold(0.0, f64::max)
+        / p.frame_s
+        + pad)
+        .min(q_lo + RELOCATE_MAX_SPAN_S / p.frame_s);
+    let q_peaks = grid.points_between(q_lo, q_hi);
+    if q_peaks.len() < settings.min_matched {
+        return None;
+    }
+    let shift = m.pitch_semitones * p.bins_per_semitone;
+    // Votes by reference frame at query frame 0, from `lowest` on, in whole frames (the
+    // time tolerance is wider than the rounding).
+    let lowest = (f64::from(first_t) - tempo * q_hi).floor() - 1.0;
+    let n_cells = (f64::from(last_t) - tempo * q_lo - lowest).ceil().max(1.0) as usize + 2;
+    // The reference's peaks by bin, as cells at query frame 0.
+    let mut by_bin: Vec<Vec<i64>> = vec![Vec::new(); grid.n_bins];
+    for &(t, b) in peaks {
+        let k = b.round();
+        if k >= 0.0 && (k as usize) < grid.n_bins {
+            by_bin[k as usize].push((f64::from(t) - lowest).round() as i64);
+        }
+    }
+    let mut votes = vec![0u32; n_cells];
+    let tol = settings.tolerance_bins as i64;
+    for &(qt, qb) in q_peaks {
+        let centre = (f64::from(qb) - shift).round() as i64;
+        let at = (tempo * f64::from(qt)).round() as i64;
+        for k in (centre - tol).max(0)..=(centre + tol).min(grid.n_bins as i64 - 1) {
+            for &rt in &by_bin[k as usize] {
+                if let Some(vote) = usize::try_from(rt - at).ok().and_then(|c| votes.get_mut(c)) {
+                    *vote += 1;
+                }
+            }
+        }
+    }
+    // Within the time tolerance, votes for neighbouring cells are one place's.
+    let reach = settings.tolerance_frames;
+    let mut window = vec![0u32; n_cells];
+    let mut sum: u32 = votes[..reach.min(n_cells)].iter().sum();
+    for (c, w) in window.iter_mut().enumerate() {
+        if c + reach < n_cells {
+            sum += votes[c + reach];
+        }
+        *w = sum;
+        if c >= reach {
+            sum -= votes[c - reach];
+        }
+    }
+    // The best places, each at least RELOCATE_SEPARATION_S from a better one.
+    let separation = (RELOCATE_SEPARATION_S / p.frame_s).ceil() as usize;
+    // Only local maxima can be the best of their neighbourhood.
+    let mut order: Vec<usize> = (0..n_cells)
+        .filter(|&c| {
+            window[c] > 0
+                && (c == 0 || window[c] > window[c - 1])
+                && window.get(c + 1).is_none_or(|&next| window[c] >= next)
+        })
+        .collect();
+    order.sort_unstable_by(|&a, &b| window[b].cmp(&window[a]).then(a.cmp(&b)));
+    let mut places: Vec<usize> = Vec::with_capacity(settings.relocate_places);
+    for c in order {
+        if places.len() >= settings.relocate_places {
+            break;
+        }
+        if places.iter().all(|&k| k.abs_diff(c) >= separation) {
+            places.push(c);
+        }
+    }
+    let span = tempo * (q_hi - q_lo);
+    let margin = VERIFY_MARGIN_S / p.frame_s;
+    // Most places are chance, and the weak candidates' screen turns them away cheaply.
+    let screen = VerifyParams {
+        controls: SCREEN_CONTROLS.to_vec(),
+        refine_frames: 0.0,
+        refine_bins: 0,
+        refine_tempo: 0.0,
+        null_shifts_frames: Vec::new(),
+        ..settings.clone()
+    };
+    let mut best: Option<Verified> = None;
+    for c in places {
+        let r0 = c as f64 + lowest + tempo * q_lo;
+        let line = Line {
+            tempo,
+            r0,
+            q0: q_lo,
+            shift_bins: shift,
+        };
+        let from = peaks.partition_point(|&(t, _)| f64::from(t) < r0 - margin);
+        let to = peaks.partition_point(|&(t, _)| f64::from(t) <= r0 + span + margin);
+        let region = &peaks[from..to.max(from)];
+        if screen.screen_nats > 0.0
+            && verify_line(line, region, grid, &screen).is_none_or(|v| v.llr < screen.screen_nats)
+        {
+            continue;
+        }
+        keep_better(&mut best, verify_line(line, region, grid, settings));
+    }
+    let n_places = (n_cells as f64 / (2 * reach + 1) as f64).max(1.0);
+    best.map(|v| (v, n_places.ln()))
+}
+
 /// Least reference margin (seconds) verified either side of an occurrence.
 const VERIFY_MARGIN_S: f64 = 15.0;
 
@@ -603,6 +768,33 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
             best = v.llr;
             best_tempo = v.line.tempo;
         }
+    }
+    if best < p.min_verification
+        && m.significance >= settings.relocate_from
+        && let Some((v, penalty)) = relocate(m, peaks, grid, &settings, p)
+        && v.llr - penalty >= p.min_verification
+    {
+        best = v.llr - penalty;
+        best_tempo = v.line.tempo;
+        // The occurrences the found place covers in the query were at the wrong place of
+        // the reference; it replaces them, with their hits.
+        let q_of = |r: f64| (v.line.q0 + (r - v.line.r0) / v.line.tempo) * p.frame_s;
+        let (q_start, q_end) = (q_of(v.r_start), q_of(v.r_end));
+        let mut hits = 0;
+        m.occurrences.retain(|o| {
+            let covered = o.query_start_s < q_end && q_start < o.query_end_s;
+            hits += if covered { o.hits } else { 0 };
+            !covered
+        });
+        m.occurrences.push(Occurrence {
+            query_start_s: q_start,
+            query_end_s: q_end,
+            ref_start_s: v.r_start * p.frame_s,
+            ref_end_s: v.r_end * p.frame_s,
+            hits,
+        });
+        m.occurrences
+            .sort_by(|a, b| a.query_start_s.total_cmp(&b.query_start_s));
     }
     m.verification = best;
     m.verified = true;
