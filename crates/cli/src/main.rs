@@ -489,3 +489,32 @@ pub(crate) fn exit_code(some_failed: bool) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `identify --deep`'s help names the speeds the engine searches; it is written by
+    /// hand, so this keeps it true when `engine::DEEP_SPEEDS` changes.
+    #[test]
+    fn deep_help_names_the_engines_speeds() {
+        let mut cli = super::Cli::command();
+        let help = cli
+            .find_subcommand_mut("identify")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        let listed = format!(
+            "({})",
+            engine::DEEP_SPEEDS
+                .map(|(speed, _)| speed.to_string())
+                .join(", ")
+        );
+        assert!(
+            help.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(&listed),
+            "{listed} not in the help:\n{help}"
+        );
+    }
+}
