@@ -816,6 +816,20 @@ mod verification {
             crate::verify::verify_match(&mut weak, &reference, &grid, &p);
             assert!(weak.verification < p.min_verification, "seed {seed}");
         }
+        // A damaged peak list with a peak ages away is not searched (its votes would
+        // take petabytes), and the candidate is left as it was.
+        let mut rng = Lcg(24);
+        let (mut reference, line, _, grid) = planted_excerpt(&mut rng, 1.0, 0.0);
+        reference.push((1.0e15, 50.0));
+        let mut far = candidate(
+            Line {
+                r0: line.r0 - 3_000.0,
+                ..line
+            },
+            12.0,
+        );
+        crate::verify::verify_match(&mut far, &reference, &grid, &p);
+        assert!(far.verification < p.min_verification);
         for seed in 50..80u64 {
             let (reference, grid, line) = chance_line(seed);
             let mut m = candidate(line, 12.0);

@@ -530,6 +530,8 @@ fn near_multiple(shift: f64, period: f64) -> bool {
 const RELOCATE_PAD_S: f64 = 2.0;
 /// Longest stretch of the query (seconds) that [`relocate`] votes with.
 const RELOCATE_MAX_SPAN_S: f64 = 40.0;
+/// Longest reference (seconds: 4 hours) [`relocate`] searches.
+const RELOCATE_MAX_S: f64 = 4.0 * 3600.0;
 /// Least distance (seconds of the reference) between two places [`relocate`] verifies.
 const RELOCATE_SEPARATION_S: f64 = 0.25;
 
@@ -580,7 +582,13 @@ fn relocate(
     // Votes by reference frame at query frame 0, from `lowest` on, in whole frames (the
     // time tolerance is wider than the rounding).
     let lowest = (f64::from(first_t) - tempo * q_hi).floor() - 1.0;
-    let n_cells = (f64::from(last_t) - tempo * q_lo - lowest).ceil().max(1.0) as usize + 2;
+    let extent = (f64::from(last_t) - tempo * q_lo - lowest).ceil();
+    // The votes take 8 bytes a frame of the reference (14 MB for 4 hours): a longer
+    // reference (or a damaged peak list) is not searched.
+    if !(extent >= 0.0 && extent * p.frame_s <= RELOCATE_MAX_S) {
+        return None;
+    }
+    let n_cells = extent as usize + 2;
     // The reference's peaks by bin, as cells at query frame 0.
     let mut by_bin: Vec<Vec<i64>> = vec![Vec::new(); grid.n_bins];
     for &(t, b) in peaks {
