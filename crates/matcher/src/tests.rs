@@ -660,16 +660,7 @@ mod verification {
             ..p.clone()
         };
         // A candidate on `line` over `len` reference frames, too weak for its hits alone.
-        let candidate = |line: Line, len: f64| SampleMatch {
-            track: 0,
-            tempo: line.tempo,
-            pitch_semitones: line.shift_bins / p.bins_per_semitone,
-            occurrences: vec![occurrence_on(line, line.r0, line.r0 + len, 4)],
-            hits: 4,
-            significance: 1.0,
-            verification: 0.0,
-            verified: false,
-        };
+        let candidate = |line: Line, len: f64| candidate_on(line, len, 4, 1.0);
         let both = |m: &SampleMatch, reference: &[(f32, f32)], grid: &PeakGrid| {
             let (mut a, mut b) = (m.clone(), m.clone());
             crate::verify::verify_match(&mut a, reference, grid, &p);
@@ -754,7 +745,7 @@ mod verification {
     /// and the search confirms no chance candidate.
     #[test]
     fn a_candidate_at_the_wrong_place_is_relocated() {
-        use crate::{MatchParams, SampleMatch};
+        use crate::MatchParams;
         let p = MatchParams::default();
         assert!(
             p.verify.relocate_from <= 10.0,
@@ -767,16 +758,7 @@ mod verification {
             },
             ..p.clone()
         };
-        let candidate = |line: Line, significance: f64| SampleMatch {
-            track: 0,
-            tempo: line.tempo,
-            pitch_semitones: line.shift_bins / p.bins_per_semitone,
-            occurrences: vec![occurrence_on(line, line.r0, line.r0 + 400.0, 6)],
-            hits: 6,
-            significance,
-            verification: 0.0,
-            verified: false,
-        };
+        let candidate = |line: Line, significance: f64| candidate_on(line, 400.0, 6, significance);
         for (seed, tempo, shift) in [(21u64, 0.9, -5.0), (22, 1.0, 0.0), (23, 1.3, 12.0)] {
             let mut rng = Lcg(seed);
             let (reference, line, _, grid) = planted_excerpt(&mut rng, tempo, shift);
@@ -839,6 +821,21 @@ mod verification {
                 "seed {seed}: chance relocated to {}",
                 m.verification
             );
+        }
+    }
+
+    /// An unverified candidate on `line` over `len` reference frames from its `r0`, with
+    /// `hits` hits and `significance`.
+    fn candidate_on(line: Line, len: f64, hits: usize, significance: f64) -> crate::SampleMatch {
+        crate::SampleMatch {
+            track: 0,
+            tempo: line.tempo,
+            pitch_semitones: line.shift_bins / crate::MatchParams::default().bins_per_semitone,
+            occurrences: vec![occurrence_on(line, line.r0, line.r0 + len, hits)],
+            hits,
+            significance,
+            verification: 0.0,
+            verified: false,
         }
     }
 
