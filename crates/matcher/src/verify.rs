@@ -583,7 +583,7 @@ fn relocate(
     // time tolerance is wider than the rounding).
     let lowest = (f64::from(first_t) - tempo * q_hi).floor() - 1.0;
     let extent = (f64::from(last_t) - tempo * q_lo - lowest).ceil();
-    // The votes take 8 bytes a frame of the reference (14 MB for 4 hours): a longer
+    // The votes take 12 bytes a frame of the reference (21 MB for 4 hours): a longer
     // reference (or a damaged peak list) is not searched.
     if !(extent >= 0.0 && extent * p.frame_s <= RELOCATE_MAX_S) {
         return None;
@@ -605,22 +605,25 @@ fn relocate(
         for k in (centre - tol).max(0)..=(centre + tol).min(grid.n_bins as i64 - 1) {
             for &rt in &by_bin[k as usize] {
                 if let Some(vote) = usize::try_from(rt - at).ok().and_then(|c| votes.get_mut(c)) {
-                    *vote += 1;
+                    *vote = vote.saturating_add(1);
                 }
             }
         }
     }
     // Within the time tolerance, votes for neighbouring cells are one place's.
     let reach = settings.tolerance_frames;
-    let mut window = vec![0u32; n_cells];
-    let mut sum: u32 = votes[..reach.min(n_cells)].iter().sum();
+    let mut window = vec![0u64; n_cells];
+    let mut sum: u64 = votes[..reach.min(n_cells)]
+        .iter()
+        .map(|&v| u64::from(v))
+        .sum();
     for (c, w) in window.iter_mut().enumerate() {
         if c + reach < n_cells {
-            sum += votes[c + reach];
+            sum += u64::from(votes[c + reach]);
         }
         *w = sum;
         if c >= reach {
-            sum -= votes[c - reach];
+            sum -= u64::from(votes[c - reach]);
         }
     }
     // The best places, each at least RELOCATE_SEPARATION_S from a better one.
