@@ -649,14 +649,7 @@ fn relocate(
     let span = tempo * (q_hi - q_lo);
     let margin = VERIFY_MARGIN_S / p.frame_s;
     // Most places are chance, and the weak candidates' screen turns them away cheaply.
-    let screen = VerifyParams {
-        controls: SCREEN_CONTROLS.to_vec(),
-        refine_frames: 0.0,
-        refine_bins: 0,
-        refine_tempo: 0.0,
-        null_shifts_frames: Vec::new(),
-        ..settings.clone()
-    };
+    let screen = (settings.screen_nats > 0.0).then(|| screening(settings));
     let mut best: Option<Verified> = None;
     for c in places {
         let r0 = c as f64 + lowest + tempo * q_lo;
@@ -669,8 +662,9 @@ fn relocate(
         let from = peaks.partition_point(|&(t, _)| f64::from(t) < r0 - margin);
         let to = peaks.partition_point(|&(t, _)| f64::from(t) <= r0 + span + margin);
         let region = &peaks[from..to.max(from)];
-        if screen.screen_nats > 0.0
-            && verify_line(line, region, grid, &screen).is_none_or(|v| v.llr < screen.screen_nats)
+        if screen
+            .as_ref()
+            .is_some_and(|screen| !passes_screen(line, region, grid, screen))
         {
             continue;
         }
@@ -678,6 +672,25 @@ fn relocate(
     }
     let n_places = (n_cells as f64 / (2 * reach + 1) as f64).max(1.0);
     best.map(|v| (v, n_places.ln()))
+}
+
+/// The settings of the screen (see [`VerifyParams::screen_nats`]) made from `settings`:
+/// the candidate's own line only, no null lines, and [`SCREEN_CONTROLS`].
+fn screening(settings: &VerifyParams) -> VerifyParams {
+    VerifyParams {
+        controls: SCREEN_CONTROLS.to_vec(),
+        refine_frames: 0.0,
+        refine_bins: 0,
+        refine_tempo: 0.0,
+        null_shifts_frames: Vec::new(),
+        ..settings.clone()
+    }
+}
+
+/// Whether `line` scores at least the screen's [`VerifyParams::screen_nats`] under the
+/// `screen` settings ([`screening`]).
+fn passes_screen(line: Line, peaks: &[RefPeak], grid: &PeakGrid, screen: &VerifyParams) -> bool {
+    !verify_line(line, peaks, grid, screen).is_none_or(|v| v.llr < screen.screen_nats)
 }
 
 /// Least reference margin (seconds) verified either side of an occurrence.
@@ -708,15 +721,8 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
         .null_shifts_frames
         .retain(|&shift| !periods.iter().any(|&period| near_multiple(shift, period)));
     // Most weak candidates are chance, and a screen turns them away cheaply.
-    let screen =
-        (m.significance < p.min_significance && p.verify.screen_nats > 0.0).then(|| VerifyParams {
-            controls: SCREEN_CONTROLS.to_vec(),
-            refine_frames: 0.0,
-            refine_bins: 0,
-            refine_tempo: 0.0,
-            null_shifts_frames: Vec::new(),
-            ..p.verify.clone()
-        });
+    let screen = (m.significance < p.min_significance && p.verify.screen_nats > 0.0)
+        .then(|| screening(&p.verify));
     let tempos = candidate_tempos(m, p);
     for o in &mut m.occurrences {
         for &tempo in &tempos {
@@ -731,8 +737,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
             let last = peaks.partition_point(|&(t, _)| (t as f64) <= hi);
             let region = &peaks[first..last.max(first)];
             if let Some(screen) = &screen
-                && verify_line(line, region, grid, screen)
-                    .is_none_or(|v| v.llr < screen.screen_nats)
+                && !passes_screen(line, region, grid, screen)
             {
                 continue;
             }
