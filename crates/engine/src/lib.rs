@@ -839,11 +839,7 @@ impl Engine {
             searched.n_lookups += found.n_lookups;
             searched.n_hits += found.n_hits;
             searched.n_passes += found.n_passes;
-            let (t, f) = (&mut searched.timings, &found.timings);
-            t.fingerprint_s += f.fingerprint_s;
-            t.lookup_s += f.lookup_s;
-            t.match_s += f.match_s;
-            t.verify_s += f.verify_s;
+            searched.timings.add(&found.timings);
             searched
                 .matches
                 .extend(found.matches.into_iter().map(|m| at_own_speed(m, speed)));

@@ -37,6 +37,16 @@ pub struct Timings {
     pub verify_s: f64,
 }
 
+impl Timings {
+    /// Adds `other`'s seconds, stage by stage (a search made of several).
+    pub(crate) fn add(&mut self, other: &Timings) {
+        self.fingerprint_s += other.fingerprint_s;
+        self.lookup_s += other.lookup_s;
+        self.match_s += other.match_s;
+        self.verify_s += other.verify_s;
+    }
+}
+
 /// How a sample was transformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
