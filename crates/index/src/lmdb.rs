@@ -904,9 +904,6 @@ impl LmdbStore {
             .iter()
             .map(|s| vec![NOTHING_READ; s.len()])
             .collect();
-        // One key's postings, main first: runs are newer and in track order, so this is
-        // sorted.
-        let mut list: Vec<Posting> = Vec::new();
         let mut tables = AnchorTables::new(self, rtxn);
         let mut batch = ResolveBatch::default();
         for group in queries.groups() {
@@ -915,7 +912,11 @@ impl LmdbStore {
             if !serves[partition] {
                 continue;
             }
-            list.clear();
+            // The key's postings go straight into the batch, main first (runs are newer and
+            // in track order, so they are sorted), and leave it again if the key is over
+            // the cap.
+            let start = batch.postings.len();
+            let list = &mut batch.postings;
             // Live postings of the key, in `tracks` or not: what the cap counts.
             let mut n_live = 0usize;
             let head = walkers[partition].seek(key)?;
@@ -934,6 +935,7 @@ impl LmdbStore {
                     // read only as far as `tracks` reaches.
                     n_live = found_list.len();
                     if n_live > max_postings_per_key {
+                        // Nothing of this key is in the batch yet.
                         continue;
                     }
                     found_list
@@ -959,6 +961,7 @@ impl LmdbStore {
                         })
                         .map_err(corrupt_list)?;
                     if n_live > max_postings_per_key {
+                        list.truncate(start);
                         continue;
                     }
                 }
@@ -980,6 +983,7 @@ impl LmdbStore {
                 *cursor = i;
             }
             if n_live > max_postings_per_key {
+                list.truncate(start);
                 continue;
             }
             // The postings are read back through their tables in batches of keys, in a
@@ -990,7 +994,6 @@ impl LmdbStore {
             // the hints halved it again (session 20). Reading a batch in track order
             // instead (a radix sort on the track) did no better: a batch meets each table
             // at as many places as it has postings.
-            batch.postings.extend_from_slice(&list);
             batch.keys.push((partition, group, batch.postings.len()));
             if batch.postings.len() >= RESOLVE_BATCH {
                 batch.resolve_and_visit(&mut tables, visit)?;
