@@ -73,9 +73,7 @@ impl PeakGrid {
 
     /// The peaks on the grid from frame `from` to frame `to`, by time.
     fn points_between(&self, from: f64, to: f64) -> &[(f32, f32)] {
-        let first = self.points.partition_point(|&(t, _)| f64::from(t) < from);
-        let last = self.points.partition_point(|&(t, _)| f64::from(t) <= to);
-        &self.points[first..last.max(first)]
+        &self.points[between(&self.points, from, to)]
     }
 
     /// Whether a query peak lies within tolerance of (`time`, `bin`); false off the grid.
@@ -217,6 +215,18 @@ impl Line {
             shift_bins: pitch_semitones * p.bins_per_semitone,
         }
     }
+
+    /// The query frame of reference frame `r`.
+    pub fn query_frame(&self, r: f64) -> f64 {
+        self.q0 + (r - self.r0) / self.tempo
+    }
+}
+
+/// The positions of `points` (sorted by time) whose time lies from `from` to `to` frames.
+fn between(points: &[(f32, f32)], from: f64, to: f64) -> std::ops::Range<usize> {
+    let first = points.partition_point(|&(t, _)| f64::from(t) < from);
+    let last = points.partition_point(|&(t, _)| f64::from(t) <= to);
+    first..last.max(first)
 }
 
 /// The best-scoring stretch along a line.
@@ -659,9 +669,7 @@ fn relocate(
             q0: q_lo,
             shift_bins: shift,
         };
-        let from = peaks.partition_point(|&(t, _)| f64::from(t) < r0 - margin);
-        let to = peaks.partition_point(|&(t, _)| f64::from(t) <= r0 + span + margin);
-        let region = &peaks[from..to.max(from)];
+        let region = &peaks[between(peaks, r0 - margin, r0 + span + margin)];
         if screen
             .as_ref()
             .is_some_and(|screen| !passes_screen(line, region, grid, screen))
@@ -703,7 +711,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
     let mut best = 0.0f64;
     let mut best_tempo = m.tempo;
     // The best line and the reference peaks it was verified over.
-    let mut best_at: Option<(Line, usize, usize)> = None;
+    let mut best_at: Option<(Line, std::ops::Range<usize>)> = None;
     // A match with hits enough to stand on its own has a slope fitted over many of them;
     // only the weak ones need the tempo searched.
     let mut settings = if m.significance >= p.min_significance {
@@ -733,9 +741,8 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
             // query would map a whole reference onto itself for every candidate.
             let margin = (o.ref_end_s - o.ref_start_s).max(VERIFY_MARGIN_S) / p.frame_s;
             let (lo, hi) = (line.r0 - margin, o.ref_end_s / p.frame_s + margin);
-            let first = peaks.partition_point(|&(t, _)| (t as f64) < lo);
-            let last = peaks.partition_point(|&(t, _)| (t as f64) <= hi);
-            let region = &peaks[first..last.max(first)];
+            let at = between(peaks, lo, hi);
+            let region = &peaks[at.clone()];
             if let Some(screen) = &screen
                 && !passes_screen(line, region, grid, screen)
             {
@@ -747,9 +754,9 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
             if v.llr > best {
                 best = v.llr;
                 best_tempo = v.line.tempo;
-                best_at = Some((v.line, first, last.max(first)));
+                best_at = Some((v.line, at));
             }
-            let q_of = |r: f64| (v.line.q0 + (r - v.line.r0) / v.line.tempo) * p.frame_s;
+            let q_of = |r: f64| v.line.query_frame(r) * p.frame_s;
             let (r_start, r_end) = (v.r_start * p.frame_s, v.r_end * p.frame_s);
             let (q_start, q_end) = (q_of(v.r_start), q_of(v.r_end));
             let overlaps = q_start < o.query_end_s && o.query_start_s < q_end;
@@ -769,7 +776,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
     // it can be a percent or two off; its peaks place it better. The tempo is searched
     // only once the candidate is confirmed without it, so the search cannot confirm
     // chance (a free tempo lets two rhythmic recordings line up their beats).
-    if let Some((line, first, last)) = best_at
+    if let Some((line, at)) = best_at
         && m.significance < p.min_significance
         && best >= p.min_verification
     {
@@ -778,7 +785,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
             refine_tempo_from: 0.0,
             ..settings.clone()
         };
-        if let Some(v) = verify_line(line, &peaks[first..last], grid, &search)
+        if let Some(v) = verify_line(line, &peaks[at], grid, &search)
             && v.llr > best
         {
             best = v.llr;
@@ -794,7 +801,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
         best_tempo = v.line.tempo;
         // The occurrences the found place covers in the query were at the wrong place of
         // the reference; it replaces them, with their hits.
-        let q_of = |r: f64| (v.line.q0 + (r - v.line.r0) / v.line.tempo) * p.frame_s;
+        let q_of = |r: f64| v.line.query_frame(r) * p.frame_s;
         let (q_start, q_end) = (q_of(v.r_start), q_of(v.r_end));
         let mut hits = 0;
         m.occurrences.retain(|o| {
