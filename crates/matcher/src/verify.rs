@@ -278,7 +278,7 @@ fn best_line(
     let mut control_hits: Vec<usize> = Vec::new();
     let max_q = grid.n_frames() as f64;
     for &(rt, rb) in peaks {
-        let qt = line.q0 + (rt as f64 - line.r0) / line.tempo;
+        let qt = line.query_frame(f64::from(rt));
         if qt < -p.refine_frames as f64 || qt > max_q + p.refine_frames as f64 {
             continue;
         }
@@ -333,7 +333,7 @@ fn best_line(
     };
     let pivot_r = 0.5 * (base.r_start + base.r_end);
     let base = base.line;
-    let pivot_q = base.q0 + (pivot_r - base.r0) / base.tempo;
+    let pivot_q = base.query_frame(pivot_r);
     let tempo_steps = if p.refine_tempo_step > 0.0 {
         (p.refine_tempo / p.refine_tempo_step).round() as i32
     } else {
@@ -405,7 +405,7 @@ fn best_stretch(
     let mut best: Option<Verified> = None;
     let (mut run, mut run_start, mut run_matched, mut run_n) = (0.0f64, 0usize, 0usize, 0usize);
     for (i, &(rt, rb, if_matched, if_not)) in on_line.iter().enumerate() {
-        let qt = line.q0 + (rt as f64 - line.r0) / line.tempo;
+        let qt = line.query_frame(f64::from(rt));
         let qb = rb as f64 + line.shift_bins;
         let matched = grid.get(qt as f32, qb as f32);
         let step = if matched { if_matched } else { if_not };
