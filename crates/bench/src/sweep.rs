@@ -17,7 +17,8 @@
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
 //! its slope fit's run gap, `M_BSEED`, `M_SEEDMIN`, `M_SBLOCK` its intercept seeds,
 //! `M_CELLS` its vote cells per track and `M_SIG` the significance cut (see
-//! `matcher::MatchParams`); `SWEEP_COUNTS` prints each query's lookups and hits;
+//! `matcher::MatchParams`); `CAP_MIN` the least stop-word cap (20, as the engine's; at
+//! 7.41 h it binds below `--cap-factor` 4.4); `SWEEP_COUNTS` prints each query's lookups and hits;
 //! `SWEEP_DEBUG` prints every wrong match that was verified or is strong enough to be
 //! accepted at a lower cut, and every candidate on each true sample's reference (accepted
 //! or not); `ORACLE`
@@ -109,7 +110,12 @@ impl MemIndex {
             }
         }
         let mean = n_postings as f64 / map.len().max(1) as f64;
-        let cap = ((mean * cap_factor).ceil() as usize).max(20);
+        let least = env_or("CAP_MIN", 20.0) as usize;
+        let cap = ((mean * cap_factor).ceil() as usize).max(least);
+        eprintln!(
+            "sweep: {n_postings} postings, {} keys, mean {mean:.2}, cap {cap}",
+            map.len()
+        );
         Self {
             map,
             n_postings,
