@@ -156,6 +156,18 @@ pub struct MatchParams {
     pub max_cells_per_track: usize,
     /// Reference block of the intercept seeds, in frames.
     pub seed_block_frames: f64,
+    /// Weak candidates: beyond the `max_cells_per_track` strongest cells, up to this many
+    /// more are examined whose transform is one that samplers use (a change of speed,
+    /// tempo alone or pitch alone: [`on_sampler_line`]), from seeds of
+    /// [`WEAK_SEED_HITS`] and with occurrences of [`WEAK_OCCURRENCE_HITS`] and matches of
+    /// [`WEAK_MATCH_HITS`] hits. Off (0) by default. At 64 they found 3 more of held-out
+    /// core's 42 samples (and 1 more on each full suite), but took a 3-minute song at
+    /// 10 h from 0.83 to 1.49 s and a 10-minute one 3.5x as long, and a weak seed's
+    /// transform gathered enough hits over a whole song to pass on them alone (a false
+    /// match at significance 54 that the peaks did not confirm, 24 nats); with every
+    /// transform allowed, a chance line at tempo 0.547 and +4.46 semitones verified at
+    /// 89.8 nats (BENCHMARKS.md, session 23).
+    pub weak_cells_per_track: usize,
     /// A match is reported when its corrected significance (-log10 of the chance
     /// probability) reaches this...
     pub min_significance: f64,
@@ -204,6 +216,7 @@ impl Default for MatchParams {
             seed_min_hits: 3,
             seed_block_frames: 256.0,
             max_cells_per_track: 32,
+            weak_cells_per_track: 0,
             min_significance: score::CONFIDENCE_MIDPOINT,
             min_candidate_significance: 0.0,
             min_verification: verify::VERIFICATION_MIDPOINT,
@@ -719,7 +732,7 @@ fn match_track(
             &mut scratch.keys,
             &mut scratch.keys_sorting,
         );
-        truncate_cells(&mut cells, p);
+        truncate_cells(&mut cells, p, Some(&grid));
         grid.sort_into_cells(&points, grid.near_cells(&cells).as_deref(), p, &mut order);
         cells
     } else {
@@ -731,7 +744,7 @@ fn match_track(
         let mut cells = neighbourhood_sums(&cell_counts, 1 << (2 * AXIS_BITS), 1 << AXIS_BITS)
             .filter(|&(sum, _)| sum as usize >= p.min_match_hits)
             .collect();
-        truncate_cells(&mut cells, p);
+        truncate_cells(&mut cells, p, None);
         cells
     };
     let n_cells = (grid.n_lf * grid.n_pitch) as f64;
@@ -742,7 +755,19 @@ fn match_track(
     // The places a chance group could have formed: every candidate track, every cell of
     // the transform grid, every offset of the query.
     let trials = n_tracks_hit as f64 * n_cells * (query_frames / CLUSTER_SCALE_FRAMES);
-    for (_, key) in cells {
+    let weak_params = cells
+        .iter()
+        .any(|c| c.0 & WEAK_FLAG != 0)
+        .then(|| MatchParams {
+            min_occurrence_hits: WEAK_OCCURRENCE_HITS,
+            min_match_hits: WEAK_MATCH_HITS,
+            ..p.clone()
+        });
+    for (sum, key) in cells {
+        let p = match &weak_params {
+            Some(weak) if sum & WEAK_FLAG != 0 => weak,
+            _ => p,
+        };
         let (lf_c, pitch_c, _) = grid.centre(key);
         // The seed cell's transform, over the whole reference: a long sample reaches
         // beyond the block that seeded it.
@@ -807,10 +832,56 @@ fn match_track(
     out
 }
 
-/// Keeps the `max_cells_per_track` strongest cells, strongest first (ties by key).
-fn truncate_cells(cells: &mut Vec<(u32, u64)>, p: &MatchParams) {
+/// Keeps the `max_cells_per_track` strongest cells of at least `seed_min_hits`,
+/// strongest first (ties by key); with a `grid` and weak candidates on, then up to
+/// `weak_cells_per_track` of the others on a sampler's line, strongest first. The weak
+/// cells carry the `WEAK_FLAG` bit in their sum.
+fn truncate_cells(cells: &mut Vec<(u32, u64)>, p: &MatchParams, grid: Option<&Grid>) {
     cells.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    cells.truncate(p.max_cells_per_track);
+    let Some(grid) = grid.filter(|_| p.weak_cells_per_track > 0) else {
+        cells.truncate(p.max_cells_per_track);
+        return;
+    };
+    // The seeds of the usual strength come first, as without weak candidates.
+    let n_strong = cells
+        .iter()
+        .take_while(|c| c.0 as usize >= p.seed_min_hits)
+        .count()
+        .min(p.max_cells_per_track);
+    let mut n = n_strong;
+    for i in n_strong..cells.len() {
+        if n - n_strong >= p.weak_cells_per_track {
+            break;
+        }
+        let (lf, pitch, _) = grid.centre(cells[i].1);
+        if on_sampler_line(lf, pitch, p) {
+            cells[n] = (cells[i].0 | WEAK_FLAG, cells[i].1);
+            n += 1;
+        }
+    }
+    cells.truncate(n);
+}
+
+/// Hits a weak candidate's seed needs (see [`MatchParams::weak_cells_per_track`]).
+pub const WEAK_SEED_HITS: usize = 2;
+/// Hits a weak candidate's occurrence needs.
+pub const WEAK_OCCURRENCE_HITS: usize = 2;
+/// Hits a weak candidate needs over all its occurrences.
+pub const WEAK_MATCH_HITS: usize = 3;
+/// Marks a weak cell's sum in [`truncate_cells`]' output.
+const WEAK_FLAG: u32 = 1 << 31;
+
+/// Whether a vote cell centred at log time factor `lf` (query over reference) and pitch
+/// `pitch` (bins) lies, within a cell or so, on one of the three lines of transforms
+/// that samplers use: a change of speed (pitch follows tempo), tempo alone, pitch alone.
+fn on_sampler_line(lf: f64, pitch: f64, p: &MatchParams) -> bool {
+    let bins_per_lf = 12.0 * p.bins_per_semitone / std::f64::consts::LN_2;
+    let pitch_tol = 1.5 * p.pitch_cell_bins;
+    let speed =
+        (pitch + lf * bins_per_lf).abs() <= pitch_tol + 0.5 * p.log_factor_cell * bins_per_lf;
+    let tempo_only = pitch.abs() <= pitch_tol;
+    let pitch_only = lf.abs() <= 1.5 * p.log_factor_cell;
+    speed || tempo_only || pitch_only
 }
 
 /// For every cell holding two or more hits, the hits in its 3x3x3 neighbourhood, with
@@ -892,7 +963,10 @@ fn intercept_seeds(
         .map(|c| (c[0], c.len() as u32))
         .collect();
     let mut best: Vec<(u32, u64)> = neighbourhood_sums(&counts, 1 << LF_SHIFT, 1 << PITCH_SHIFT)
-        .filter(|&(sum, _)| sum as usize >= p.seed_min_hits)
+        .filter(|&(sum, _)| {
+            sum as usize >= p.seed_min_hits
+                || (p.weak_cells_per_track > 0 && sum as usize >= WEAK_SEED_HITS)
+        })
         .map(|(sum, key)| {
             let i = key >> LF_SHIFT;
             let j = (key >> PITCH_SHIFT) & 0xff;

@@ -1063,3 +1063,85 @@ fn a_loop_stays_significant_however_often_it_repeats() {
         "significance {significance:?}"
     );
 }
+
+/// A decoy line off the sampler's lines that takes the one cell examined, and a sample of
+/// five hits: found only as a weak candidate, and only on a line samplers use.
+fn decoy_and_weak_sample(pitch_bins: f64, weak_cells: usize) -> bool {
+    let mut rng = Lcg(5);
+    let mut hits = Hits::default();
+    // The decoy: 12 hits at tempo 1.3 and 9 bins up (not a change of speed).
+    let decoy = Planted {
+        track: 5,
+        r0: 30_000.0,
+        r1: 30_250.0,
+        q0: 500.0,
+        tempo: 1.3,
+        pitch_bins: 9.0,
+        n: 12,
+    };
+    sample_hits(&mut rng, decoy, &mut hits);
+    // Within one seed block (256 frames).
+    let sample = Planted {
+        track: 5,
+        r0: 12_554.0,
+        r1: 12_790.0,
+        q0: 2_000.0,
+        tempo: 0.8,
+        pitch_bins,
+        n: 5,
+    };
+    sample_hits(&mut rng, sample, &mut hits);
+    let p = MatchParams {
+        min_significance: 0.0,
+        max_cells_per_track: 1,
+        weak_cells_per_track: weak_cells,
+        ..MatchParams::default()
+    };
+    find_matches(hits.hits, &hits.query, &p).iter().any(|m| {
+        (m.tempo - 0.8).abs() < 0.02
+            && m.occurrences
+                .iter()
+                .any(|o| (o.query_start_s - 16.0).abs() < 1.0)
+    })
+}
+
+#[test]
+fn a_weak_sample_on_a_samplers_line_is_a_candidate() {
+    // Slowed to 0.8 as a turntable does: 3.86 semitones down.
+    let speed = -36.0 * (1.0f64 / 0.8).log2();
+    assert!(
+        !decoy_and_weak_sample(speed, 0),
+        "without weak candidates only the decoy's cell is examined"
+    );
+    assert!(
+        decoy_and_weak_sample(speed, 4),
+        "a weak candidate on the line of a speed change"
+    );
+    assert!(
+        decoy_and_weak_sample(0.0, 4),
+        "a weak candidate on the line of tempo alone"
+    );
+    assert!(
+        !decoy_and_weak_sample(10.0, 4),
+        "slowed and shifted up: on no sampler's line, so no weak candidate"
+    );
+}
+
+#[test]
+fn sampler_lines_are_speed_tempo_and_pitch() {
+    let p = MatchParams::default();
+    let lf = |tempo: f64| (1.0 / tempo).ln();
+    let bins = |semitones: f64| semitones * p.bins_per_semitone;
+    // Speed 0.8: the query is 1.25x as long and 3.86 semitones down.
+    assert!(crate::on_sampler_line(lf(0.8), bins(-3.86), &p));
+    assert!(crate::on_sampler_line(
+        lf(1.4),
+        bins(12.0 * 1.4f64.log2()),
+        &p
+    ));
+    assert!(crate::on_sampler_line(lf(1.15), 0.0, &p), "tempo alone");
+    assert!(crate::on_sampler_line(0.0, bins(-3.0), &p), "pitch alone");
+    // Session 23's chance line: tempo 0.547 and 4.46 semitones up.
+    assert!(!crate::on_sampler_line(lf(0.547), bins(4.46), &p));
+    assert!(!crate::on_sampler_line(lf(0.8), bins(3.86), &p));
+}
