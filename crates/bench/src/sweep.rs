@@ -5,8 +5,8 @@
 //! Use it to compare settings on the tune split, then confirm a winner with `run` on both
 //! splits. Fingerprint parameters are set with environment variables (`REF_K`, `Q_K`,
 //! `REF_PPS`, `Q_PPS`, `PRT`, `PRB`, `QPRT`, `QPRB`, `MAXDT`, `MINDT`, `DFR`, `DF_STEP`,
-//! `RL`, `MAXEXP`, `DF_TOL`, `T_TOL`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`, `FMIN`, `OCT`: see
-//! `fingerprint::Params`), so a sweep is a shell loop.
+//! `RL`, `MAXEXP`, `DF_TOL`, `T_TOL`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`,
+//! `FMIN`, `OCT`: see `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
 //! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_RELOC` and
 //! `V_RELOC_K` (the relocation of failed candidates: least significance, places), `V_NULL=0`
@@ -17,9 +17,9 @@
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
 //! its slope fit's run gap, `M_BSEED`, `M_SEEDMIN`, `M_SBLOCK` its intercept seeds,
 //! `M_CELLS` its vote cells per track, `M_WEAK` its weak candidates' cells (off: 0) and
-//! `M_SIG` the significance cut (see
-//! `matcher::MatchParams`); `CAP_MIN` the least stop-word cap (20, as the engine's; at
-//! 7.41 h it binds below `--cap-factor` 4.4); `SWEEP_COUNTS` prints each query's lookups and hits;
+//! `M_SIG` the significance cut (see `matcher::MatchParams`); `CAP_MIN` the least
+//! stop-word cap (20, as the engine's; at 7.41 h it binds below `--cap-factor` 4.4);
+//! `SWEEP_COUNTS` prints each query's lookups and hits;
 //! `SWEEP_DEBUG` prints every wrong match that was verified or is strong enough to be
 //! accepted at a lower cut, and every candidate on each true sample's reference (accepted
 //! or not); `ORACLE`
