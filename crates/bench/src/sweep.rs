@@ -16,7 +16,8 @@
 //! `V_R_PPS`, `V_R_PRT`, `V_R_PRB` (the reference's) override its settings
 //! and `M_MIN_HITS`, `M_MIN_OCC`, `M_MIN_EXT` the matcher's candidate minimums, `M_RGAP`
 //! its slope fit's run gap, `M_BSEED`, `M_SEEDMIN`, `M_SBLOCK` its intercept seeds,
-//! `M_CELLS` its vote cells per track, `M_WEAK` its weak candidates' cells (off: 0) and
+//! `M_CELLS` its vote cells per track, `M_WEAK` its weak candidates' cells (off: 0),
+//! `M_WREACH` their reach in reference frames either side of their seed block, and
 //! `M_SIG` the significance cut (see `matcher::MatchParams`); `CAP_MIN` the least
 //! stop-word cap (20, as the engine's; at 7.41 h it binds below `--cap-factor` 4.4);
 //! `SWEEP_COUNTS` prints each query's lookups and hits;
@@ -236,6 +237,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     match_params.seed_min_hits = env_or("M_SEEDMIN", match_params.seed_min_hits as f64) as usize;
     match_params.weak_cells_per_track =
         env_or("M_WEAK", match_params.weak_cells_per_track as f64) as usize;
+    match_params.weak_reach_frames = env_or("M_WREACH", match_params.weak_reach_frames);
     match_params.min_significance = env_or("M_SIG", match_params.min_significance);
     match_params.verify.refine_tempo_from = env_or("V_RTF", match_params.verify.refine_tempo_from);
     match_params.verify.relocate_from = env_or("V_RELOC", match_params.verify.relocate_from);

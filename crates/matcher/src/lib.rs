@@ -160,14 +160,21 @@ pub struct MatchParams {
     /// more are examined whose transform is one that samplers use (a change of speed,
     /// tempo alone or pitch alone: [`on_sampler_line`]), from seeds of
     /// [`WEAK_SEED_HITS`] and with occurrences of [`WEAK_OCCURRENCE_HITS`] and matches of
-    /// [`WEAK_MATCH_HITS`] hits. Off (0) by default. At 64 they found 3 more of held-out
-    /// core's 42 samples (and 1 more on each full suite), but took a 3-minute song at
-    /// 10 h from 0.83 to 1.49 s and a 10-minute one 3.5x as long, and a weak seed's
-    /// transform gathered enough hits over a whole song to pass on them alone (a false
-    /// match at significance 54 that the peaks did not confirm, 24 nats); with every
-    /// transform allowed, a chance line at tempo 0.547 and +4.46 semitones verified at
-    /// 89.8 nats (BENCHMARKS.md, session 23).
+    /// [`WEAK_MATCH_HITS`] hits, over `weak_reach_frames` either side of their seed
+    /// only, and reported on their peaks only ([`SampleMatch::weak_seed`]). Off (0) by
+    /// default. Session 23's version (the whole reference, hits counted) found 3 more of
+    /// held-out core's 42 samples but passed a false match on a whole song (significance
+    /// 54 from 83 hits over 10 minutes; its peaks scored 24 nats) and took a 3-minute
+    /// song at 10 h from 0.83 to 1.49 s; this one, at 64, finds 2 more in the sweep and
+    /// 1 more through the CLI (none on the tune split, the full suites or with
+    /// `--deep`), passes no false match on whole songs, and costs a quarter more time
+    /// (BENCHMARKS.md, session 24). With every transform allowed, a chance line at
+    /// tempo 0.547 and +4.46 semitones verified at 89.8 nats (session 23).
     pub weak_cells_per_track: usize,
+    /// Reference frames either side of a weak candidate's seed block over which its
+    /// transform's hits are gathered (2000, 16 s: a sample's hits lie together; over a
+    /// whole reference the transform's chance hits add up, and cost time).
+    pub weak_reach_frames: f64,
     /// A match is reported when its corrected significance (-log10 of the chance
     /// probability) reaches this...
     pub min_significance: f64,
@@ -217,6 +224,7 @@ impl Default for MatchParams {
             seed_block_frames: 256.0,
             max_cells_per_track: 32,
             weak_cells_per_track: 0,
+            weak_reach_frames: 2000.0,
             min_significance: score::CONFIDENCE_MIDPOINT,
             min_candidate_significance: 0.0,
             min_verification: verify::VERIFICATION_MIDPOINT,
@@ -262,14 +270,28 @@ pub struct SampleMatch {
     pub verification: f64,
     /// Whether peak-level verification ran (the reference's peaks were at hand).
     pub verified: bool,
+    /// Whether the match grew from a weak candidate's seed
+    /// ([`MatchParams::weak_cells_per_track`]): its transform was picked among many after
+    /// the hits were seen, so its significance does not count and only its peaks can
+    /// carry it ([`SampleMatch::stands_on_hits`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub weak_seed: bool,
 }
 
 impl SampleMatch {
+    /// Whether the match's hits alone are significant enough to report it
+    /// (`min_significance`): never for a weak candidate's ([`Self::weak_seed`]). Over a
+    /// 10-minute song, a weak seed's transform gathered 83 chance hits (significance 54)
+    /// that the peaks did not confirm (24 nats) (BENCHMARKS.md, session 23).
+    pub fn stands_on_hits(&self, p: &MatchParams) -> bool {
+        !self.weak_seed && self.significance >= p.min_significance
+    }
+
     /// Whether the match is strong enough to report: significant on its hits alone (and,
     /// when verified, not contradicted by its peaks: `min_hash_verification`), or a
     /// candidate that peak-level verification confirms.
     pub fn is_accepted(&self, p: &MatchParams) -> bool {
-        let on_hits = self.significance >= p.min_significance
+        let on_hits = self.stands_on_hits(p)
             && (!self.verified
                 || self.verification >= p.min_hash_verification
                 || verify::is_loop(self));
@@ -281,15 +303,22 @@ impl SampleMatch {
     /// The match's evidence on the significance scale: its significance, or for a
     /// verified candidate the verification score mapped so that its threshold lands on the
     /// significance threshold ([`verify::VERIFICATION_MIDPOINT`] nats -> 50), whichever
-    /// is larger. [`confidence`] of this is the reported score.
+    /// is larger. [`confidence`] of this is the reported score. A weak candidate's
+    /// significance does not count ([`Self::stands_on_hits`]): its evidence is its
+    /// verification's alone, and 0 unverified.
     pub fn evidence(&self, p: &MatchParams) -> f64 {
+        let on_hits = if self.weak_seed {
+            0.0
+        } else {
+            self.significance
+        };
         if self.significance < p.min_candidate_significance || self.verification <= 0.0 {
-            return self.significance;
+            return on_hits;
         }
         let mapped = p.min_significance
             + (self.verification - p.min_verification) * score::CONFIDENCE_WIDTH
                 / verify::VERIFICATION_WIDTH;
-        self.significance.max(mapped)
+        on_hits.max(mapped)
     }
 }
 
@@ -549,7 +578,7 @@ fn suppress_alternate_locations(matches: Vec<SampleMatch>, shadow_from: f64) -> 
     for m in matches {
         let shadowed = kept
             .iter()
-            .filter(|k| k.track == m.track && k.significance >= shadow_from)
+            .filter(|k| k.track == m.track && !k.weak_seed && k.significance >= shadow_from)
             .any(|k| {
                 let covered: f64 = m
                     .occurrences
@@ -768,11 +797,19 @@ fn match_track(
             Some(weak) if sum & WEAK_FLAG != 0 => weak,
             _ => p,
         };
-        let (lf_c, pitch_c, _) = grid.centre(key);
+        let (lf_c, pitch_c, seed_block) = grid.centre(key);
+        let weak_seed = sum & WEAK_FLAG != 0;
         // The seed cell's transform, over the whole reference: a long sample reaches
-        // beyond the block that seeded it.
+        // beyond the block that seeded it. A weak seed's, only around its block: over a
+        // whole song, chance hits of any one transform add up to a line that stands on
+        // them, and most of the weak cells' cost is the hits far from their seeds.
+        let blocks = if weak_seed {
+            grid.blocks_around(seed_block, p)
+        } else {
+            (0, AXIS_MASK)
+        };
         let mut window: Vec<usize> = grid
-            .transform_runs(key, &order)
+            .transform_runs(key, &order, blocks)
             .flat_map(|run| run.iter().map(|&(_, i)| i as usize))
             .filter(|&i| {
                 !claimed[i]
@@ -801,7 +838,16 @@ fn match_track(
         // significance 30, 11 and 2, and 6 times not at all (BENCHMARKS.md, session 12).
         // At least one hit is left to chance, so a window holding only the group is not
         // taken for a certainty.
-        let b_extent = query_frames + group.slope * grid.max_r(&points, &window) + 1.0;
+        // A weak seed's window starts where its reach does, not at the reference's start.
+        let r_from = if weak_seed {
+            window
+                .iter()
+                .map(|&i| points[i].r())
+                .fold(f64::INFINITY, f64::min)
+        } else {
+            0.0
+        };
+        let b_extent = query_frames + group.slope * (grid.max_r(&points, &window) - r_from) + 1.0;
         let own: usize = group.clusters.iter().map(Vec::len).sum();
         let rate = window.len().saturating_sub(own).max(1) as f64 / b_extent.max(1.0);
         let occupied = group.clusters.len() as f64 * (2.0 * p.inlier_frames + 1.0);
@@ -821,7 +867,7 @@ fn match_track(
             clusters: extended,
             ..group
         };
-        out.push(group.into_match(track, &points, p, sig, n_hits));
+        out.push(group.into_match(track, &points, p, sig, n_hits, weak_seed));
     }
     (
         scratch.quads,
@@ -1095,12 +1141,28 @@ impl Grid {
         Some(near)
     }
 
+    /// The reference blocks, as key fields (index plus one, see [`Self::key`]), within
+    /// [`MatchParams::weak_reach_frames`] of the seed block `seed_block` (an index in
+    /// `seed_block_frames`, as [`Self::centre`] gives it for an intercept seed's key).
+    /// The range is inclusive: (first, last).
+    fn blocks_around(&self, seed_block: u64, p: &MatchParams) -> (u64, u64) {
+        let start = seed_block as f64 * p.seed_block_frames;
+        let field =
+            |frames: f64| ((frames.max(0.0) / p.ref_block_frames) as u64 + 1).min(AXIS_MASK);
+        (
+            field(start - p.weak_reach_frames),
+            field(start + p.seed_block_frames + p.weak_reach_frames),
+        )
+    }
+
     /// The runs of `order` (sorted by key) whose (time factor, pitch) cell is within two
-    /// cells of `key`'s, over every reference block: a superset of the window around it.
+    /// cells of `key`'s, over the reference blocks `first..=last` (key fields, see
+    /// [`Self::key`]): a superset of the window around it.
     fn transform_runs<'a>(
         &self,
         key: u64,
         order: &'a [(u64, u32)],
+        (first, last): (u64, u64),
     ) -> impl Iterator<Item = &'a [(u64, u32)]> + 'a {
         let i = (key >> (2 * AXIS_BITS)) as i64;
         let j = ((key >> AXIS_BITS) & AXIS_MASK) as i64;
@@ -1111,8 +1173,8 @@ impl Grid {
                     return None;
                 }
                 let base = ((a as u64) << (2 * AXIS_BITS)) | ((b as u64) << AXIS_BITS);
-                let lo = order.partition_point(|&(k, _)| k < base);
-                let hi = order.partition_point(|&(k, _)| k <= base | AXIS_MASK);
+                let lo = order.partition_point(|&(k, _)| k < base | first);
+                let hi = order.partition_point(|&(k, _)| k <= base | last);
                 (hi > lo).then(|| &order[lo..hi])
             })
         })
@@ -1439,6 +1501,7 @@ impl Group {
         p: &MatchParams,
         sig: f64,
         hits: usize,
+        weak_seed: bool,
     ) -> SampleMatch {
         let occurrences: Vec<Occurrence> = self
             .clusters
@@ -1482,6 +1545,7 @@ impl Group {
             significance: sig,
             verification: 0.0,
             verified: false,
+            weak_seed,
         }
     }
 }

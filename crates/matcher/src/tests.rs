@@ -21,6 +21,7 @@ impl Lcg {
 /// A planted sample: reference `track` segment `r0..r1` (frames) placed at query frame
 /// `q0`, played at `tempo` (reference seconds per query second), shifted by `pitch_bins`,
 /// seen through `n` hits.
+#[derive(Clone, Copy)]
 struct Planted {
     track: u32,
     r0: f64,
@@ -612,6 +613,7 @@ mod verification {
             significance: 10.0,
             verification: 0.0,
             verified: false,
+            weak_seed: false,
         };
         crate::verify::verify_match(&mut m, &reference, &grid, &p);
         // One repetition, lined up on its own, and the same with every null line.
@@ -713,6 +715,7 @@ mod verification {
             significance: 20.0,
             verification: 0.0,
             verified: false,
+            weak_seed: false,
         };
         let mut split = tilted.clone();
         crate::verify::verify_match(&mut split, &reference, &grid, &p);
@@ -836,6 +839,7 @@ mod verification {
             significance,
             verification: 0.0,
             verified: false,
+            weak_seed: false,
         }
     }
 
@@ -951,6 +955,49 @@ fn intercept_seeds_find_a_weak_sample_among_crowded_cells() {
 }
 
 #[test]
+fn a_weak_candidate_is_reported_on_its_peaks_only() {
+    let p = MatchParams::default();
+    let strong = SampleMatch {
+        track: 0,
+        tempo: 1.0,
+        pitch_semitones: 0.0,
+        occurrences: Vec::new(),
+        hits: 83,
+        significance: p.min_significance + 4.0,
+        verification: p.min_hash_verification + 1.0,
+        verified: true,
+        weak_seed: false,
+    };
+    assert!(strong.is_accepted(&p));
+    assert!(strong.stands_on_hits(&p));
+    // The same hits from a weak candidate's seed: the transform was picked after the
+    // hits were seen, so they carry nothing, verified or not.
+    let weak = SampleMatch {
+        weak_seed: true,
+        ..strong.clone()
+    };
+    assert!(!weak.stands_on_hits(&p));
+    assert!(!weak.is_accepted(&p));
+    assert!(
+        !SampleMatch {
+            verified: false,
+            verification: 0.0,
+            ..weak.clone()
+        }
+        .is_accepted(&p)
+    );
+    assert!(weak.evidence(&p) < p.min_significance);
+    // Its peaks can carry it, and then its score is theirs alone.
+    let confirmed = SampleMatch {
+        verification: p.min_verification + 5.0,
+        ..weak
+    };
+    assert!(confirmed.is_accepted(&p));
+    let mapped = p.min_significance + 5.0 * score::CONFIDENCE_WIDTH / verify::VERIFICATION_WIDTH;
+    assert!((confirmed.evidence(&p) - mapped).abs() < 1e-9);
+}
+
+#[test]
 fn a_hash_match_whose_peaks_say_nothing_is_not_reported() {
     let p = MatchParams::default();
     let m = SampleMatch {
@@ -962,6 +1009,7 @@ fn a_hash_match_whose_peaks_say_nothing_is_not_reported() {
         significance: 2.0 * p.min_significance,
         verification: 0.0,
         verified: false,
+        weak_seed: false,
     };
     // Unverified (a store without peak lists): the hits decide.
     assert!(m.is_accepted(&p));
@@ -1064,12 +1112,11 @@ fn a_loop_stays_significant_however_often_it_repeats() {
     );
 }
 
-/// A decoy line off the sampler's lines that takes the one cell examined, and a sample of
-/// five hits: found only as a weak candidate, and only on a line samplers use.
-fn decoy_and_weak_sample(pitch_bins: f64, weak_cells: usize) -> bool {
-    let mut rng = Lcg(5);
+/// The hits of a decoy line off the sampler's lines, 12 hits at tempo 1.3 and 9 bins up
+/// (not a change of speed), and of a sample of five hits at tempo 0.8 and `pitch_bins`
+/// within one seed block (256 frames), placed 16 s into the query; with the sample.
+fn decoy_and_sample(rng: &mut Lcg, pitch_bins: f64) -> (Hits, Planted) {
     let mut hits = Hits::default();
-    // The decoy: 12 hits at tempo 1.3 and 9 bins up (not a change of speed).
     let decoy = Planted {
         track: 5,
         r0: 30_000.0,
@@ -1079,8 +1126,7 @@ fn decoy_and_weak_sample(pitch_bins: f64, weak_cells: usize) -> bool {
         pitch_bins: 9.0,
         n: 12,
     };
-    sample_hits(&mut rng, decoy, &mut hits);
-    // Within one seed block (256 frames).
+    sample_hits(rng, decoy, &mut hits);
     let sample = Planted {
         track: 5,
         r0: 12_554.0,
@@ -1090,19 +1136,34 @@ fn decoy_and_weak_sample(pitch_bins: f64, weak_cells: usize) -> bool {
         pitch_bins,
         n: 5,
     };
-    sample_hits(&mut rng, sample, &mut hits);
-    let p = MatchParams {
+    sample_hits(rng, sample, &mut hits);
+    (hits, sample)
+}
+
+/// Settings that examine one cell of usual strength (the decoy's) and up to
+/// `weak_cells` weak ones, reporting every group.
+fn one_cell_and_weak(weak_cells: usize) -> MatchParams {
+    MatchParams {
         min_significance: 0.0,
         max_cells_per_track: 1,
         weak_cells_per_track: weak_cells,
         ..MatchParams::default()
-    };
-    find_matches(hits.hits, &hits.query, &p).iter().any(|m| {
-        (m.tempo - 0.8).abs() < 0.02
-            && m.occurrences
-                .iter()
-                .any(|o| (o.query_start_s - 16.0).abs() < 1.0)
-    })
+    }
+}
+
+/// A decoy line off the sampler's lines that takes the one cell examined, and a sample of
+/// five hits: found only as a weak candidate, and only on a line samplers use.
+fn decoy_and_weak_sample(pitch_bins: f64, weak_cells: usize) -> bool {
+    let mut rng = Lcg(5);
+    let (hits, _) = decoy_and_sample(&mut rng, pitch_bins);
+    find_matches(hits.hits, &hits.query, &one_cell_and_weak(weak_cells))
+        .iter()
+        .any(|m| {
+            (m.tempo - 0.8).abs() < 0.02
+                && m.occurrences
+                    .iter()
+                    .any(|o| (o.query_start_s - 16.0).abs() < 1.0)
+        })
 }
 
 #[test]
@@ -1124,6 +1185,33 @@ fn a_weak_sample_on_a_samplers_line_is_a_candidate() {
     assert!(
         !decoy_and_weak_sample(10.0, 4),
         "slowed and shifted up: on no sampler's line, so no weak candidate"
+    );
+}
+
+/// A weak candidate gathers its transform's hits around its seed only: four hits on the
+/// same transform 220 s further into the reference are not made another occurrence of it.
+#[test]
+fn a_weak_candidate_reaches_only_around_its_seed() {
+    let mut rng = Lcg(7);
+    let (mut hits, sample) = decoy_and_sample(&mut rng, 0.0);
+    let far = Planted {
+        r0: 40_000.0,
+        r1: 40_200.0,
+        q0: 3_000.0,
+        n: 4,
+        ..sample
+    };
+    sample_hits(&mut rng, far, &mut hits);
+    let found = find_matches(hits.hits, &hits.query, &one_cell_and_weak(4));
+    let m = found
+        .iter()
+        .find(|m| (m.tempo - 0.8).abs() < 0.02)
+        .expect("the weak sample is a candidate");
+    assert!(m.weak_seed);
+    assert!(
+        m.occurrences.iter().all(|o| o.ref_start_s < 120.0),
+        "{:?}",
+        m.occurrences
     );
 }
 

@@ -134,8 +134,9 @@ pub struct VerifyParams {
     /// Places of the reference [`relocate`] verifies: those where most query peaks fall on
     /// reference peaks.
     pub relocate_places: usize,
-    /// A candidate too weak to stand on its hits (significance under
-    /// [`MatchParams::min_significance`]) is first screened on its own line, with no
+    /// A candidate too weak to stand on its hits (not [`SampleMatch::stands_on_hits`]:
+    /// significance under [`MatchParams::min_significance`], or a weak candidate) is
+    /// first screened on its own line, with no
     /// refinement, no null lines and only [`SCREEN_CONTROLS`] of the control spots, about
     /// a tenth of the work; an occurrence scoring under this many nats there is not
     /// verified further (0: no screen).
@@ -487,7 +488,7 @@ pub(crate) fn is_loop(m: &SampleMatch) -> bool {
 /// end past the tolerance; the ends of the whole stretch fix it far better.
 fn candidate_tempos(m: &SampleMatch, p: &MatchParams) -> Vec<f64> {
     let mut tempos = vec![m.tempo];
-    if m.significance >= p.min_significance || m.occurrences.len() < 2 {
+    if m.stands_on_hits(p) || m.occurrences.len() < 2 {
         return tempos;
     }
     let first = m
@@ -714,7 +715,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
     let mut best_at: Option<(Line, std::ops::Range<usize>)> = None;
     // A match with hits enough to stand on its own has a slope fitted over many of them;
     // only the weak ones need the tempo searched.
-    let mut settings = if m.significance >= p.min_significance {
+    let mut settings = if m.stands_on_hits(p) {
         VerifyParams {
             refine_tempo: 0.0,
             ..p.verify.clone()
@@ -729,8 +730,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
         .null_shifts_frames
         .retain(|&shift| !periods.iter().any(|&period| near_multiple(shift, period)));
     // Most weak candidates are chance, and a screen turns them away cheaply.
-    let screen = (m.significance < p.min_significance && p.verify.screen_nats > 0.0)
-        .then(|| screening(&p.verify));
+    let screen = (!m.stands_on_hits(p) && p.verify.screen_nats > 0.0).then(|| screening(&p.verify));
     let tempos = candidate_tempos(m, p);
     for o in &mut m.occurrences {
         for &tempo in &tempos {
@@ -777,7 +777,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
     // only once the candidate is confirmed without it, so the search cannot confirm
     // chance (a free tempo lets two rhythmic recordings line up their beats).
     if let Some((line, at)) = best_at
-        && m.significance < p.min_significance
+        && !m.stands_on_hits(p)
         && best >= p.min_verification
     {
         let search = VerifyParams {
@@ -823,7 +823,7 @@ pub fn verify_match(m: &mut SampleMatch, peaks: &[RefPeak], grid: &PeakGrid, p: 
     m.verified = true;
     // A match that rests on the verification (too few hits to be sure on their own) has
     // its slope from those few hits; the peaks fix it better.
-    if m.significance < p.min_significance {
+    if !m.stands_on_hits(p) {
         m.tempo = best_tempo;
     }
 }
