@@ -781,6 +781,8 @@ fn match_track(
     claimed.clear();
     claimed.resize(points.len(), false);
     let mut out = Vec::new();
+    // Made for the first group found: most tracks have none.
+    let mut by_block: Option<ByBlock> = None;
     // The places a chance group could have formed: every candidate track, every cell of
     // the transform grid, every offset of the query.
     let trials = n_tracks_hit as f64 * n_cells * (query_frames / CLUSTER_SCALE_FRAMES);
@@ -862,7 +864,9 @@ fn match_track(
         }
         // Won-back hits only place the boundaries: they passed a looser test than the chance
         // model assumes, so they must not add to the evidence.
-        let extended = extend_along_lines(&points, group.slope, group.clusters.clone(), p);
+        let by_block = by_block.get_or_insert_with(|| ByBlock::new(&points, p));
+        let extended =
+            extend_along_lines(&points, by_block, group.slope, group.clusters.clone(), p);
         let group = Group {
             clusters: extended,
             ..group
@@ -1322,6 +1326,7 @@ fn suppress_overlaps(points: &[Point], mut kept: Vec<(f64, Vec<usize>)>) -> Vec<
 /// a few seconds of the cluster's reference span.
 fn extend_along_lines(
     points: &[Point],
+    by_block: &ByBlock,
     slope: f64,
     mut clusters: Vec<Vec<usize>>,
     p: &MatchParams,
@@ -1332,36 +1337,130 @@ fn extend_along_lines(
         .collect();
     let pitch = median(&mut pitches);
     let log_slope = slope.ln();
-    let mut member = vec![false; points.len()];
-    for c in &clusters {
-        for &i in c {
-            member[i] = true;
-        }
-    }
+    let mut member: Vec<usize> = clusters.iter().flatten().copied().collect();
+    member.sort_unstable();
+    let mut won = Vec::new();
     for c in &mut clusters {
-        let mut bs: Vec<f64> = c
-            .iter()
-            .map(|&i| points[i].q() - slope * points[i].r())
-            .collect();
-        let b = median(&mut bs);
-        let (lo, hi) = c.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &i| {
-            (lo.min(points[i].r()), hi.max(points[i].r()))
-        });
-        let (lo, hi) = (lo - EXTEND_FRAMES, hi + EXTEND_FRAMES);
-        for (i, pt) in points.iter().enumerate() {
-            if !member[i]
-                && pt.r() >= lo
-                && pt.r() <= hi
-                && (pt.q() - slope * pt.r() - b).abs() <= p.inlier_frames
-                && (pt.pitch_bins() - pitch).abs() <= 1.5 * p.pitch_cell_bins
-                && (pt.log_factor - log_slope).abs() <= EXTEND_LOG_FACTOR
-            {
-                member[i] = true;
-                c.push(i);
-            }
-        }
+        let (b, lo, hi) = extension_of(points, c, slope);
+        won.clear();
+        let pitch_tol = 1.5 * p.pitch_cell_bins;
+        won.extend(
+            by_block
+                .between(lo, hi, pitch - pitch_tol, pitch + pitch_tol)
+                .filter(|&i| {
+                    let pt = &points[i];
+                    pt.r() >= lo
+                        && pt.r() <= hi
+                        && (pt.q() - slope * pt.r() - b).abs() <= p.inlier_frames
+                        && (pt.pitch_bins() - pitch).abs() <= pitch_tol
+                        && (pt.log_factor - log_slope).abs() <= EXTEND_LOG_FACTOR
+                        && member.binary_search(&i).is_err()
+                }),
+        );
+        // In the points' order, as a scan of all of them would add them.
+        won.sort_unstable();
+        c.extend_from_slice(&won);
+        member.extend_from_slice(&won);
+        member.sort_unstable();
     }
     clusters
+}
+
+/// The intercept of a cluster's line at `slope`, and the reference frames its hits are
+/// won back over (see [`extend_along_lines`]).
+fn extension_of(points: &[Point], cluster: &[usize], slope: f64) -> (f64, f64, f64) {
+    let mut bs: Vec<f64> = cluster
+        .iter()
+        .map(|&i| points[i].q() - slope * points[i].r())
+        .collect();
+    let (lo, hi) = cluster.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &i| {
+        (lo.min(points[i].r()), hi.max(points[i].r()))
+    });
+    (median(&mut bs), lo - EXTEND_FRAMES, hi + EXTEND_FRAMES)
+}
+
+/// A track's points by pitch cell and reference block (a counting sort; each cell's in
+/// index order): [`extend_along_lines`] reads a few pitch bins at the group's pitch
+/// around each cluster's stretch of the reference, which a scan of all the points made
+/// cost a track's points per cluster (nearly half of a 10-minute query's match;
+/// BENCHMARKS.md, session 24).
+struct ByBlock {
+    /// Reference frames per block: [`BY_BLOCK_FRAMES`], or more for a reference so long
+    /// that its cells would outnumber its points.
+    frames: f64,
+    n_blocks: usize,
+    pitch_min: f64,
+    pitch_cell: f64,
+    n_pitch: usize,
+    /// Where each (pitch cell, block)'s points start in `points`, pitch-major; one more
+    /// entry than cells.
+    starts: Vec<u32>,
+    points: Vec<u32>,
+}
+
+/// Reference frames per block of [`ByBlock`] (2 s).
+const BY_BLOCK_FRAMES: f64 = 256.0;
+
+impl ByBlock {
+    fn new(points: &[Point], p: &MatchParams) -> Self {
+        let pitch_max = p.max_pitch_semitones * p.bins_per_semitone;
+        let pitch_cell = p.pitch_cell_bins;
+        let n_pitch = ((2.0 * pitch_max / pitch_cell).ceil() as usize + 1).min(1 << 16);
+        let max_r = points.iter().map(Point::r).fold(0.0, f64::max);
+        let max_blocks = (points.len() / n_pitch).max(64);
+        let frames = BY_BLOCK_FRAMES.max(max_r / max_blocks as f64);
+        let n_blocks = (max_r / frames) as usize + 1;
+        let mut by = Self {
+            frames,
+            n_blocks,
+            pitch_min: -pitch_max,
+            pitch_cell,
+            n_pitch,
+            starts: vec![0u32; n_pitch * n_blocks + 1],
+            points: vec![0u32; points.len()],
+        };
+        let cells: Vec<usize> = points
+            .iter()
+            .map(|pt| by.pitch_index(pt.pitch_bins()) * n_blocks + by.block(pt.r()))
+            .collect();
+        for &c in &cells {
+            by.starts[c + 1] += 1;
+        }
+        for k in 1..by.starts.len() {
+            by.starts[k] += by.starts[k - 1];
+        }
+        let mut next = by.starts.clone();
+        for (i, &c) in cells.iter().enumerate() {
+            by.points[next[c] as usize] = i as u32;
+            next[c] += 1;
+        }
+        by
+    }
+
+    fn block(&self, r: f64) -> usize {
+        ((r.max(0.0) / self.frames) as usize).min(self.n_blocks - 1)
+    }
+
+    fn pitch_index(&self, pitch_bins: f64) -> usize {
+        (((pitch_bins - self.pitch_min) / self.pitch_cell).max(0.0) as usize).min(self.n_pitch - 1)
+    }
+
+    /// The points of the cells that reference frames `lo..=hi` and pitches
+    /// `pitch_lo..=pitch_hi` (bins) touch: a superset of those in them.
+    fn between(
+        &self,
+        lo: f64,
+        hi: f64,
+        pitch_lo: f64,
+        pitch_hi: f64,
+    ) -> impl Iterator<Item = usize> + '_ {
+        let (first, last) = (self.block(lo), self.block(hi));
+        (self.pitch_index(pitch_lo)..=self.pitch_index(pitch_hi)).flat_map(move |j| {
+            let a = self.starts[j * self.n_blocks + first] as usize;
+            let b = self.starts[j * self.n_blocks + last + 1] as usize;
+            self.points[a..b].iter().map(|&i| i as usize)
+        })
+    }
 }
 
 /// How far beyond a cluster's reference span (frames, 3 s) the line is searched.

@@ -1233,3 +1233,78 @@ fn sampler_lines_are_speed_tempo_and_pitch() {
     assert!(!crate::on_sampler_line(lf(0.547), bins(4.46), &p));
     assert!(!crate::on_sampler_line(lf(0.8), bins(3.86), &p));
 }
+
+/// Winning hits back along a line reads only the blocks of the reference around each
+/// cluster ([`ByBlock`]), and gives what a scan of every point gives, in the same order.
+#[test]
+fn winning_back_hits_by_block_matches_a_full_scan() {
+    let p = MatchParams::default();
+    let (slope, pitch) = (1.25f64, 4.0f32);
+    let scan = |points: &[Point], mut clusters: Vec<Vec<usize>>| {
+        let mut pitches: Vec<f64> = clusters
+            .iter()
+            .flatten()
+            .map(|&i| points[i].pitch_bins())
+            .collect();
+        let pitch = median(&mut pitches);
+        let mut member = vec![false; points.len()];
+        clusters.iter().flatten().for_each(|&i| member[i] = true);
+        for c in &mut clusters {
+            let (b, lo, hi) = extension_of(points, c, slope);
+            for (i, pt) in points.iter().enumerate() {
+                if !member[i]
+                    && (lo..=hi).contains(&pt.r())
+                    && (pt.q() - slope * pt.r() - b).abs() <= p.inlier_frames
+                    && (pt.pitch_bins() - pitch).abs() <= 1.5 * p.pitch_cell_bins
+                    && (pt.log_factor - slope.ln()).abs() <= EXTEND_LOG_FACTOR
+                {
+                    member[i] = true;
+                    c.push(i);
+                }
+            }
+        }
+        clusters
+    };
+    for (seed, r_len) in [(1u64, 40_000.0), (2, 400_000.0), (3, 3.0e9)] {
+        let mut rng = Lcg(seed);
+        let mut points = Vec::new();
+        let mut clusters = vec![Vec::new(), Vec::new()];
+        for k in 0..6000 {
+            // Every third point on one of two lines (intercepts 100 and 900 frames) near
+            // two places of the reference, the rest anywhere.
+            let on = k % 3 == 0;
+            let r = if on {
+                [5_000.0, 20_000.0][k % 2] + rng.range(-600.0, 600.0)
+            } else {
+                rng.range(0.0, r_len)
+            };
+            let q = if on {
+                [100.0, 900.0][k % 2] + slope * r + rng.range(-5.0, 5.0)
+            } else {
+                rng.range(0.0, 30_000.0)
+            };
+            let i = points.len();
+            points.push(Point {
+                log_factor: slope.ln() + rng.range(-0.15, 0.15),
+                pitch_bins: pitch + rng.range(-2.0, 2.0) as f32,
+                q: q as f32,
+                r: r as f32,
+                q_span: 30.0,
+                r_span: 24.0,
+            });
+            if on && k % 7 == 0 {
+                clusters[k % 2].push(i);
+            }
+        }
+        let expected = scan(&points, clusters.clone());
+        let by_block = ByBlock::new(&points, &p);
+        // Memory bounded by the points, however long the reference.
+        assert!(
+            by_block.starts.len() <= points.len() + 64 * by_block.n_pitch + 1,
+            "seed {seed}"
+        );
+        let got = extend_along_lines(&points, &by_block, slope, clusters.clone(), &p);
+        assert_eq!(got, expected, "seed {seed}");
+        assert!(got[0].len() > clusters[0].len() && got[1].len() > clusters[1].len());
+    }
+}
