@@ -795,12 +795,12 @@ fn match_track(
             ..p.clone()
         });
     for (sum, key) in cells {
+        let weak_seed = sum & WEAK_FLAG != 0;
         let p = match &weak_params {
-            Some(weak) if sum & WEAK_FLAG != 0 => weak,
+            Some(weak) if weak_seed => weak,
             _ => p,
         };
         let (lf_c, pitch_c, seed_block) = grid.centre(key);
-        let weak_seed = sum & WEAK_FLAG != 0;
         // The seed cell's transform, over the whole reference: a long sample reaches
         // beyond the block that seeded it. A weak seed's, only around its block: over a
         // whole song, chance hits of any one transform add up to a line that stands on
@@ -864,7 +864,7 @@ fn match_track(
         }
         // Won-back hits only place the boundaries: they passed a looser test than the chance
         // model assumes, so they must not add to the evidence.
-        let by_block = by_block.get_or_insert_with(|| ByBlock::new(&points, p));
+        let by_block = by_block.get_or_insert_with(|| ByBlock::new(&points, &grid));
         let extended =
             extend_along_lines(&points, by_block, group.slope, group.clusters.clone(), p);
         let group = Group {
@@ -1039,6 +1039,7 @@ fn intercept_seeds(
 const CLUSTER_SCALE_FRAMES: f64 = 8.0;
 
 /// The (log time factor, pitch, reference block) histogram geometry.
+#[derive(Clone, Copy)]
 struct Grid {
     lf_min: f64,
     lf_cell: f64,
@@ -1073,9 +1074,12 @@ impl Grid {
     /// The (log time factor, pitch) cell indices of a point.
     fn transform_index(&self, pt: &Point) -> (u64, u64) {
         let i = (((pt.log_factor - self.lf_min) / self.lf_cell) as u64).min(self.n_lf as u64 - 1);
-        let j = (((pt.pitch_bins() - self.pitch_min) / self.pitch_cell) as u64)
-            .min(self.n_pitch as u64 - 1);
-        (i, j)
+        (i, self.pitch_index(pt.pitch_bins()) as u64)
+    }
+
+    /// The pitch cell of `pitch_bins`, clamped to the grid.
+    fn pitch_index(&self, pitch_bins: f64) -> usize {
+        (((pitch_bins - self.pitch_min) / self.pitch_cell) as usize).min(self.n_pitch - 1)
     }
 
     /// The cell of a point, packed as (lf index, pitch index, reference block) with one
@@ -1339,11 +1343,11 @@ fn extend_along_lines(
     let log_slope = slope.ln();
     let mut member: Vec<usize> = clusters.iter().flatten().copied().collect();
     member.sort_unstable();
+    let pitch_tol = 1.5 * p.pitch_cell_bins;
     let mut won = Vec::new();
     for c in &mut clusters {
         let (b, lo, hi) = extension_of(points, c, slope);
         won.clear();
-        let pitch_tol = 1.5 * p.pitch_cell_bins;
         won.extend(
             by_block
                 .between(lo, hi, pitch - pitch_tol, pitch + pitch_tol)
@@ -1389,8 +1393,8 @@ struct ByBlock {
     /// that its cells would outnumber its points.
     frames: f64,
     n_blocks: usize,
-    pitch_min: f64,
-    pitch_cell: f64,
+    /// The pitch cells: the vote grid's, at most [`BY_BLOCK_MAX_PITCH_CELLS`].
+    grid: Grid,
     n_pitch: usize,
     /// Where each (pitch cell, block)'s points start in `points`, pitch-major; one more
     /// entry than cells.
@@ -1400,12 +1404,12 @@ struct ByBlock {
 
 /// Reference frames per block of [`ByBlock`] (2 s).
 const BY_BLOCK_FRAMES: f64 = 256.0;
+/// Pitch cells of [`ByBlock`] at most (the default grid has 76).
+const BY_BLOCK_MAX_PITCH_CELLS: usize = 1 << 16;
 
 impl ByBlock {
-    fn new(points: &[Point], p: &MatchParams) -> Self {
-        let pitch_max = p.max_pitch_semitones * p.bins_per_semitone;
-        let pitch_cell = p.pitch_cell_bins;
-        let n_pitch = ((2.0 * pitch_max / pitch_cell).ceil() as usize + 1).min(1 << 16);
+    fn new(points: &[Point], grid: &Grid) -> Self {
+        let n_pitch = grid.n_pitch.min(BY_BLOCK_MAX_PITCH_CELLS);
         let max_r = points.iter().map(Point::r).fold(0.0, f64::max);
         let max_blocks = (points.len() / n_pitch).max(64);
         let frames = BY_BLOCK_FRAMES.max(max_r / max_blocks as f64);
@@ -1413,8 +1417,7 @@ impl ByBlock {
         let mut by = Self {
             frames,
             n_blocks,
-            pitch_min: -pitch_max,
-            pitch_cell,
+            grid: *grid,
             n_pitch,
             starts: vec![0u32; n_pitch * n_blocks + 1],
             points: vec![0u32; points.len()],
@@ -1442,7 +1445,7 @@ impl ByBlock {
     }
 
     fn pitch_index(&self, pitch_bins: f64) -> usize {
-        (((pitch_bins - self.pitch_min) / self.pitch_cell).max(0.0) as usize).min(self.n_pitch - 1)
+        self.grid.pitch_index(pitch_bins).min(self.n_pitch - 1)
     }
 
     /// The points of the cells that reference frames `lo..=hi` and pitches

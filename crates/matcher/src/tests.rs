@@ -1297,7 +1297,7 @@ fn winning_back_hits_by_block_matches_a_full_scan() {
             }
         }
         let expected = scan(&points, clusters.clone());
-        let by_block = ByBlock::new(&points, &p);
+        let by_block = ByBlock::new(&points, &Grid::new(&p));
         // Memory bounded by the points, however long the reference.
         assert!(
             by_block.starts.len() <= points.len() + 64 * by_block.n_pitch + 1,
