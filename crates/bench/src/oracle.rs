@@ -5,6 +5,11 @@
 //!   peak set still holds at the mapped place (peak survival in the mix);
 //! - the reference quads of that region, how many have all four peaks surviving, and how
 //!   many of those the query also forms (its anchor's partner list holds all three);
+//! - of the triplets the query forms (as above), how many it looks up under the
+//!   reference's own hash (`keyed3`), and for the others which cells of the hash differ
+//!   (`missed_by`: the two frequency differences, the time ratio, the loudness-order
+//!   bits, and how often the two partners swapped their time order, then the triplets
+//!   formed); `ORACLE_KEYS` also prints each such triplet's errors in bins and frames;
 //! - the quad hits of the reference that agree with the true transform;
 //! - the verification score at the true transform (what an ideal candidate would score);
 //! - the reference's verification peaks scored against the query's *spectrum* instead of
@@ -31,17 +36,26 @@ pub struct Seen<'a> {
     pub spectrogram: &'a LogSpectrogram,
 }
 
-/// One line per true sample of the query `t` (an entry of truth.json); `hash_peaks` and
-/// `verify_peaks` are each reference's two peak sets.
+/// Each reference's peak sets, by reference.
+pub struct RefPeakSets<'a> {
+    /// The hash peaks as the store keeps them...
+    pub hash: &'a [Vec<RefPeak>],
+    /// ... and as the fingerprint made them (with their strengths, for the hash itself).
+    pub hash_full: &'a [Vec<Peak>],
+    /// The verification peaks as the store keeps them.
+    pub verify: &'a [Vec<RefPeak>],
+}
+
+/// One line per true sample of the query `t` (an entry of truth.json).
 pub fn report(
     t: &serde_json::Value,
     refs: &[String],
-    hash_peaks: &[Vec<RefPeak>],
-    verify_peaks: &[Vec<RefPeak>],
+    peaks: &RefPeakSets<'_>,
     seen: &Seen<'_>,
     p: &MatchParams,
     fpp: &Params,
 ) -> Vec<String> {
+    let (hash_peaks, hash_full, verify_peaks) = (peaks.hash, peaks.hash_full, peaks.verify);
     let name = query_name(t);
     let condition = t["condition"].as_str().unwrap_or("?");
     let mut out = Vec::new();
@@ -62,11 +76,23 @@ pub fn report(
         let r1 = num("ref_end_s", 0.0) / p.frame_s;
         let hash_region = region(&hash_peaks[track], line.r0, r1);
         let survival = quad_survival(&hash_region, &line, seen.query_peaks, fpp);
+        let full_region: Vec<Peak> = hash_full[track]
+            .iter()
+            .copied()
+            .filter(|x| (line.r0..=r1).contains(&f64::from(x.time)))
+            .collect();
+        let keyed = triplet_keys(&full_region, &line, seen.query_peaks, fpp);
+        // `ORACLE_TEMPO_TOL`: how far (|ln|) a hit's own tempo may be from the truth's.
+        let tempo_tol = std::env::var("ORACLE_TEMPO_TOL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.04);
         let agreeing_hits: Vec<&Hit> = seen
             .hits
             .iter()
             .filter(|h| {
-                h.track as usize == track && agrees(h, &seen.quads[h.query as usize], &line)
+                h.track as usize == track
+                    && agrees(h, &seen.quads[h.query as usize], &line, tempo_tol)
             })
             .collect();
         let agreeing = agreeing_hits.len();
@@ -94,7 +120,7 @@ pub fn report(
         out.push(format!(
             "oracle {condition} {name} found={found} peaks={}/{} quads={} all4={} formed={} \
              agreeing_hits={agreeing} ideal_verification={:.1} contrast={:.3} null={:.3}+-{:.3} z={:.1} \
-             formed3={}/{} formed4={}/{} formed5={}/{}",
+             formed3={}/{} formed4={}/{} formed5={}/{} keyed3={} missed_by={:?}",
             survival.peaks_surviving,
             hash_region.len(),
             survival.quads,
@@ -111,6 +137,8 @@ pub fn report(
             survival.features_by_size[4].0,
             survival.features_by_size[5].1,
             survival.features_by_size[5].0,
+            keyed.keyed,
+            keyed.missed_by,
         ));
     }
     out
@@ -194,13 +222,122 @@ fn region(peaks: &[RefPeak], r0: f64, r1: f64) -> Vec<RefPeak> {
 }
 
 /// Whether a hit's transform and place agree with the true line.
-fn agrees(h: &Hit, q: &QueryQuad, line: &Line) -> bool {
+fn agrees(h: &Hit, q: &QueryQuad, line: &Line, tempo_tol: f64) -> bool {
     let tempo = (h.r_span_frames() / q.span) as f64;
     let shift = (q.bin - h.r_bin_bins()) as f64;
     let expected_q = line.q0 + (h.r_time_frames() as f64 - line.r0) / line.tempo;
-    (tempo / line.tempo).ln().abs() < 0.04
+    (tempo / line.tempo).ln().abs() < tempo_tol
         && (shift - line.shift_bins).abs() <= 1.5
         && (q.time as f64 - expected_q).abs() < 12.0
+}
+
+/// Of the triplets the query forms (as [`quad_survival`] counts them, on the fingerprint's
+/// own peaks): how many the query looks up under the reference's hash, and for the others
+/// which cells differ (frequency differences 1 and 2, ratio, order bits) and how often the
+/// two partners swapped their time order.
+#[derive(Default)]
+struct Keyed {
+    keyed: usize,
+    /// [df1, df2, ratio, order, swapped, formed]
+    missed_by: [usize; 6],
+}
+
+fn triplet_keys(region: &[Peak], line: &Line, query: &[Peak], fpp: &Params) -> Keyed {
+    let mut k = Keyed::default();
+    // The hooks reproduce the triplet hash only.
+    if fpp.hash_peaks != 3 {
+        return k;
+    }
+    let print_misses = std::env::var("ORACLE_KEYS").is_ok();
+    let image = |x: &Peak| -> Option<usize> {
+        let qt = line.q0 + (f64::from(x.time) - line.r0) / line.tempo;
+        let qb = f64::from(x.bin) + line.shift_bins;
+        query.iter().position(|y| {
+            (f64::from(y.time) - qt).abs() <= 1.5 && (f64::from(y.bin) - qb).abs() <= 1.0
+        })
+    };
+    let images: Vec<Option<usize>> = region.iter().map(image).collect();
+    let (q_min_dt, q_max_dt) = (
+        fpp.quad_min_dt_frames / fpp.max_time_factor,
+        fpp.quad_max_dt_frames * fpp.max_time_factor,
+    );
+    for (i, a) in region.iter().enumerate() {
+        let Some(qa) = images[i] else { continue };
+        let partners: Vec<usize> = (i + 1..region.len())
+            .filter(|&j| {
+                let dt = region[j].time - a.time;
+                (fpp.quad_min_dt_frames..=fpp.quad_max_dt_frames).contains(&dt)
+                    && (region[j].bin - a.bin).abs() <= fpp.quad_df_range_bins
+            })
+            .take(fpp.ref_partners)
+            .collect();
+        let qa_peak = query[qa];
+        let query_partners: Vec<usize> = (qa + 1..query.len())
+            .filter(|&j| {
+                let dt = query[j].time - qa_peak.time;
+                (q_min_dt..=q_max_dt).contains(&dt)
+                    && (query[j].bin - qa_peak.bin).abs() <= fpp.quad_df_range_bins
+            })
+            .take(fpp.query_partners)
+            .collect();
+        for x in 0..partners.len() {
+            for y in x + 1..partners.len() {
+                let (Some(qb), Some(qc)) = (images[partners[x]], images[partners[y]]) else {
+                    continue;
+                };
+                if !(query_partners.contains(&qb) && query_partners.contains(&qc)) {
+                    continue;
+                }
+                k.missed_by[5] += 1;
+                let Some((ref_cells, _)) = fingerprint::quads::triplet_diagnostics(
+                    a,
+                    &[region[partners[x]], region[partners[y]]],
+                    fpp,
+                ) else {
+                    continue;
+                };
+                let swapped = query[qb].time > query[qc].time;
+                let rest = if swapped {
+                    [query[qc], query[qb]]
+                } else {
+                    [query[qb], query[qc]]
+                };
+                let Some((q_cells, hashes)) =
+                    fingerprint::quads::triplet_diagnostics(&qa_peak, &rest, fpp)
+                else {
+                    continue;
+                };
+                if hashes.contains(&fingerprint::quads::triplet_hash(ref_cells, fpp)) {
+                    k.keyed += 1;
+                    continue;
+                }
+                for c in 0..4 {
+                    if ref_cells[c] != q_cells[c] {
+                        k.missed_by[c] += 1;
+                    }
+                }
+                if print_misses {
+                    // Continuous errors: frequency differences in bins, the middle
+                    // partner's place in frames of the reference's span.
+                    let (rb, rc) = (region[partners[x]], region[partners[y]]);
+                    let span = rc.time - a.time;
+                    let ratio =
+                        |a: &Peak, b: &Peak, c: &Peak| (b.time - a.time) / (c.time - a.time);
+                    eprintln!(
+                        "keymiss span {span:.1} e_df1 {:.2} e_df2 {:.2} e_ratio_frames {:.2} order {}",
+                        (rest[0].bin - qa_peak.bin) - (rb.bin - a.bin),
+                        (rest[1].bin - qa_peak.bin) - (rc.bin - a.bin),
+                        (ratio(&qa_peak, &rest[0], &rest[1]) - ratio(a, &rb, &rc)) * span,
+                        u32::from(q_cells[3] != ref_cells[3]),
+                    );
+                }
+                if swapped {
+                    k.missed_by[4] += 1;
+                }
+            }
+        }
+    }
+    k
 }
 
 #[derive(Default)]

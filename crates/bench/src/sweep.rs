@@ -25,7 +25,8 @@
 //! accepted at a lower cut, and every candidate on each true sample's reference (accepted
 //! or not); `ORACLE`
 //! prints, per true sample, where its evidence is lost (see [`crate::oracle`]), and with
-//! `ORACLE_HITS` also each quad hit that agrees with the true transform. `QSCALES`
+//! `ORACLE_HITS` also each quad hit that agrees with the true transform (a hit agrees
+//! when its own tempo is within `ORACLE_TEMPO_TOL`, 0.04 in |ln|, of the truth's). `QSCALES`
 //! (e.g. `0.6,0.8,1:2,1.25,1.6`) looks the query up at several time scales, each with a
 //! hop of the base hop over the scale and searching time factors within `QTF` (or the
 //! `:factor` after it) of its scale (session 19: not adopted). `QSPEEDS` (e.g.
@@ -268,6 +269,7 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
         Vec<RefPeak>,
         Vec<RefPeak>,
         Option<Vec<RefQuad>>,
+        Vec<fingerprint::Peak>,
     );
     let both: Vec<RefPrints> = refs
         .par_iter()
@@ -279,11 +281,18 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
             let stored = |peaks: &[fingerprint::Peak]| {
                 fingerprint::peak_list::decode(&fingerprint::peak_list::encode(peaks))
             };
+            // The oracle's key check needs the hash peaks as the fingerprint made them.
+            let full = if oracle {
+                print.peaks.clone()
+            } else {
+                Vec::new()
+            };
             Ok((
                 print.quads,
                 stored(&print.verify_peaks)?,
                 stored(&print.peaks)?,
                 shortlist_quads,
+                full,
             ))
         })
         .collect::<Result<_>>()?;
@@ -292,7 +301,9 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
     // The hash peaks, for the oracle's survival counts.
     let mut hash_peaks = Vec::with_capacity(both.len());
     let mut shortlist_quads = Vec::with_capacity(both.len());
-    for (quads, verify, hash, shortlist) in both {
+    let mut hash_full = Vec::with_capacity(both.len());
+    for (quads, verify, hash, shortlist, full) in both {
+        hash_full.push(full);
         per_ref.push(quads);
         ref_peaks.push(verify);
         hash_peaks.push(hash);
@@ -414,7 +425,14 @@ pub fn run_sweep(args: &SweepArgs) -> Result<()> {
                     query_peaks: &query_peaks,
                     grid: &grid,
                 };
-                for line in crate::oracle::report(t, &refs, &hash_peaks, &ref_peaks, &seen, &match_params, fpp) {
+                let peak_sets = crate::oracle::RefPeakSets {
+                    hash: &hash_peaks,
+                    hash_full: &hash_full,
+                    verify: &ref_peaks,
+                };
+                for line in
+                    crate::oracle::report(t, &refs, &peak_sets, &seen, &match_params, fpp)
+                {
                     eprintln!("{line}");
                 }
                 for line in crate::oracle::chance_contrast(t, &refs, &ref_peaks, &seen, &match_params) {

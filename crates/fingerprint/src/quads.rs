@@ -443,6 +443,31 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
     }
 }
 
+/// Diagnostics for the benchmark's oracle (not part of the product): the cells (two
+/// frequency differences, the ratio, the order bits) of the triplet of anchor `a` and
+/// partners `rest` (in time order), and the hashes a query looks up for it (its own cell
+/// and the neighbours worth trying).
+#[doc(hidden)]
+pub fn triplet_diagnostics(a: &Peak, rest: &[Peak; 2], p: &Params) -> Option<([u32; 4], Vec<u32>)> {
+    let grid = Grid::new(p);
+    let inv = invariants(a, rest)?;
+    let cells = [
+        grid.df_cell(inv.df[0]),
+        grid.df_cell(inv.df[1]),
+        grid.ratio_cell(inv.ratio[0]),
+        grid.order(&inv.louder),
+    ];
+    let mut hashes = Vec::new();
+    expand_cells(&grid, p, &inv, rest[1].time - a.time, &mut hashes);
+    Some((cells, hashes))
+}
+
+/// The hash of cells made by [`triplet_diagnostics`].
+#[doc(hidden)]
+pub fn triplet_hash(cells: [u32; 4], p: &Params) -> u32 {
+    Grid::new(p).pack([cells[0], cells[1], 0], [cells[2], 0], cells[3])
+}
+
 /// The neighbouring cell nearer to `coord` and the distance to the shared boundary, in units
 /// of `tol` (so values below 1 are worth trying); infinity where there is no neighbour.
 fn neighbour(coord: f32, cell: u32, levels: u32, tol: f32, index: usize) -> (f32, usize, u32) {
@@ -461,6 +486,33 @@ fn neighbour(coord: f32, cell: u32, levels: u32, tol: f32, index: usize) -> (f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oracle_hooks_give_the_hash_the_reference_stores_and_the_query_looks_up() {
+        let p = Params::default();
+        let peak = |time: f32, bin: f32, strength: f32| Peak {
+            time,
+            bin,
+            strength,
+        };
+        let (a, b, c) = (
+            peak(10.0, 60.3, 1.0),
+            peak(19.6, 71.8, 2.5),
+            peak(42.2, 55.1, 0.5),
+        );
+        let stored = reference_quads(&[a, b, c], &p);
+        assert_eq!(stored.len(), 1);
+        let (cells, looked_up) = triplet_diagnostics(&a, &[b, c], &p).expect("a triplet");
+        assert_eq!(triplet_hash(cells, &p), stored[0].hash);
+        // The query's own cell comes first, before its neighbours.
+        assert_eq!(looked_up[0], stored[0].hash);
+        // A partner moved across a frequency-difference boundary by more than the
+        // tolerance has another cell, which the query of the moved triplet does not try.
+        let moved = peak(19.6, 72.8, 2.5);
+        let (moved_cells, moved_up) = triplet_diagnostics(&a, &[moved, c], &p).expect("a triplet");
+        assert_ne!(moved_cells[0], cells[0]);
+        assert!(!moved_up.contains(&stored[0].hash));
+    }
 
     #[test]
     fn stored_times_round_to_whole_frames() {
