@@ -5,8 +5,7 @@
 //! Use it to compare settings on the tune split, then confirm a winner with `run` on both
 //! splits. Fingerprint parameters are set with environment variables (`REF_K`, `Q_K`,
 //! `REF_PPS`, `Q_PPS`, `PRT`, `PRB`, `QPRT`, `QPRB`, `MAXDT`, `MINDT`, `DFR`, `DF_STEP`,
-//! `RL`, `SHORT_SPAN`, `SHORT_RL` (short-span ratio cells; `SHORT_SPAN=0` turns them
-//! off), `MAXEXP`, `DF_TOL`, `T_TOL`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`,
+//! `RL`, `MAXEXP`, `DF_TOL`, `T_TOL`, `SUB`, `HASH_PEAKS`, `ORDER_BITS`, `STRENGTH_TOL`,
 //! `FMIN`, `OCT`: see `fingerprint::Params`), so a sweep is a shell loop.
 //! Verification runs as in the engine unless `NOVERIFY` is set; `V_H`, `V_W`, `V_MINC`,
 //! `V_DT`, `V_DB`, `V_RT` (tempo search, relative), `V_RTF` (its llr floor), `V_RELOC` and
@@ -75,8 +74,6 @@ fn params_from_env() -> Params {
         quad_df_range_bins: env_or("DFR", d.quad_df_range_bins as f64) as f32,
         quad_df_step_bins: env_or("DF_STEP", d.quad_df_step_bins as f64) as f32,
         quad_ratio_levels: env_or("RL", d.quad_ratio_levels as f64) as u32,
-        short_span_frames: env_or("SHORT_SPAN", d.short_span_frames as f64) as f32,
-        short_span_ratio_levels: env_or("SHORT_RL", d.short_span_ratio_levels as f64) as u32,
         max_expansions: env_or("MAXEXP", d.max_expansions as f64) as usize,
         df_tolerance_bins: env_or("DF_TOL", d.df_tolerance_bins as f64) as f32,
         time_tolerance_frames: env_or("T_TOL", d.time_tolerance_frames as f64) as f32,

@@ -84,17 +84,6 @@ pub struct Params {
     pub quad_df_step_bins: f32,
     /// Quantisation levels of each time ratio in the hash.
     pub quad_ratio_levels: u32,
-    /// A triplet spanning fewer frames than this has its time ratio on
-    /// `short_span_ratio_levels` levels instead, in cells of their own (0: off). Peak times
-    /// jitter by a few tenths of a frame under a change of speed and more in a mix, while
-    /// a ratio cell on `quad_ratio_levels` levels is span / 128 frames wide: 0.1-0.4
-    /// frame below 50 frames, so most such triplets hashed into a cell the query never
-    /// tried. A query tries both kinds of cell where its time factors reach spans on both
-    /// sides of the boundary. 50 frames and 32 levels found 7 more of the benchmark's 332
-    /// samples (3 of held-out core's 42) at 1.5 times the hits (BENCHMARKS.md, session 25).
-    pub short_span_frames: f32,
-    /// Ratio levels of the short-span triplets (see `short_span_frames`).
-    pub short_span_ratio_levels: u32,
     /// A reference anchor forms quads from its first this-many partners (C(n, 3) quads).
     pub ref_partners: usize,
     /// A query anchor forms quads from its first this-many partners.
@@ -180,8 +169,6 @@ impl Default for Params {
             quad_df_range_bins: 30.0,
             quad_df_step_bins: 1.0,
             quad_ratio_levels: 128,
-            short_span_frames: 50.0,
-            short_span_ratio_levels: 32,
             ref_partners: 6,
             query_partners: 9,
             max_time_factor: 2.0,
@@ -268,19 +255,8 @@ impl Params {
         if self.hash_order_bits as usize >= self.hash_peaks || !tolerance_ok {
             return bad("hash_order_bits must be below hash_peaks, strength_tolerance >= 0");
         }
-        if !(self.short_span_frames >= 0.0 && self.short_span_frames.is_finite()) {
-            return bad("short_span_frames must be finite and >= 0");
-        }
-        let short_levels = if self.short_span_frames > 0.0 {
-            if self.hash_peaks != 3 || self.short_span_ratio_levels < 2 {
-                return bad("short-span ratio levels are for triplets, 2 or more");
-            }
-            u64::from(self.short_span_ratio_levels)
-        } else {
-            0
-        };
         let cells = (df_levels.pow(self.hash_peaks as u32 - 1)
-            * (self.quad_ratio_levels as u64 + short_levels).pow(self.hash_peaks as u32 - 2))
+            * (self.quad_ratio_levels as u64).pow(self.hash_peaks as u32 - 2))
             << self.hash_order_bits;
         if self.quad_ratio_levels < 2 || cells > u32::MAX as u64 {
             return bad("the hash grid must have 2+ ratio levels and fit in 32 bits");
@@ -357,19 +333,9 @@ impl Params {
             (1, 1, 1) => String::new(),
             (time, freq, span) => format!(" grid={time}/{freq}/{span}"),
         };
-        // Short-span ratio cells, off in every store before session 25, add nothing off.
-        let short = if self.short_span_frames > 0.0 {
-            format!(
-                " rs={}/{}",
-                self.short_span_frames, self.short_span_ratio_levels
-            )
-        } else {
-            String::new()
-        };
         format!(
             "cratedigger-fp/{} sr={} fft={} hop={} fmin={} bpo={} oct={} pr={}x{} minp={} dr={} \
-             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}{hash}{order}{verify}{grid}\
-             {short}",
+             block={} sub={} pps={} dt={}..{} df={}/{} rl={} k={}{hash}{order}{verify}{grid}",
             ALGORITHM_VERSION,
             self.sample_rate_hz,
             self.fft_size,
@@ -734,34 +700,12 @@ mod tests {
             stored_span_step: 16,
             ..Params::default()
         };
+        assert!(a.describe().ends_with(" rv=48/4x4"), "{}", a.describe());
         assert!(
-            a.describe().ends_with(" rv=48/4x4 rs=50/32"),
-            "{}",
-            a.describe()
-        );
-        assert!(
-            coarse
-                .describe()
-                .ends_with(" rv=48/4x4 grid=1/32/16 rs=50/32"),
+            coarse.describe().ends_with(" rv=48/4x4 grid=1/32/16"),
             "{}",
             coarse.describe()
         );
-        // Short-span ratio cells off, as every store before session 25 was built, add
-        // nothing; their settings are part of what a store keeps.
-        let no_short = Params {
-            short_span_frames: 0.0,
-            ..Params::default()
-        };
-        assert!(
-            no_short.describe().ends_with(" rv=48/4x4"),
-            "{}",
-            no_short.describe()
-        );
-        let other_short = Params {
-            short_span_ratio_levels: 16,
-            ..Params::default()
-        };
-        assert_ne!(a.describe(), other_short.describe());
         assert_ne!(a.describe(), sparse_verify.describe());
         // Verification on the hash peaks themselves, as stores before session 10 kept,
         // describes itself as those stores do.
@@ -772,7 +716,7 @@ mod tests {
             ..Params::default()
         };
         assert!(
-            on_hash_peaks.describe().ends_with(" hp=3 ob=2 rs=50/32"),
+            on_hash_peaks.describe().ends_with(" hp=3 ob=2"),
             "{}",
             on_hash_peaks.describe()
         );

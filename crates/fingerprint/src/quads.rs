@@ -24,13 +24,6 @@
 //! triplet needs three of the sample's peaks to survive a mix instead of four; the order
 //! bits give back the specificity the missing fourth peak took (BENCHMARKS.md, session 9).
 //! Everything else (postings, expansions, hits) is the same for both.
-//!
-//! A triplet spanning under `Params::short_span_frames` (50) frames has its ratio on a
-//! coarser grid of its own (`short_span_ratio_levels`, 32 levels, in cells apart from the
-//! others'): peak times jitter by a few tenths of a frame, and on 128 levels a short
-//! span's ratio cell is narrower than that. Which grid a triplet uses depends on its span,
-//! which a change of speed scales, so a query tries both grids wherever its searched time
-//! factors reach spans on both sides of the boundary.
 
 use rayon::prelude::*;
 
@@ -89,42 +82,19 @@ struct Grid {
     df_range: f32,
     df_step: f32,
     df_levels: u32,
-    /// Levels of this grid's ratio cells...
     ratio_levels: u32,
-    /// ... the first of them among all ratio cells...
-    ratio_offset: u32,
-    /// ... and the ratio cells of both kinds (`Params::short_span_frames`), which the
-    /// packing counts in.
-    ratio_stride: u32,
     triplets: bool,
     order_bits: u32,
 }
 
 impl Grid {
     fn new(p: &Params) -> Self {
-        Self::for_span_kind(p, false)
-    }
-
-    /// The grid of short-span triplets (`Params::short_span_frames`) or of the others.
-    fn for_span_kind(p: &Params, short: bool) -> Self {
         let df_levels = (2.0 * p.quad_df_range_bins / p.quad_df_step_bins).floor() as u32 + 1;
-        let short_levels = if p.short_span_frames > 0.0 && p.hash_peaks == 3 {
-            p.short_span_ratio_levels
-        } else {
-            0
-        };
-        let (ratio_levels, ratio_offset) = if short && short_levels > 0 {
-            (short_levels, p.quad_ratio_levels)
-        } else {
-            (p.quad_ratio_levels, 0)
-        };
         Self {
             df_range: p.quad_df_range_bins,
             df_step: p.quad_df_step_bins,
             df_levels,
-            ratio_levels,
-            ratio_offset,
-            ratio_stride: p.quad_ratio_levels + short_levels,
+            ratio_levels: p.quad_ratio_levels,
             triplets: p.hash_peaks == 3,
             order_bits: p.hash_order_bits,
         }
@@ -144,7 +114,7 @@ impl Grid {
     }
 
     fn ratio_cell(&self, r: f32) -> u32 {
-        self.ratio_offset + (self.ratio_coord(r).max(0.0) as u32).min(self.ratio_levels - 1)
+        (self.ratio_coord(r).max(0.0) as u32).min(self.ratio_levels - 1)
     }
 
     /// The loudness-order bits of `louder` (bit i: peak i+1 louder than peak i).
@@ -155,7 +125,7 @@ impl Grid {
     /// What one more cell of coordinate `coord` (0-2: a frequency difference, 3-4: a
     /// ratio) adds to a packed hash, modulo 2^32.
     fn step(&self, coord: usize) -> u32 {
-        let (l, r) = (self.df_levels, self.ratio_stride);
+        let (l, r) = (self.df_levels, self.ratio_levels);
         let unit = if self.triplets {
             match coord {
                 0 => l * r,
@@ -177,13 +147,13 @@ impl Grid {
 
     fn pack(&self, df: [u32; 3], ratio: [u32; 2], order: u32) -> u32 {
         let h = if self.triplets {
-            (df[0] * self.df_levels + df[1]) * self.ratio_stride + ratio[0]
+            (df[0] * self.df_levels + df[1]) * self.ratio_levels + ratio[0]
         } else {
             let mut h = df[0];
             h = h * self.df_levels + df[1];
             h = h * self.df_levels + df[2];
-            h = h * self.ratio_stride + ratio[0];
-            h * self.ratio_stride + ratio[1]
+            h = h * self.ratio_levels + ratio[0];
+            h * self.ratio_levels + ratio[1]
         };
         (h << self.order_bits) | order
     }
@@ -272,7 +242,7 @@ fn for_each_choice(partners: &[Peak], k: usize, mut f: impl FnMut(&[Peak])) {
 
 /// The quads a reference recording stores.
 pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
-    let (long, short) = (Grid::new(p), Grid::for_span_kind(p, true));
+    let grid = Grid::new(p);
     let time_step = p.stored_time_step as f32;
     let freq_step = f32::from(p.stored_freq_step);
     let span_step = f32::from(p.stored_span_step);
@@ -288,11 +258,6 @@ pub fn reference_quads(peaks: &[Peak], p: &Params) -> Vec<RefQuad> {
                 let d = rest[rest.len() - 1];
                 let Some(inv) = invariants(a, rest) else {
                     return;
-                };
-                let grid = if is_short(d.time - a.time, p) {
-                    &short
-                } else {
-                    &long
                 };
                 let hash = grid.pack(
                     inv.df.map(|x| grid.df_cell(x)),
@@ -360,7 +325,7 @@ const QUERY_ANCHOR_CHUNK: usize = 1024;
 
 /// The query quads of the anchors `peaks[anchors]`.
 fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -> Vec<QueryQuad> {
-    let grids = query_grids(p);
+    let grid = Grid::new(p);
     let mut out = Vec::new();
     let min_dt = p.quad_min_dt_frames / p.max_time_factor;
     let max_dt = p.quad_max_dt_frames * p.max_time_factor;
@@ -385,49 +350,19 @@ fn query_quads_of(peaks: &[Peak], anchors: std::ops::Range<usize>, p: &Params) -
                 let Some(inv) = invariants(a, rest) else {
                     return;
                 };
-                for grid in span_grids(&grids, span, p) {
-                    expand_cells(grid, p, &inv, span, &mut cells);
-                    for &hash in &cells {
-                        out.push(QueryQuad {
-                            hash,
-                            time: a.time,
-                            bin: a.bin,
-                            span,
-                        });
-                    }
+                expand_cells(&grid, p, &inv, span, &mut cells);
+                for &hash in &cells {
+                    out.push(QueryQuad {
+                        hash,
+                        time: a.time,
+                        bin: a.bin,
+                        span,
+                    });
                 }
             });
         },
     );
     out
-}
-
-/// Whether a reference triplet of `span` frames is a short one (`Params::short_span_frames`).
-fn is_short(span: f32, p: &Params) -> bool {
-    p.short_span_frames > 0.0 && p.hash_peaks == 3 && span < p.short_span_frames
-}
-
-/// The query's grids: the usual one, and the short-span one when that is on.
-fn query_grids(p: &Params) -> (Grid, Option<Grid>) {
-    let short =
-        (p.short_span_frames > 0.0 && p.hash_peaks == 3).then(|| Grid::for_span_kind(p, true));
-    (Grid::new(p), short)
-}
-
-/// The grids a query triplet of `span` frames is looked up on: those of the reference
-/// spans its time factors reach.
-fn span_grids<'g>(
-    grids: &'g (Grid, Option<Grid>),
-    span: f32,
-    p: &Params,
-) -> impl Iterator<Item = &'g Grid> {
-    let (long, short) = grids;
-    let reaches_short = short.is_some() && span / p.max_time_factor < p.short_span_frames;
-    let reaches_long = short.is_none() || span * p.max_time_factor >= p.short_span_frames;
-    let short = short.as_ref().filter(|_| reaches_short);
-    std::iter::once(long)
-        .filter(move |_| reaches_long)
-        .chain(short)
 }
 
 /// Fills `cells` with the hash of the quad's own cell and of the neighbouring cells worth
@@ -450,9 +385,7 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
     }
     for i in 0..used - 1 {
         let c = grid.ratio_coord(inv.ratio[i]);
-        let local = ratio_cells[i] - grid.ratio_offset;
-        let (closeness, coord, cell) = neighbour(c, local, grid.ratio_levels, ratio_tol, 3 + i);
-        near[3 + i] = (closeness, coord, cell + grid.ratio_offset);
+        near[3 + i] = neighbour(c, ratio_cells[i], grid.ratio_levels, ratio_tol, 3 + i);
     }
     for i in 0..grid.order_bits as usize {
         // The other order, as close as the two strengths are.
@@ -516,8 +449,7 @@ fn expand_cells(grid: &Grid, p: &Params, inv: &Invariants, span: f32, cells: &mu
 /// and the neighbours worth trying).
 #[doc(hidden)]
 pub fn triplet_diagnostics(a: &Peak, rest: &[Peak; 2], p: &Params) -> Option<([u32; 4], Vec<u32>)> {
-    let span = rest[1].time - a.time;
-    let grid = Grid::for_span_kind(p, is_short(span, p));
+    let grid = Grid::new(p);
     let inv = invariants(a, rest)?;
     let cells = [
         grid.df_cell(inv.df[0]),
@@ -526,12 +458,7 @@ pub fn triplet_diagnostics(a: &Peak, rest: &[Peak; 2], p: &Params) -> Option<([u
         grid.order(&inv.louder),
     ];
     let mut hashes = Vec::new();
-    let mut cells_of_grid = Vec::new();
-    let grids = query_grids(p);
-    for g in span_grids(&grids, span, p) {
-        expand_cells(g, p, &inv, span, &mut cells_of_grid);
-        hashes.extend_from_slice(&cells_of_grid);
-    }
+    expand_cells(&grid, p, &inv, rest[1].time - a.time, &mut hashes);
     Some((cells, hashes))
 }
 
@@ -577,7 +504,8 @@ mod tests {
         assert_eq!(stored.len(), 1);
         let (cells, looked_up) = triplet_diagnostics(&a, &[b, c], &p).expect("a triplet");
         assert_eq!(triplet_hash(cells, &p), stored[0].hash);
-        assert!(looked_up.contains(&stored[0].hash));
+        // The query's own cell comes first, before its neighbours.
+        assert_eq!(looked_up[0], stored[0].hash);
         // A partner moved across a frequency-difference boundary by more than the
         // tolerance has another cell, which the query of the moved triplet does not try.
         let moved = peak(19.6, 72.8, 2.5);
@@ -879,29 +807,6 @@ mod tests {
             x.strength = s;
         }
         t
-    }
-
-    #[test]
-    fn a_triplet_stretched_across_the_short_span_boundary_is_still_found() {
-        let p = triplet_params();
-        assert_eq!((p.short_span_frames, p.short_span_ratio_levels), (50.0, 32));
-        // Spanning 40 frames: a short triplet, whose ratio is on the coarse grid.
-        let base = [peak(10.0, 80.3), peak(26.6, 85.1), peak(50.0, 77.5)];
-        let stored = reference_quads(&base, &p);
-        let (cells, _) = triplet_diagnostics(&base[0], &[base[1], base[2]], &p).expect("a triplet");
-        assert!(cells[2] >= p.quad_ratio_levels, "a short cell: {cells:?}");
-        // Stretched to 60 frames it would be stored as a long one, with another key...
-        let long = [peak(10.0, 80.3), peak(34.9, 85.1), peak(70.0, 77.5)];
-        let (long_cells, _) =
-            triplet_diagnostics(&long[0], &[long[1], long[2]], &p).expect("a triplet");
-        assert!(long_cells[2] < p.quad_ratio_levels);
-        assert_ne!(hashes_of(&long, &p), hashes_of(&base, &p));
-        // ... but a query of the stretched triplet also tries the short cells its time
-        // factors reach, and finds the stored one; so does one squeezed below the boundary.
-        assert_eq!(stored.len(), 1);
-        for scale in [1.5, 0.6, 1.9] {
-            assert_query_finds(&base, &p, scale, 2.0, &[]);
-        }
     }
 
     #[test]
