@@ -231,6 +231,53 @@ fn agrees(h: &Hit, q: &QueryQuad, line: &Line, tempo_tol: f64) -> bool {
         && (q.time as f64 - expected_q).abs() < 12.0
 }
 
+/// The query peak each of `points` maps to along `line`: one within 1.5 frames and 1 bin
+/// of the image, if any.
+fn images(points: &[RefPeak], line: &Line, query: &[Peak]) -> Vec<Option<usize>> {
+    points
+        .iter()
+        .map(|&(t, b)| {
+            let qt = line.q0 + (f64::from(t) - line.r0) / line.tempo;
+            let qb = f64::from(b) + line.shift_bins;
+            query.iter().position(|x| {
+                (f64::from(x.time) - qt).abs() <= 1.5 && (f64::from(x.bin) - qb).abs() <= 1.0
+            })
+        })
+        .collect()
+}
+
+/// The partners of `points[i]` as a reference picks them: the first `ref_partners` later
+/// points within the quad's time span and frequency range.
+fn reference_partners(points: &[RefPeak], i: usize, fpp: &Params) -> Vec<usize> {
+    let a = points[i];
+    (i + 1..points.len())
+        .filter(|&j| {
+            let dt = points[j].0 - a.0;
+            (fpp.quad_min_dt_frames..=fpp.quad_max_dt_frames).contains(&dt)
+                && (points[j].1 - a.1).abs() <= fpp.quad_df_range_bins
+        })
+        .take(fpp.ref_partners)
+        .collect()
+}
+
+/// The partners of query peak `qa` as a query picks them: the first `query_partners`
+/// later peaks within the span widened by the largest time factor, and the frequency range.
+fn query_partners(query: &[Peak], qa: usize, fpp: &Params) -> Vec<usize> {
+    let a = query[qa];
+    let (min_dt, max_dt) = (
+        fpp.quad_min_dt_frames / fpp.max_time_factor,
+        fpp.quad_max_dt_frames * fpp.max_time_factor,
+    );
+    (qa + 1..query.len())
+        .filter(|&j| {
+            let dt = query[j].time - a.time;
+            (min_dt..=max_dt).contains(&dt)
+                && (query[j].bin - a.bin).abs() <= fpp.quad_df_range_bins
+        })
+        .take(fpp.query_partners)
+        .collect()
+}
+
 /// Of the triplets the query forms (as [`quad_survival`] counts them, on the fingerprint's
 /// own peaks): how many the query looks up under the reference's hash, and for the others
 /// which cells differ (frequency differences 1 and 2, ratio, order bits) and how often the
@@ -249,37 +296,13 @@ fn triplet_keys(region: &[Peak], line: &Line, query: &[Peak], fpp: &Params) -> K
         return k;
     }
     let print_misses = std::env::var("ORACLE_KEYS").is_ok();
-    let image = |x: &Peak| -> Option<usize> {
-        let qt = line.q0 + (f64::from(x.time) - line.r0) / line.tempo;
-        let qb = f64::from(x.bin) + line.shift_bins;
-        query.iter().position(|y| {
-            (f64::from(y.time) - qt).abs() <= 1.5 && (f64::from(y.bin) - qb).abs() <= 1.0
-        })
-    };
-    let images: Vec<Option<usize>> = region.iter().map(image).collect();
-    let (q_min_dt, q_max_dt) = (
-        fpp.quad_min_dt_frames / fpp.max_time_factor,
-        fpp.quad_max_dt_frames * fpp.max_time_factor,
-    );
+    let points: Vec<RefPeak> = region.iter().map(|x| (x.time, x.bin)).collect();
+    let images = images(&points, line, query);
     for (i, a) in region.iter().enumerate() {
         let Some(qa) = images[i] else { continue };
-        let partners: Vec<usize> = (i + 1..region.len())
-            .filter(|&j| {
-                let dt = region[j].time - a.time;
-                (fpp.quad_min_dt_frames..=fpp.quad_max_dt_frames).contains(&dt)
-                    && (region[j].bin - a.bin).abs() <= fpp.quad_df_range_bins
-            })
-            .take(fpp.ref_partners)
-            .collect();
+        let partners = reference_partners(&points, i, fpp);
         let qa_peak = query[qa];
-        let query_partners: Vec<usize> = (qa + 1..query.len())
-            .filter(|&j| {
-                let dt = query[j].time - qa_peak.time;
-                (q_min_dt..=q_max_dt).contains(&dt)
-                    && (query[j].bin - qa_peak.bin).abs() <= fpp.quad_df_range_bins
-            })
-            .take(fpp.query_partners)
-            .collect();
+        let query_partners = query_partners(query, qa, fpp);
         for x in 0..partners.len() {
             for y in x + 1..partners.len() {
                 let (Some(qb), Some(qc)) = (images[partners[x]], images[partners[y]]) else {
@@ -357,43 +380,15 @@ struct Survival {
 /// Replays the reference's quad construction over `region` and the query's over the
 /// query peaks that the region's peaks map to.
 fn quad_survival(region: &[RefPeak], line: &Line, query: &[Peak], fpp: &Params) -> Survival {
-    let image = |&(t, b): &RefPeak| -> Option<usize> {
-        let qt = line.q0 + (t as f64 - line.r0) / line.tempo;
-        let qb = b as f64 + line.shift_bins;
-        query
-            .iter()
-            .position(|x| (x.time as f64 - qt).abs() <= 1.5 && (x.bin as f64 - qb).abs() <= 1.0)
-    };
-    let images: Vec<Option<usize>> = region.iter().map(image).collect();
+    let images = images(region, line, query);
     let mut s = Survival {
         peaks_surviving: images.iter().flatten().count(),
         ..Survival::default()
     };
-    let (q_min_dt, q_max_dt) = (
-        fpp.quad_min_dt_frames / fpp.max_time_factor,
-        fpp.quad_max_dt_frames * fpp.max_time_factor,
-    );
-    for (i, a) in region.iter().enumerate() {
-        let partners: Vec<usize> = (i + 1..region.len())
-            .filter(|&j| {
-                let dt = region[j].0 - a.0;
-                (fpp.quad_min_dt_frames..=fpp.quad_max_dt_frames).contains(&dt)
-                    && (region[j].1 - a.1).abs() <= fpp.quad_df_range_bins
-            })
-            .take(fpp.ref_partners)
-            .collect();
-        let query_partners: Vec<usize> = images[i]
-            .map(|qa| {
-                let a = query[qa];
-                (qa + 1..query.len())
-                    .filter(|&j| {
-                        let dt = query[j].time - a.time;
-                        (q_min_dt..=q_max_dt).contains(&dt)
-                            && (query[j].bin - a.bin).abs() <= fpp.quad_df_range_bins
-                    })
-                    .take(fpp.query_partners)
-                    .collect()
-            })
+    for i in 0..region.len() {
+        let partners = reference_partners(region, i, fpp);
+        let query_partners = images[i]
+            .map(|qa| query_partners(query, qa, fpp))
             .unwrap_or_default();
         for subset in 1u32..1 << partners.len() {
             let size = subset.count_ones() as usize + 1;
